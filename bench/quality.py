@@ -1,0 +1,180 @@
+"""Quality/speed benchmark driver: our engine vs Open3D and PyMeshLab screened Poisson.
+
+Run with the benchenv python (needs open3d + pymeshlab for inputs and metrics):
+
+    /tmp/benchenv/bin/python bench/quality.py --sizes 100k --cases clean,n0.5 \
+        --shapes bunny --methods open3d,pymeshlab --out bench/_work/results.json
+    python bench/quality.py --reprint bench/_work/results.json   # any python
+
+Each method runs in a fresh subprocess (run_method.py) with OMP_WAIT_POLICY=PASSIVE
+and OMP_NUM_THREADS set; only the reconstruction is timed, peak RSS is VmHWM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import report  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int]) -> list[tuple[str, str, int | None]]:
+    """(label, method, depth) for every run of one input."""
+    specs: list[tuple[str, str, int | None]] = []
+    for m in methods:
+        if m == "ours":
+            specs.append(("ours", "ours", None))
+        elif m == "open3d":
+            specs += [(f"open3d-d{d}", "open3d", d) for d in o3d_depths]
+        elif m == "pymeshlab":
+            specs += [(f"pymeshlab-d{d}", "pymeshlab", d) for d in pml_depths]
+        else:
+            raise SystemExit(f"unknown method {m!r}")
+    return specs
+
+
+def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path, out: Path) -> dict:
+    """Run run_method.py in a fresh process; returns the parsed JSON line or raises."""
+    python = a.ours_python if method == "ours" else a.peer_python
+    cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail]
+    if depth is not None:
+        cmd += ["--depth", str(depth)]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(a.threads),
+               MKL_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    if method == "ours":
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=a.timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip()[-2000:]}")
+    for line in reversed(p.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            res = json.loads(line)
+            res["process_seconds"] = time.perf_counter() - t0
+            res["loadavg_before"] = float(load) if load != "?" else None
+            return res
+    raise RuntimeError(f"no JSON line in worker output: {p.stdout[-500:]} {p.stderr[-1500:]}")
+
+
+def save(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="100k,1M")
+    ap.add_argument("--cases", default="clean,n0.25,n0.5,n1,ang10")
+    ap.add_argument("--shapes", default="bunny,sphere,torus")
+    ap.add_argument("--methods", default="ours,open3d,pymeshlab")
+    ap.add_argument("--open3d-depths", default="5,6,7,8,9,10")
+    ap.add_argument("--pymeshlab-depths", default="8", help="8 = PyMeshLab's default")
+    ap.add_argument("--ours-python", default=str(REPO / ".venv" / "bin" / "python"))
+    ap.add_argument("--peer-python", default=sys.executable)
+    ap.add_argument("--detail", default="auto", help="detail_level passed to ours")
+    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for every method")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per method run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each method N times (fresh process each), keep the fastest")
+    ap.add_argument("--eval-samples", type=int, default=100_000)
+    ap.add_argument("--work", default=str(HERE / "_work"), help="cache dir for inputs/meshes")
+    ap.add_argument("--out", default=None, help="results JSON (default WORK/results.json)")
+    ap.add_argument("--resume", action="store_true", help="skip runs already OK in --out")
+    ap.add_argument("--keep-meshes", action="store_true")
+    ap.add_argument("--best-pool", choices=["open3d", "poisson"], default="open3d",
+                    help="Poisson-best = best Open3D depth, or best of all peers")
+    ap.add_argument("--reprint", metavar="JSON", help="only re-print tables from a results file")
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
+    if a.reprint:
+        report.print_all(json.loads(Path(a.reprint).read_text()), a.best_pool)
+        return
+    import numpy as np
+    import metrics
+    import shapes
+    from plyio import read_ply
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out_path = Path(a.out) if a.out else work / "results.json"
+    results = {"inputs": {}, "runs": []}
+    if a.resume and out_path.exists():
+        results = json.loads(out_path.read_text())
+    results["meta"] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv, "host": platform.node(),
+        "cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
+    }
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    specs = method_specs(a.methods.split(","), ints(a.open3d_depths), ints(a.pymeshlab_depths))
+    keys = []
+    for shape in a.shapes.split(","):
+        gv, gf = shapes.gt_mesh(shape, work)
+        diag = float(np.linalg.norm(gv.max(0).astype(np.float64) - gv.min(0)))
+        gt_q = metrics.SurfaceQuery(gv, gf)
+        gp, gn, _ = shapes.sample_surface(gv, gf, a.eval_samples, np.random.default_rng(7))
+        for size in a.sizes.split(","):
+            n = shapes.parse_size(size)
+            for cname in a.cases.split(","):
+                case = shapes.parse_case(cname)
+                key = f"{shape}/{size}/{cname}"
+                keys.append(key)
+                log(f"input {key}: preparing")
+                inp = shapes.make_input(shape, n, case, work)
+                results["inputs"][key] = {"key": key, "shape": shape, "n": n, "case": cname,
+                                          "diag": diag, "pos_sigma": case.pos_sigma,
+                                          "ang_deg": case.ang_deg, "file": str(inp)}
+                for label, method, depth in specs:
+                    old = [r for r in results["runs"] if r["input"] == key and r["label"] == label]
+                    if a.resume and any(r.get("ok") for r in old):
+                        log(f"  {label}: cached")
+                        continue
+                    results["runs"] = [r for r in results["runs"] if not (r["input"] == key and r["label"] == label)]
+                    rec: dict = {"input": key, "label": label, "method": method, "depth": depth, "ok": False}
+                    mesh = work / f"out_{shape}_{n}_{cname}_{label}.ply"
+                    log(f"  {label}: running")
+                    try:
+                        tries = [run_worker(a, method, depth, inp, mesh) for _ in range(max(1, a.repeat))]
+                        rec["worker"] = min(tries, key=lambda w: w["seconds"])
+                        rec["worker"]["all_seconds"] = [w["seconds"] for w in tries]
+                        log(f"  {label}: {rec['worker']['seconds']:.2f}s, "
+                            f"{rec['worker']['peak_rss_mb']:.0f} MiB, evaluating")
+                        rec["metrics"] = metrics.evaluate(*read_ply(mesh), gt_q, (gp, gn), diag,
+                                                          n_samples=a.eval_samples)
+                        rec["ok"] = "error" not in rec["metrics"]
+                        if rec["ok"]:
+                            m = rec["metrics"]
+                            log(f"  {label}: chamfer {m['chamfer_l1']*1e3:.3f}e-3 NC {m['nc']:.4f} pieces {m['pieces']}")
+                    except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+                        rec["error"] = str(e)
+                        log(f"  {label}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+                    finally:
+                        if not a.keep_meshes and mesh.exists():
+                            mesh.unlink()
+                    results["runs"].append(rec)
+                    save(results, out_path)
+                runs = [r for r in results["runs"] if r["input"] == key]
+                print(report.table(results["inputs"][key], runs, a.best_pool), end="\n\n", flush=True)
+    log(f"results saved to {out_path}")
+    report.print_all(results, a.best_pool, keys, tables=False)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,101 @@
+"""Worker: reconstruct one input with one method in a fresh process.
+
+    python run_method.py METHOD IN.npz OUT.ply [--depth D] [--detail auto]
+
+METHOD is ours | open3d | pymeshlab. Only the reconstruction call (including the
+conversion of the numpy input into the library's own structures) is timed. Peak
+memory is VmHWM of this process, read right after the reconstruction. Prints one
+JSON line on stdout (the last line). `ours` never imports open3d.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plyio import write_ply  # noqa: E402
+
+
+def proc_status_mb(key: str) -> float:
+    """A memory field of /proc/self/status (e.g. VmHWM) in MiB; -1 if unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return -1.0
+
+
+def run_ours(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tuple:
+    sys.path.insert(0, os.getcwd())
+    from engine import reconstruct
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu")
+    t1, c1 = time.perf_counter(), time.process_time()
+    stats = dict(getattr(mesh, "stats", {}) or {})
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces), t1 - t0, c1 - c0, stats
+
+
+def run_open3d(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tuple:
+    import open3d as o3d
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts.astype(np.float64)))
+    pcd.normals = o3d.utility.Vector3dVector(nrm.astype(np.float64))
+    mesh, dens = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=a.depth)
+    t1, c1 = time.perf_counter(), time.process_time()
+    d = np.asarray(dens)
+    stats = {"depth": a.depth, "density_q": np.quantile(d, [0, 0.01, 0.5, 1]).tolist() if len(d) else []}
+    return np.asarray(mesh.vertices), np.asarray(mesh.triangles), t1 - t0, c1 - c0, stats
+
+
+def run_pymeshlab(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tuple:
+    import pymeshlab
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    ms = pymeshlab.MeshSet()
+    ms.add_mesh(pymeshlab.Mesh(vertex_matrix=pts.astype(np.float64),
+                               v_normals_matrix=nrm.astype(np.float64)))
+    ms.generate_surface_reconstruction_screened_poisson(depth=a.depth, threads=threads)
+    m = ms.current_mesh()
+    v, f = m.vertex_matrix(), m.face_matrix()
+    t1, c1 = time.perf_counter(), time.process_time()
+    return v, f, t1 - t0, c1 - c0, {"depth": a.depth, "threads": threads}
+
+
+RUNNERS = {"ours": run_ours, "open3d": run_open3d, "pymeshlab": run_pymeshlab}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("method", choices=sorted(RUNNERS))
+    ap.add_argument("inp")
+    ap.add_argument("out")
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--detail", default="auto")
+    a = ap.parse_args()
+    data = np.load(a.inp)
+    pts, nrm = data["points"], data["normals"]
+    hwm_before = proc_status_mb("VmHWM")
+    v, f, sec, cpu, stats = RUNNERS[a.method](pts, nrm, a)
+    peak = proc_status_mb("VmHWM")
+    write_ply(a.out, v, f)
+    print(json.dumps({
+        "method": a.method, "seconds": sec, "cpu_seconds": cpu, "peak_rss_mb": peak,
+        "rss_before_mb": hwm_before, "vertices": int(len(v)), "faces": int(len(f)),
+        "input_points": int(len(pts)), "stats": stats,
+    }, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

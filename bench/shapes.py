@@ -1,0 +1,118 @@
+"""Ground-truth meshes and cached, seeded point-cloud inputs (runs in the benchenv)."""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geom import bbox_diagonal, sample_surface
+from plyio import read_ply, write_ply
+
+SHAPES = ("bunny", "sphere", "torus")
+
+
+def bunny_path() -> Path:
+    """The Stanford bunny shipped inside the pymeshlab wheel."""
+    import pymeshlab
+
+    return Path(pymeshlab.__file__).parent / "tests" / "sample_meshes" / "bunny.obj"
+
+
+def build_gt(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Build a ground-truth mesh (vertices float64, faces int64) by name."""
+    import open3d as o3d
+
+    if name == "bunny":
+        m = o3d.io.read_triangle_mesh(str(bunny_path()))
+    elif name == "sphere":
+        m = o3d.geometry.TriangleMesh.create_sphere(radius=1.0, resolution=160)
+    elif name == "torus":
+        m = o3d.geometry.TriangleMesh.create_torus(
+            torus_radius=1.0, tube_radius=0.35, radial_resolution=320, tubular_resolution=120
+        )
+    else:
+        raise ValueError(f"unknown shape {name!r}")
+    v, f = np.asarray(m.vertices, np.float64), np.asarray(m.triangles, np.int64)
+    if len(f) == 0:
+        raise RuntimeError(f"could not load ground truth {name!r}")
+    return v, f
+
+
+def gt_mesh(name: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Cached ground-truth mesh as float32 vertices / int64 faces (PLY in work dir)."""
+    path = work / f"gt_{name}.ply"
+    if not path.exists():
+        write_ply(path, *build_gt(name))
+    return read_ply(path)
+
+
+@dataclass(frozen=True)
+class Case:
+    """Perturbation of an input: position noise (fraction of diagonal), normal tilt (deg)."""
+
+    name: str
+    pos_sigma: float = 0.0
+    ang_deg: float = 0.0
+
+
+def parse_case(name: str) -> Case:
+    """'clean', 'n0.5' (sigma = 0.5% of diag), 'ang10' (10 deg tilt), or 'n0.5+ang10'."""
+    pos, ang = 0.0, 0.0
+    for part in name.split("+"):
+        if part == "clean":
+            continue
+        if part.startswith("ang"):
+            ang = float(part[3:])
+        elif part.startswith("n"):
+            pos = float(part[1:]) / 100.0
+        else:
+            raise ValueError(f"bad case {name!r}")
+    return Case(name, pos, ang)
+
+
+def parse_size(s: str) -> int:
+    """'100k' -> 100000, '1M' -> 1000000, '5000' -> 5000."""
+    mult = {"k": 1_000, "m": 1_000_000}.get(s[-1].lower(), 1)
+    return int(float(s[:-1] if mult > 1 else s) * mult)
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def tilt_normals(n: np.ndarray, deg: float, rng: np.random.Generator) -> np.ndarray:
+    """Rotate each unit normal by exactly `deg` degrees towards a random tangent direction."""
+    g = rng.normal(size=n.shape)
+    t = g - (g * n).sum(1, keepdims=True) * n
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    a = np.deg2rad(deg)
+    return np.cos(a) * n + np.sin(a) * t
+
+
+def make_input(shape: str, n: int, case: Case, work: Path) -> Path:
+    """Create (or reuse) the .npz input: points/normals float32 plus metadata.
+
+    Clean points are sampled by area with exact face normals from a seed that depends
+    only on (shape, n), so all cases share the same underlying samples. Position noise
+    is isotropic Gaussian per axis with sigma = pos_sigma * bbox diagonal.
+    """
+    path = work / f"in_{shape}_{n}_{case.name}.npz"
+    if path.exists():
+        return path
+    v, f = gt_mesh(shape, work)
+    diag = bbox_diagonal(v)
+    pts, nrm, _ = sample_surface(v, f, n, np.random.default_rng(_seed("sample", shape, n)))
+    rng = np.random.default_rng(_seed("noise", shape, n, case.name))
+    if case.pos_sigma > 0:
+        pts = pts + rng.normal(scale=case.pos_sigma * diag, size=pts.shape)
+    if case.ang_deg > 0:
+        nrm = tilt_normals(nrm, case.ang_deg, rng)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp, points=pts.astype(np.float32), normals=nrm.astype(np.float32), diag=diag,
+        pos_sigma=case.pos_sigma, ang_deg=case.ang_deg, shape=shape, case=case.name,
+    )
+    tmp.rename(path)
+    return path

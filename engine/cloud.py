@@ -1,0 +1,119 @@
+"""Step 1: validate, clean and normalise the input cloud (DESIGN section 3).
+
+The caller's coordinates may carry georeferenced offsets of 1e6 and any unit,
+so everything is recentred in float64 on the bounding-box centre and scaled by
+the bounding-box diagonal before it becomes float32: the solver always sees a
+cloud of diagonal 1 centred at the origin, and ``Cloud.to_world`` maps results
+back to the caller's frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DegenerateInputError, InputError, MissingNormalsError, ShapeMismatchError, TooFewPointsError
+
+MIN_POINTS = 10
+FLAT_RATIO = 1e-6  # thickness / extent below which a cloud counts as flat (or straight)
+
+
+@dataclass
+class Cloud:
+    """A cleaned cloud in the canonical frame (centred, diagonal 1).
+
+    points (N, 3) float32 canonical; normals (N, 3) float32 unit; colors (N, 4)
+    float32 RGBA in [0, 1] or None; kept (N,) int64 rows of the caller's arrays;
+    center (3,) float64 and scale (float) map canonical -> caller coordinates.
+    """
+
+    points: np.ndarray
+    normals: np.ndarray
+    colors: np.ndarray | None
+    kept: np.ndarray
+    center: np.ndarray
+    scale: float
+    dropped: int
+
+    def to_world(self, x: np.ndarray) -> np.ndarray:
+        """Canonical (M, 3) -> caller coordinates, computed in float64."""
+        return x.astype(np.float64) * self.scale + self.center
+
+
+def _as_rows(name: str, a: object, width: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2 or arr.shape[1] not in width:
+        want = " or ".join(f"(N, {w})" for w in width)
+        raise ShapeMismatchError(f"{name} must be an array of shape {want}; got shape {arr.shape}.",
+                                 f"Pass {name} as one row per point.")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{name} must be numeric; got dtype {arr.dtype}.", "Convert it to float32 or float64.")
+    return arr
+
+
+def normalize_colors(colors: np.ndarray) -> np.ndarray:
+    """RGB or RGBA, integer (0-255 / 0-65535) or float, to float32 RGBA in [0, 1]."""
+    c = colors
+    if np.issubdtype(c.dtype, np.integer):
+        c = c.astype(np.float32) / float(np.iinfo(c.dtype).max)
+    c = c.astype(np.float32)
+    if c.shape[1] == 3:
+        c = np.concatenate([c, np.ones((c.shape[0], 1), np.float32)], axis=1)
+    return np.clip(c, 0.0, 1.0)
+
+
+def prepare_cloud(points: object, normals: object | None, colors: object | None = None) -> Cloud:
+    """Validate and normalise; raises a typed :class:`InputError` naming the problem and the fix."""
+    p = _as_rows("points", points, (3,))
+    n_in = p.shape[0]
+    if n_in == 0:
+        raise TooFewPointsError("The point cloud is empty.", "Select or load an object that has points.")
+    if normals is None:
+        raise MissingNormalsError(
+            "The point cloud has no normals.",
+            "Give oriented normals (a 'normal' attribute or nx/ny/nz PLY properties); "
+            "normal estimation is not available yet.")
+    n = _as_rows("normals", normals, (3,))
+    if n.shape[0] != n_in:
+        raise ShapeMismatchError(f"normals has {n.shape[0]} rows but points has {n_in}.",
+                                 "Give exactly one normal per point.")
+    c = None
+    if colors is not None:
+        c = _as_rows("colors", colors, (3, 4))
+        if c.shape[0] != n_in:
+            raise ShapeMismatchError(f"colors has {c.shape[0]} rows but points has {n_in}.",
+                                     "Give exactly one colour per point, or none.")
+
+    p64 = p.astype(np.float64)
+    n64 = n.astype(np.float64)
+    length = np.linalg.norm(n64, axis=1)
+    good = np.isfinite(p64).all(axis=1) & np.isfinite(n64).all(axis=1) & (length > 1e-12)
+    kept = np.flatnonzero(good)
+    if kept.size < MIN_POINTS:
+        bad = n_in - kept.size
+        detail = f" ({bad} of them have NaN/Inf coordinates or zero-length normals)" if bad else ""
+        raise TooFewPointsError(
+            f"The cloud has {kept.size} usable points{detail}; at least {MIN_POINTS} are needed.",
+            "Check the input for NaN/Inf values and zero normals, or use a denser cloud.")
+    p64 = p64[kept]
+    lo, hi = p64.min(axis=0), p64.max(axis=0)
+    center = 0.5 * (lo + hi)
+    scale = float(np.linalg.norm(hi - lo))
+    if not scale > 0.0:
+        raise DegenerateInputError("All points are at the same position.", "Give a cloud that samples a surface.")
+    canon = (p64 - center) / scale
+    centred = canon - canon.mean(axis=0)
+    sv = np.linalg.svd(centred[:: max(1, centred.shape[0] // 200_000)], compute_uv=False)
+    sv = sv / sv[0]
+    if sv[1] < FLAT_RATIO:
+        raise DegenerateInputError("All points lie on one straight line.",
+                                   "A line bounds no surface: give a cloud that samples a surface.")
+    if sv[2] < FLAT_RATIO:
+        raise DegenerateInputError(
+            "All points lie in one plane, so there is no volume to reconstruct.",
+            "Give a cloud that samples a curved or closed surface; for a flat patch, use a plane mesh.")
+    unit = (n64[kept] / length[kept, None]).astype(np.float32)
+    return Cloud(points=canon.astype(np.float32), normals=unit,
+                 colors=None if c is None else normalize_colors(c[kept]),
+                 kept=kept, center=center, scale=scale, dropped=int(n_in - kept.size))

@@ -1,0 +1,25 @@
+"""Choice of the torch device the engine computes on (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU.  Asking for CUDA without one is an input error."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise InputError(f"Unknown device {name!r}.", f"Use one of {', '.join(DEVICES)}.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but torch sees no CUDA device.", "Use device 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+def available_devices() -> list[str]:
+    """Devices this engine can run on, for the handshake and the CLI."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

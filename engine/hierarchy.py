@@ -1,0 +1,131 @@
+"""Step 3: the sparse voxel hierarchy and the field it carries.
+
+Coordinates here are in finest-voxel units (canonical / voxel_size).  Level d
+has voxels of size ``2**d``; it holds every voxel whose basis support touches
+an input point (the 27 taps of each occupied cell), and levels d >= 1 are
+dilated once more so that coarse fields bridge holes in the scan.  The field
+is the sum over levels of ``a_v B_v(x)``; it is fitted coarse to fine
+(:mod:`engine.pipeline`), each level solving for what the coarser ones left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .basis import TAP_OFFSETS, split_points, weights_1d
+from .voxels import VoxelIndex, dilate, unique_voxels
+
+CHUNK = 1 << 18
+
+
+@dataclass
+class Level:
+    """One level: voxel size ``scale`` (finest-voxel units), voxels (M, 3) int64, coefficients (M,)."""
+
+    depth: int
+    scale: float
+    index: VoxelIndex
+    coeffs: torch.Tensor | None = field(default=None)
+    _neighbours: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def ijk(self) -> torch.Tensor:
+        return self.index.ijk
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def neighbours(self) -> torch.Tensor:
+        """(M, 27) rows of each voxel's 27 neighbours (tap order of :mod:`engine.basis`), -1 where absent."""
+        if self._neighbours is None:
+            self._neighbours = self.index.lookup(self.ijk[:, None, :] + tap_offsets(self.ijk.device))
+        return self._neighbours
+
+    def taps(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) rows of the voxels touching points in ``cells`` (N, 3) int64, -1 where absent.
+
+        One lookup per cell and a gather from the neighbour table; the rare cells
+        outside the level (band edges) fall back to 27 lookups.
+        """
+        row = self.index.lookup(cells)
+        out = self.neighbours[row.clamp_min(0)]
+        missing = row < 0
+        if bool(missing.any()):
+            out[missing] = self.index.lookup(cells[missing][:, None, :] + tap_offsets(cells.device))
+        return out
+
+
+def tap_offsets(device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(TAP_OFFSETS).to(device)
+
+
+def level_voxels(x: torch.Tensor, scale: float, extra_dilation: int) -> torch.Tensor:
+    """Voxels (M, 3) at voxel size ``scale`` touched by the points x (N, 3), dilated ``extra_dilation`` times."""
+    cells, _ = split_points(x / scale)
+    vox = dilate(unique_voxels(cells), tap_offsets(x.device))
+    for _ in range(extra_dilation):
+        vox = dilate(vox, tap_offsets(x.device))
+    return vox
+
+
+def build_levels(x: torch.Tensor, depth: int, coarse_dilation: int = 1) -> list[Level]:
+    """The hierarchy, finest first, for points x (N, 3) in finest-voxel units."""
+    levels = []
+    for d in range(depth):
+        scale = float(2**d)
+        vox = level_voxels(x, scale, coarse_dilation if d > 0 else 0)
+        levels.append(Level(depth=d, scale=scale, index=VoxelIndex(vox)))
+    return levels
+
+
+def contract(a: torch.Tensor, u: torch.Tensor, scale: float, with_grad: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Field values (N,) and gradients (N, 3) from tap coefficients a (N, 27) and local coordinates u (N, 3).
+
+    Contracts one axis at a time (the basis is a tensor product), never forming
+    the (N, 27, 3) gradient weights.
+    """
+    w, d = weights_1d(u.to(a.dtype))  # (N, 3 axes, 3 taps)
+    per_axis = torch.stack((w, d), dim=2) if with_grad else w[:, :, None, :]  # (N, 3, c, 3)
+    t = torch.einsum("nzyx,ncx->nzyc", a.view(-1, 3, 3, 3), per_axis[:, 0])
+    t = torch.einsum("nzyc,ndy->nzcd", t, per_axis[:, 1])
+    t = torch.einsum("nzcd,nez->ncde", t, per_axis[:, 2])
+    if not with_grad:
+        return t[:, 0, 0, 0], None
+    grads = torch.stack((t[:, 1, 0, 0], t[:, 0, 1, 0], t[:, 0, 0, 1]), dim=1) / scale
+    return t[:, 0, 0, 0], grads
+
+
+def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Field of one level at x (N, 3) finest units: values (N,) and optionally gradients (N, 3)."""
+    assert level.coeffs is not None
+    values = torch.zeros(x.shape[0], dtype=level.coeffs.dtype, device=x.device)
+    grads = torch.zeros(x.shape[0], 3, dtype=level.coeffs.dtype, device=x.device) if with_grad else None
+    padded = torch.cat((level.coeffs, level.coeffs.new_zeros(1)))
+    for start in range(0, x.shape[0], CHUNK):
+        cell, u = split_points(x[start:start + CHUNK] / level.scale)
+        a = padded[level.taps(cell)]  # (n, 27); -1 (absent) picks the trailing zero
+        v, g = contract(a, u, level.scale, with_grad)
+        values[start:start + CHUNK] = v
+        if grads is not None and g is not None:
+            grads[start:start + CHUNK] = g
+    return values, grads
+
+
+def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The summed field of all solved levels at x (N, 3) finest units."""
+    values = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    grads = torch.zeros(x.shape[0], 3, dtype=x.dtype, device=x.device) if with_grad else None
+    for level in levels:
+        if level.coeffs is None:
+            continue
+        v, g = evaluate_level(level, x, with_grad)
+        values += v
+        if grads is not None and g is not None:
+            grads += g
+    return values, grads

@@ -1,0 +1,36 @@
+"""The engine's result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh in the caller's coordinates.
+
+    ``vertices`` (V, 3) float32 and ``faces`` (F, 3) int32 (counter-clockwise seen
+    from outside: the field is negative inside).  Georeferenced inputs lose
+    precision in float32, so ``origin`` (3,) float64 plus ``local_vertices``
+    (V, 3) float32 give the same points exactly; ``vertices == origin +
+    local_vertices``.  ``colors`` (V, 4) float32 RGBA in [0, 1] when the input had
+    colours; ``normals`` (V, 3) float32 unit; ``stats`` is JSON-serialisable.
+    """
+
+    local_vertices: np.ndarray
+    faces: np.ndarray
+    origin: np.ndarray
+    colors: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vertices(self) -> np.ndarray:
+        return (self.local_vertices.astype(np.float64) + self.origin).astype(np.float32)
+
+    @property
+    def vertices64(self) -> np.ndarray:
+        return self.local_vertices.astype(np.float64) + self.origin

@@ -1,0 +1,162 @@
+"""The reconstruction pipeline: clean -> resolution -> hierarchy -> system -> solve -> mesh -> trim -> colours.
+
+Each stage lives in its own module; this one only sequences them, times them,
+reports progress and checks for cancellation between and inside stages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cloud import prepare_cloud
+from .colors import interpolate_colors, vertex_normals
+from .device import select_device
+from .errors import Cancelled
+from .hierarchy import build_levels, evaluate, evaluate_level
+from .knn import PointTree
+from .memory import available_bytes, check_memory
+from .mesh import Mesh
+from .meshing import candidate_cells, marching_cubes
+from .resolution import choose_voxel_size
+from .solver import pcg
+from .system import Weights, assemble
+from .trimming import TRIM_VOXELS, compact, trim_far
+
+ProgressFn = Callable[[str, float, str], None]
+CancelFn = Callable[[], bool]
+
+DEFAULT_DEPTH = 4
+WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
+
+
+class _Run:
+    """Progress, cancellation and per-stage timing of one reconstruction."""
+
+    def __init__(self, progress: ProgressFn | None, cancel: CancelFn | None) -> None:
+        self.progress = progress
+        self.cancel = cancel
+        self.seconds: dict[str, float] = {}
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+
+    def report(self, stage: str, fraction: float, text: str = "") -> None:
+        if self.progress is not None:
+            self.progress(stage, float(min(max(fraction, 0.0), 1.0)), text)
+        self.check()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.report(name, 0.0)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.report(name, 1.0)
+
+
+def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: float | str = "auto",
+                voxel_size: float | None = None, mise_iter: int = 1, trim: bool = True,
+                solver_tol: float = 1e-5, solver_max_iter: int = 2000, device: str = "auto",
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None) -> Mesh:
+    """Reconstruct a triangle mesh from an oriented point cloud.
+
+    points (N, 3) and normals (N, 3) (outward, any length > 0), colors (N, 3|4)
+    optional; any float or integer dtype.  ``detail_level`` "auto" or 0..1,
+    ``voxel_size`` (caller's units) overrides it.  ``progress(stage, fraction,
+    text)`` is called often; ``cancel()`` returning True stops the run with
+    :class:`engine.errors.Cancelled`.  Raises :class:`engine.errors.InputError`
+    subclasses for bad input, each naming the problem and the fix.
+    """
+    run = _Run(progress, cancel)
+    t0 = time.perf_counter()
+    dev = select_device(device)
+    with run.stage("clean"):
+        cloud = prepare_cloud(points, normals, colors)
+        tree = PointTree(cloud.points)
+    with run.stage("resolution"):
+        res = choose_voxel_size(cloud.points, tree, detail_level, voxel_size, cloud.scale)
+        h = res.voxel_size
+        pts = torch.from_numpy(cloud.points).to(dev)
+        limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
+        estimate = check_memory(pts, h, limit, h * cloud.scale)
+    with run.stage("hierarchy"):
+        x = pts / h  # finest-voxel units
+        nrm = torch.from_numpy(cloud.normals).to(dev)
+        levels = build_levels(x, max(1, int(depth)))
+    fit_value = torch.zeros(x.shape[0], device=dev)
+    fit_grad = torch.zeros(x.shape[0], 3, device=dev)
+    iterations: list[int] = []
+    residuals: list[float] = []
+    for i, level in enumerate(reversed(levels)):
+        with run.stage("system"):
+            system = assemble(level, x, -fit_value, nrm - fit_grad, WEIGHTS)
+        with run.stage("solve"):
+            def check(it: int, rel: float, i: int = i) -> None:
+                run.report("solve", (i + min(1.0, it / max(1, solver_max_iter))) / len(levels),
+                           f"level {level.depth}: iteration {it}, residual {rel:.2e}")
+
+            result = pcg(system.matvec, system.rhs, 1.0 / system.diagonal, solver_tol, solver_max_iter, check)
+            level.coeffs = result.x
+            iterations.append(result.iterations)
+            residuals.append(result.residual)
+            del system
+            value, grad = evaluate_level(level, x, with_grad=True)
+            fit_value += value
+            assert grad is not None
+            fit_grad += grad
+    with run.stage("mesh"):
+        coarse = levels[-1]
+
+        def field(p: torch.Tensor) -> torch.Tensor:
+            run.check()
+            return evaluate(levels, p)[0]
+
+        def near_data(cells: torch.Tensor, size: float) -> torch.Tensor:
+            if size > 1.0 or not trim:
+                return torch.ones(cells.shape[0], dtype=torch.bool, device=cells.device)
+            return levels[0].index.lookup(torch.floor(cells * size).to(torch.int64)) >= 0
+
+        cells, size = candidate_cells(coarse.ijk, coarse.scale, coarse.depth + max(0, int(mise_iter)), field,
+                                      near_data)
+        verts_t, faces_t = marching_cubes(cells, size, field)
+        verts = (verts_t.double() * h).cpu().numpy()  # canonical
+        faces = faces_t.cpu().numpy()
+    with run.stage("trim"):
+        if trim:
+            verts, faces, _ = trim_far(verts, faces, tree, TRIM_VOXELS * h)
+        else:
+            verts, faces, _ = compact(verts, faces)
+    with run.stage("colors"):
+        vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
+        vnormals = vertex_normals(verts, faces)
+    stats: dict[str, Any] = {
+        "engine_version": __version__,
+        "device": str(dev),
+        "points_in": int(np.asarray(points).shape[0]),
+        "points_used": int(cloud.points.shape[0]),
+        "points_dropped": cloud.dropped,
+        "voxel_size": h * cloud.scale,
+        "detail_level": res.detail_level if res.detail_level is not None else str(detail_level),
+        "noise": res.noise * cloud.scale,
+        "density": res.density / cloud.scale**2,
+        "levels": [len(lv) for lv in levels],
+        "unknowns": int(sum(len(lv) for lv in levels)),
+        "solver_iterations": iterations,
+        "solver_residual": residuals,
+        "memory_estimate_bytes": estimate,
+        "vertices": int(verts.shape[0]),
+        "faces": int(faces.shape[0]),
+        "seconds": run.seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    return Mesh(local_vertices=(verts * cloud.scale).astype(np.float32), faces=faces.astype(np.int32),
+                origin=cloud.center.copy(), colors=vcolors, normals=vnormals, stats=stats)
