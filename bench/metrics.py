@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from geom import count_components, edge_counts, face_geometry, sample_surface, weld
 
 

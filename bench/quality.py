@@ -30,9 +30,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int]) -> list[tuple[str, str, int | None]]:
+Spec = tuple[str, str, int | None]
+
+
+def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int]) -> list[Spec]:
     """(label, method, depth) for every run of one input."""
-    specs: list[tuple[str, str, int | None]] = []
+    specs: list[Spec] = []
     for m in methods:
         if m == "ours":
             specs.append(("ours", "ours", None))
@@ -106,8 +109,8 @@ def main() -> None:
     if a.reprint:
         report.print_all(json.loads(Path(a.reprint).read_text()), a.best_pool)
         return
-    import numpy as np
     import metrics
+    import numpy as np
     import shapes
     from plyio import read_ply
 
@@ -145,7 +148,7 @@ def main() -> None:
                     if a.resume and any(r.get("ok") for r in old):
                         log(f"  {label}: cached")
                         continue
-                    results["runs"] = [r for r in results["runs"] if not (r["input"] == key and r["label"] == label)]
+                    results["runs"] = [r for r in results["runs"] if r not in old]
                     rec: dict = {"input": key, "label": label, "method": method, "depth": depth, "ok": False}
                     mesh = work / f"out_{shape}_{n}_{cname}_{label}.ply"
                     log(f"  {label}: running")
@@ -160,7 +163,8 @@ def main() -> None:
                         rec["ok"] = "error" not in rec["metrics"]
                         if rec["ok"]:
                             m = rec["metrics"]
-                            log(f"  {label}: chamfer {m['chamfer_l1']*1e3:.3f}e-3 NC {m['nc']:.4f} pieces {m['pieces']}")
+                            log(f"  {label}: chamfer {m['chamfer_l1']*1e3:.3f}e-3 "
+                                f"NC {m['nc']:.4f} pieces {m['pieces']}")
                     except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
                         rec["error"] = str(e)
                         log(f"  {label}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")

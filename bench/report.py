@@ -1,7 +1,7 @@
 """Tables and goal verdicts from the raw results JSON (pure Python, no numpy/open3d)."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 RSS_LIMIT_MB = 4096.0  # "4 GB" peak RSS budget at 1M points (MiB, as VmHWM reports)
 
@@ -12,7 +12,8 @@ def _ok(r: dict) -> bool:
 
 def poisson_best(runs: list[dict], pool: str = "open3d") -> dict | None:
     """Lowest-Chamfer Poisson run: Open3D depths only (pool='open3d') or all peers ('poisson')."""
-    peers = [r for r in runs if _ok(r) and (r["method"] == "open3d" or (pool == "poisson" and r["method"] != "ours"))]
+    wanted = {"open3d"} if pool == "open3d" else {"open3d", "pymeshlab"}
+    peers = [r for r in runs if _ok(r) and r["method"] in wanted]
     return min(peers, key=lambda r: r["metrics"]["chamfer_l1"], default=None)
 
 
@@ -70,13 +71,15 @@ def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
         ratio = t_ours / w["seconds"] if t_ours and w["seconds"] > 0 and r is not ours else None
         lines.append(
             f"{r['label'] + mark:<14}{m['chamfer_l1']*1e3:>9.3f}{m['fscore@1%']:>7.3f}"
-            f"{m['fscore@0.5%']:>7.3f}{m['nc']:>7.3f}{m['pieces']:>7d}{m['boundary_edges']:>7d}{m['nonmanifold_edges']:>6d}"
+            f"{m['fscore@0.5%']:>7.3f}{m['nc']:>7.3f}{m['pieces']:>7d}"
+            f"{m['boundary_edges']:>7d}{m['nonmanifold_edges']:>6d}"
             f"{w['seconds']:>8.2f}{w['peak_rss_mb']:>8.0f}{_fmt(ratio, '>7.2f')}"
         )
     if ours and t_ours:
         d8 = _find(runs, "open3d-d8")
         parts = [f"{t_ours / x['worker']['seconds']:.2f}x {x['label']}" for x in (d8, best) if x]
-        lines.append("ours time = " + ", ".join(parts) if parts else "")
+        if parts:
+            lines.append("ours time = " + ", ".join(parts))
     lines.append(verdict(inp, runs, pool)[0])
     return "\n".join(lines)
 

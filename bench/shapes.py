@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from geom import bbox_diagonal, sample_surface
 from plyio import read_ply, write_ply
 

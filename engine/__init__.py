@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 from .errors import Cancelled, EngineError, InputError  # noqa: E402
 from .mesh import Mesh  # noqa: E402
-from .pipeline import reconstruct  # noqa: E402
+from .pipeline import fit_field, reconstruct  # noqa: E402
 
-__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "reconstruct", "__version__"]
+__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "fit_field", "reconstruct", "__version__"]

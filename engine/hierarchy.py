@@ -29,6 +29,7 @@ class Level:
     index: VoxelIndex
     coeffs: torch.Tensor | None = field(default=None)
     _neighbours: torch.Tensor | None = field(default=None, repr=False)
+    _tap_coeffs: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def ijk(self) -> torch.Tensor:
@@ -43,6 +44,23 @@ class Level:
         if self._neighbours is None:
             self._neighbours = self.index.lookup(self.ijk[:, None, :] + tap_offsets(self.ijk.device))
         return self._neighbours
+
+    def set_coeffs(self, coeffs: torch.Tensor) -> None:
+        """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""
+        self.coeffs = coeffs
+        padded = torch.cat((coeffs, coeffs.new_zeros(1)))
+        self._tap_coeffs = padded[self.neighbours]  # -1 (absent) picks the trailing zero
+
+    def tap_coeffs(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent."""
+        assert self.coeffs is not None and self._tap_coeffs is not None
+        row = self.index.lookup(cells)
+        out = self._tap_coeffs[row.clamp_min(0)]
+        missing = row < 0
+        if bool(missing.any()):
+            padded = torch.cat((self.coeffs, self.coeffs.new_zeros(1)))
+            out[missing] = padded[self.index.lookup(cells[missing][:, None, :] + tap_offsets(cells.device))]
+        return out
 
     def taps(self, cells: torch.Tensor) -> torch.Tensor:
         """(N, 27) rows of the voxels touching points in ``cells`` (N, 3) int64, -1 where absent.
@@ -105,10 +123,9 @@ def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
     assert level.coeffs is not None
     values = torch.zeros(x.shape[0], dtype=level.coeffs.dtype, device=x.device)
     grads = torch.zeros(x.shape[0], 3, dtype=level.coeffs.dtype, device=x.device) if with_grad else None
-    padded = torch.cat((level.coeffs, level.coeffs.new_zeros(1)))
     for start in range(0, x.shape[0], CHUNK):
         cell, u = split_points(x[start:start + CHUNK] / level.scale)
-        a = padded[level.taps(cell)]  # (n, 27); -1 (absent) picks the trailing zero
+        a = level.tap_coeffs(cell)
         v, g = contract(a, u, level.scale, with_grad)
         values[start:start + CHUNK] = v
         if grads is not None and g is not None:

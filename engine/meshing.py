@@ -20,9 +20,10 @@ from collections.abc import Callable
 import torch
 
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
-from .voxels import VoxelIndex, unique_voxels
+from .voxels import unique_voxels_inverse
 
 KEEP_SLOPE = 1.5
+CELL_CHUNK = 1 << 17
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,32 +31,39 @@ Field = Callable[[torch.Tensor], torch.Tensor]
 def _corner_values(cells: torch.Tensor, size: float, field: Field) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unique corners (K, 3) int64 in units of ``size``, their field values (K,), and ids per cell (M, 8)."""
     corners = cells[:, None, :] + torch.from_numpy(CORNERS).to(cells.device)
-    flat = corners.reshape(-1, 3)
-    unique = unique_voxels(flat)
-    ids = VoxelIndex(unique).lookup(flat).reshape(-1, 8)
+    unique, ids = unique_voxels_inverse(corners.reshape(-1, 3))
     values = field(unique.to(torch.float32) * size)
-    return unique, values, ids
+    return unique, values, ids.reshape(-1, 8)
+
+
+def _keep(cells: torch.Tensor, size: float, field: Field, final: bool) -> torch.Tensor:
+    """Mask of the cells (M, 3) of edge ``size`` that can hold the zero level (``final``: that do)."""
+    _, values, ids = _corner_values(cells, size, field)
+    v = values[ids]
+    crossing = (v.min(dim=1).values < 0) & (v.max(dim=1).values >= 0)
+    if final:
+        return crossing
+    return crossing | (v.abs().min(dim=1).values <= KEEP_SLOPE * size * 0.8660254)
 
 
 def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field,
                     allowed: Callable[[torch.Tensor, float], torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, float]:
-    """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times; returns cells and their size."""
+    """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times; returns cells and their size.
+
+    Each round works through the cells in chunks, so memory stays bounded
+    (corners shared by two chunks are evaluated twice, which is cheap).
+    """
     children = torch.from_numpy(CORNERS).to(start.device)
     cells, size = start, start_size
     for r in range(rounds + 1):
         if allowed is not None:
             cells = cells[allowed(cells, size)]
-        if cells.shape[0] == 0:
-            break
-        _, values, ids = _corner_values(cells, size, field)
-        v = values[ids]
-        crossing = (v.min(dim=1).values < 0) & (v.max(dim=1).values >= 0)
+        keep = torch.cat([_keep(cells[i:i + CELL_CHUNK], size, field, r == rounds)
+                          for i in range(0, cells.shape[0], CELL_CHUNK)] or [torch.zeros(0, dtype=torch.bool)])
+        cells = cells[keep.to(cells.device)]
         if r == rounds:
-            cells = cells[crossing]
             break
-        near = v.abs().min(dim=1).values <= KEEP_SLOPE * size * 0.8660254
-        cells = cells[crossing | near]
         cells = (2 * cells[:, None, :] + children).reshape(-1, 3)
         size = size / 2
     return cells, size

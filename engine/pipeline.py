@@ -9,17 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import __version__
-from .cloud import prepare_cloud
+from .cloud import Cloud, prepare_cloud
 from .colors import interpolate_colors, vertex_normals
 from .device import select_device
 from .errors import Cancelled
-from .hierarchy import build_levels, evaluate, evaluate_level
+from .hierarchy import Level, build_levels, evaluate, evaluate_level
 from .knn import PointTree
 from .memory import available_bytes, check_memory
 from .mesh import Mesh
@@ -62,22 +63,33 @@ class _Run:
         self.report(name, 1.0)
 
 
-def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: float | str = "auto",
-                voxel_size: float | None = None, mise_iter: int = 1, trim: bool = True,
-                solver_tol: float = 1e-5, solver_max_iter: int = 2000, device: str = "auto",
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None) -> Mesh:
-    """Reconstruct a triangle mesh from an oriented point cloud.
+@dataclass
+class Fit:
+    """The fitted field: the cleaned cloud, its k-d tree, the solved hierarchy and the run's figures."""
 
-    points (N, 3) and normals (N, 3) (outward, any length > 0), colors (N, 3|4)
-    optional; any float or integer dtype.  ``detail_level`` "auto" or 0..1,
-    ``voxel_size`` (caller's units) overrides it.  ``progress(stage, fraction,
-    text)`` is called often; ``cancel()`` returning True stops the run with
-    :class:`engine.errors.Cancelled`.  Raises :class:`engine.errors.InputError`
-    subclasses for bad input, each naming the problem and the fix.
-    """
-    run = _Run(progress, cancel)
-    t0 = time.perf_counter()
+    cloud: Cloud
+    tree: PointTree
+    levels: list[Level]
+    voxel_size: float  # canonical units
+    device: torch.device
+    stats: dict[str, Any]
+
+    def field(self, x: torch.Tensor) -> torch.Tensor:
+        """The field at x (M, 3) in finest-voxel units (negative inside, about a distance in voxels)."""
+        return evaluate(self.levels, x)[0]
+
+    def to_voxels(self, world: np.ndarray) -> torch.Tensor:
+        """Caller coordinates (M, 3) -> finest-voxel units on the engine's device."""
+        canon = (np.asarray(world, dtype=np.float64) - self.cloud.center) / self.cloud.scale
+        return torch.from_numpy(canon / self.voxel_size).to(self.device, torch.float32)
+
+
+def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | str = "auto",
+        voxel_size: float | None = None, solver_tol: float = 1e-5, solver_max_iter: int = 2000,
+        device: str = "auto", depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
+        run: _Run | None = None) -> Fit:
+    """Clean, choose the resolution, build the hierarchy and solve it coarse to fine (steps 1-6)."""
+    run = run or _Run(None, None)
     dev = select_device(device)
     with run.stage("clean"):
         cloud = prepare_cloud(points, normals, colors)
@@ -87,7 +99,7 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
         h = res.voxel_size
         pts = torch.from_numpy(cloud.points).to(dev)
         limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
-        estimate = check_memory(pts, h, limit, h * cloud.scale)
+        estimate = check_memory(pts, h, limit, h * cloud.scale, max(1, int(depth)))
     with run.stage("hierarchy"):
         x = pts / h  # finest-voxel units
         nrm = torch.from_numpy(cloud.normals).to(dev)
@@ -100,12 +112,12 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
         with run.stage("system"):
             system = assemble(level, x, -fit_value, nrm - fit_grad, WEIGHTS)
         with run.stage("solve"):
-            def check(it: int, rel: float, i: int = i) -> None:
+            def check(it: int, rel: float, i: int = i, depth: int = level.depth) -> None:
                 run.report("solve", (i + min(1.0, it / max(1, solver_max_iter))) / len(levels),
-                           f"level {level.depth}: iteration {it}, residual {rel:.2e}")
+                           f"level {depth}: iteration {it}, residual {rel:.2e}")
 
             result = pcg(system.matvec, system.rhs, 1.0 / system.diagonal, solver_tol, solver_max_iter, check)
-            level.coeffs = result.x
+            level.set_coeffs(result.x)
             iterations.append(result.iterations)
             residuals.append(result.residual)
             del system
@@ -113,31 +125,6 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
             fit_value += value
             assert grad is not None
             fit_grad += grad
-    with run.stage("mesh"):
-        coarse = levels[-1]
-
-        def field(p: torch.Tensor) -> torch.Tensor:
-            run.check()
-            return evaluate(levels, p)[0]
-
-        def near_data(cells: torch.Tensor, size: float) -> torch.Tensor:
-            if size > 1.0 or not trim:
-                return torch.ones(cells.shape[0], dtype=torch.bool, device=cells.device)
-            return levels[0].index.lookup(torch.floor(cells * size).to(torch.int64)) >= 0
-
-        cells, size = candidate_cells(coarse.ijk, coarse.scale, coarse.depth + max(0, int(mise_iter)), field,
-                                      near_data)
-        verts_t, faces_t = marching_cubes(cells, size, field)
-        verts = (verts_t.double() * h).cpu().numpy()  # canonical
-        faces = faces_t.cpu().numpy()
-    with run.stage("trim"):
-        if trim:
-            verts, faces, _ = trim_far(verts, faces, tree, TRIM_VOXELS * h)
-        else:
-            verts, faces, _ = compact(verts, faces)
-    with run.stage("colors"):
-        vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
-        vnormals = vertex_normals(verts, faces)
     stats: dict[str, Any] = {
         "engine_version": __version__,
         "device": str(dev),
@@ -153,10 +140,66 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
         "solver_iterations": iterations,
         "solver_residual": residuals,
         "memory_estimate_bytes": estimate,
-        "vertices": int(verts.shape[0]),
-        "faces": int(faces.shape[0]),
-        "seconds": run.seconds,
-        "total_seconds": time.perf_counter() - t0,
     }
+    return Fit(cloud, tree, levels, h, dev, stats)
+
+
+def fit_field(points: Any, normals: Any, **options: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The fitted implicit function in the caller's coordinates: (M, 3) -> (M,) float32, negative inside.
+
+    Values are roughly signed distances in units of the finest voxel.  Options as for :func:`fit`.
+    """
+    f = fit(points, normals, **options)
+    return lambda world: f.field(f.to_voxels(world)).cpu().numpy()
+
+
+def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: float | str = "auto",
+                voxel_size: float | None = None, mise_iter: int = 1, trim: bool = True,
+                solver_tol: float = 1e-5, solver_max_iter: int = 2000, device: str = "auto",
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None) -> Mesh:
+    """Reconstruct a triangle mesh from an oriented point cloud.
+
+    points (N, 3) and normals (N, 3) (outward, any length > 0), colors (N, 3|4)
+    optional; any float or integer dtype.  ``detail_level`` "auto" or 0..1,
+    ``voxel_size`` (caller's units) overrides it.  ``mise_iter`` refinement
+    rounds below the finest voxel; ``trim`` removes surface farther than 1.5
+    voxels from every point.  ``progress(stage, fraction, text)`` is called
+    often; ``cancel()`` returning True stops the run with
+    :class:`engine.errors.Cancelled`.  Raises :class:`engine.errors.InputError`
+    subclasses for bad input, each naming the problem and the fix.
+    """
+    run = _Run(progress, cancel)
+    t0 = time.perf_counter()
+    f = fit(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size, solver_tol=solver_tol,
+            solver_max_iter=solver_max_iter, device=device, depth=depth, memory_limit_gb=memory_limit_gb, run=run)
+    levels, h, cloud = f.levels, f.voxel_size, f.cloud
+    with run.stage("mesh"):
+        coarse = levels[-1]
+
+        def field(p: torch.Tensor) -> torch.Tensor:
+            run.check()
+            return f.field(p)
+
+        def near_data(cells: torch.Tensor, size: float) -> torch.Tensor:
+            if size > 1.0 or not trim:
+                return torch.ones(cells.shape[0], dtype=torch.bool, device=cells.device)
+            return levels[0].index.lookup(torch.floor(cells * size).to(torch.int64)) >= 0
+
+        cells, size = candidate_cells(coarse.ijk, coarse.scale, coarse.depth + max(0, int(mise_iter)), field,
+                                      near_data)
+        verts_t, faces_t = marching_cubes(cells, size, field)
+        verts = (verts_t.double() * h).cpu().numpy()  # canonical
+        faces = faces_t.cpu().numpy()
+    with run.stage("trim"):
+        if trim:
+            verts, faces, _ = trim_far(verts, faces, f.tree, TRIM_VOXELS * h)
+        else:
+            verts, faces, _ = compact(verts, faces)
+    with run.stage("colors"):
+        vcolors = interpolate_colors(verts, f.tree, cloud.colors) if cloud.colors is not None else None
+        vnormals = vertex_normals(verts, faces)
+    stats = {**f.stats, "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]), "seconds": run.seconds,
+             "total_seconds": time.perf_counter() - t0}
     return Mesh(local_vertices=(verts * cloud.scale).astype(np.float32), faces=faces.astype(np.int32),
                 origin=cloud.center.copy(), colors=vcolors, normals=vnormals, stats=stats)

@@ -28,10 +28,11 @@ import torch
 
 from .basis import product_polynomials, split_points, tap_weights
 from .hierarchy import CHUNK, Level
+from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
-CELL_CHUNK = 1 << 15
+CELL_CHUNK = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
     """Add the data term's matrix to ``stencil`` (M * 125,) in place."""
     n = x.shape[0]
     cell, u = split_points(x / level.scale)
-    cells, inverse = torch.unique(cell, dim=0, return_inverse=True)
+    cells, inverse = unique_voxels_inverse(cell)
     moments = torch.zeros(cells.shape[0], 125, dtype=torch.float64, device=x.device)
     for start in range(0, n, CHUNK):
         moments.index_add_(0, inverse[start:start + CHUNK], _monomials(u[start:start + CHUNK].double()))

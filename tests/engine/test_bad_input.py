@@ -1,0 +1,117 @@
+"""Bad input gets a typed error that names the problem and the fix, never a crash or a hang."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import reconstruct
+from engine.errors import (
+    DegenerateInputError,
+    InputError,
+    MemoryLimitError,
+    MissingNormalsError,
+    ShapeMismatchError,
+    TooFewPointsError,
+)
+from tests import shapes
+
+P, N = shapes.sphere(3000)
+
+
+def expect(error: type[InputError], match: str, *args: object, **kwargs: object) -> InputError:
+    with pytest.raises(error, match=match) as info:
+        reconstruct(*args, **kwargs)  # type: ignore[arg-type]
+    assert info.value.hint, "every input error carries a hint for the user"
+    return info.value
+
+
+def test_empty() -> None:
+    expect(TooFewPointsError, "empty", np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_one_to_three_points(n: int) -> None:
+    expect(TooFewPointsError, f"{n} usable points", P[:n], N[:n])
+
+
+def test_collinear() -> None:
+    t = np.linspace(0, 1, 100)[:, None]
+    expect(DegenerateInputError, "straight line", t * [1.0, 2.0, 3.0], np.tile([0.0, 0.0, 1.0], (100, 1)))
+
+
+def test_coplanar() -> None:
+    rng = np.random.default_rng(1)
+    p = np.c_[rng.uniform(size=(500, 2)), np.full(500, 4.0)]
+    expect(DegenerateInputError, "one plane", p, np.tile([0.0, 0.0, 1.0], (500, 1)))
+
+
+def test_nan_and_inf_rows_are_dropped_and_counted() -> None:
+    p = P.copy()
+    p[:10] = np.nan
+    p[10:15, 1] = np.inf
+    mesh = reconstruct(p, N, device="cpu")
+    assert mesh.stats["points_dropped"] == 15
+    assert mesh.stats["points_used"] == len(P) - 15
+    assert np.isfinite(mesh.vertices).all()
+
+
+def test_all_nan() -> None:
+    err = expect(TooFewPointsError, "NaN/Inf", np.full((50, 3), np.nan), N[:50])
+    assert "50 of them" in err.message
+
+
+def test_zero_normals() -> None:
+    err = expect(TooFewPointsError, "zero-length normals", P[:100], np.zeros((100, 3)))
+    assert "NaN/Inf" in err.hint
+
+
+def test_missing_normals() -> None:
+    expect(MissingNormalsError, "no normals", P, None)
+
+
+def test_mismatched_lengths() -> None:
+    expect(ShapeMismatchError, "normals has 2999 rows but points has 3000", P, N[:-1])
+    expect(ShapeMismatchError, "colors has 10 rows", P, N, np.zeros((10, 3)))
+
+
+def test_wrong_shape() -> None:
+    expect(ShapeMismatchError, r"shape \(N, 3\)", P[:, :2], N)
+    expect(InputError, "numeric", np.array([["a", "b", "c"]] * 20), N[:20])
+
+
+def test_voxel_size_over_memory_cap() -> None:
+    p, n = shapes.sphere(100_000)
+    err = expect(MemoryLimitError, "GiB, more than the limit of 1.0 GiB", p, n, voxel_size=0.002, memory_limit_gb=1.0)
+    assert "voxel size" in err.hint
+
+
+def test_memory_estimate_is_not_below_the_real_size() -> None:
+    import torch
+
+    from engine.hierarchy import build_levels
+    from engine.memory import estimate_unknowns
+
+    for count, voxel in [(20_000, 0.05), (20_000, 0.01), (3000, 0.002)]:
+        p, _ = shapes.sphere(count)
+        x = torch.from_numpy(p).float()
+        real = sum(len(level) for level in build_levels(x / voxel, 4))
+        assert real <= estimate_unknowns(x, voxel, 4) <= 2.5 * real, (count, voxel)
+
+
+def test_voxel_size_absurdly_small() -> None:
+    expect(MemoryLimitError, "voxels along", P, N, voxel_size=1e-9)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
+def test_bad_voxel_size(bad: float) -> None:
+    expect(InputError, "voxel_size must be a positive number", P, N, voxel_size=bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, "fine"])
+def test_bad_detail(bad: object) -> None:
+    expect(InputError, "detail_level", P, N, detail_level=bad)
+
+
+def test_unknown_device() -> None:
+    expect(InputError, "Unknown device", P, N, device="tpu")

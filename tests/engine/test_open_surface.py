@@ -1,0 +1,33 @@
+"""An open scan stays open: with trimming on, no surface far from the points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import reconstruct
+from engine.knn import PointTree
+from tests import shapes
+from tests.meshcheck import boundary_edges, components
+
+
+def test_hemisphere_is_trimmed_near_the_data() -> None:
+    p, n = shapes.hemisphere(8000)
+    mesh = reconstruct(p, n, device="cpu")
+    h = mesh.stats["voxel_size"]
+    dist, _ = PointTree(p).query(mesh.vertices64, 1)
+    assert dist.max() <= 1.5 * h + 1e-9
+    assert mesh.vertices64[:, 2].min() > -1.5 * h
+    assert boundary_edges(mesh.faces) > 0  # the rim stays open
+    assert components(len(mesh.vertices), mesh.faces) == 1
+    # it covers the hemisphere: area close to 2 pi
+    t = mesh.vertices64[mesh.faces]
+    area = 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum()
+    assert abs(area - 2 * np.pi) < 0.05 * 2 * np.pi
+
+
+def test_without_trimming_the_surface_extends_past_the_data() -> None:
+    p, n = shapes.hemisphere(8000)
+    mesh = reconstruct(p, n, device="cpu", trim=False)
+    h = mesh.stats["voxel_size"]
+    dist, _ = PointTree(p).query(mesh.vertices64, 1)
+    assert dist.max() > 1.5 * h

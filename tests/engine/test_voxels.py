@@ -1,0 +1,32 @@
+"""Sparse voxel lookup agrees with a plain Python set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.voxels import VoxelIndex, dilate, unique_voxels
+
+
+@pytest.mark.parametrize("spread", [6, 40, 300])
+def test_lookup_matches_a_set(spread: int) -> None:
+    rng = np.random.default_rng(spread)
+    vox = unique_voxels(torch.from_numpy(rng.integers(-spread, spread, size=(2000, 3))))
+    index = VoxelIndex(vox)
+    queries = torch.from_numpy(rng.integers(-spread - 20, spread + 20, size=(20_000, 3)))
+    queries = torch.cat([queries, vox[:500]])
+    rows = index.lookup(queries)
+    members = {tuple(v) for v in vox.tolist()}
+    expected = np.array([tuple(q) in members for q in queries.tolist()])
+    assert np.array_equal(rows.numpy() >= 0, expected)
+    found = rows >= 0
+    assert torch.equal(vox[rows[found]], queries[found])
+
+
+def test_unique_and_dilate() -> None:
+    vox = torch.tensor([[0, 0, 0], [0, 0, 0], [5, -3, 2]])
+    u = unique_voxels(vox)
+    assert u.shape == (2, 3)
+    d = dilate(u, torch.tensor([[0, 0, 0], [1, 0, 0], [-1, 0, 0]]))
+    assert {tuple(v) for v in d.tolist()} == {(0, 0, 0), (1, 0, 0), (-1, 0, 0), (5, -3, 2), (6, -3, 2), (4, -3, 2)}

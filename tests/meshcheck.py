@@ -1,0 +1,42 @@
+"""Topology checks of triangle meshes used by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+def edge_counts(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges (E, 2) and how many faces use each."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e.sort(axis=1)
+    return np.unique(e, axis=0, return_counts=True)
+
+
+def boundary_edges(faces: np.ndarray) -> int:
+    _, counts = edge_counts(faces)
+    return int((counts == 1).sum())
+
+
+def non_manifold_edges(faces: np.ndarray) -> int:
+    _, counts = edge_counts(faces)
+    return int((counts > 2).sum())
+
+
+def inconsistent_edges(faces: np.ndarray) -> int:
+    """Directed edges used twice in the same direction (neighbouring faces with opposite winding)."""
+    d = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    _, counts = np.unique(d, axis=0, return_counts=True)
+    return int((counts > 1).sum())
+
+
+def components(n_vertices: int, faces: np.ndarray) -> int:
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
+    return int(connected_components(graph, directed=False)[0])
+
+
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    t = vertices[faces].astype(np.float64)
+    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
