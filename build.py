@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 REQUIREMENTS = [ROOT / "requirements" / "engine.txt", ROOT / "requirements" / "dev.txt"]
-STAMP = VENV / ".requirements-sha256"
 # Fixed thread counts keep timings and results stable on CI's 2 cores; PASSIVE stops
 # OpenMP threads from busy-waiting when the machine is oversubscribed.
 THREAD_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -45,19 +44,20 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.call(cmd, cwd=ROOT, env={**os.environ, **THREAD_ENV, **(env or {})})
 
 
-def ensure_venv(requirements: list[Path] = REQUIREMENTS) -> None:
-    """Create .venv if missing and install the pinned requirements when they changed."""
+def ensure_venv(requirements: list[Path] = REQUIREMENTS, venv: Path = VENV) -> None:
+    """Create the environment if missing and install the pinned requirements when they changed."""
+    python, stamp = venv / "bin" / "python", venv / ".requirements-sha256"
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in requirements)).hexdigest()
-    if PY.exists() and STAMP.exists() and STAMP.read_text() == digest:
+    if python.exists() and stamp.exists() and stamp.read_text() == digest:
         return
-    if not PY.exists():
-        subprocess.check_call([find_python311(), "-m", "venv", str(VENV)])
-    args = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if not python.exists():
+        subprocess.check_call([find_python311(), "-m", "venv", str(venv)])
+    args = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     for req in requirements:
         args += ["-r", str(req)]
     if subprocess.call(args) != 0:
         sys.exit("build.py: installing the requirements failed (see pip's message above).")
-    STAMP.write_text(digest)
+    stamp.write_text(digest)
 
 
 def cmd_test(extra: list[str]) -> int:
@@ -74,9 +74,17 @@ def cmd_demo(extra: list[str]) -> int:
     return run([str(PY), "-m", "examples.demo", *extra])
 
 
+BENCH_VENV = ROOT / ".venv-bench"
+
+
 def cmd_bench(extra: list[str]) -> int:
+    """Peers (Open3D, PyMeshLab) live in their own environment, .venv-bench; ours runs from .venv."""
     ensure_venv()
-    return run([str(PY), "bench/quality.py", *extra])
+    ensure_venv([ROOT / "requirements" / "bench.txt"], BENCH_VENV)
+    bench_py = BENCH_VENV / "bin" / "python"
+    if subprocess.call([str(bench_py), "-c", "import open3d"], stderr=subprocess.DEVNULL) != 0:
+        sys.exit("build.py: open3d does not import; it needs libusb-1.0 (Debian: apt-get install libusb-1.0-0).")
+    return run([str(bench_py), "bench/quality.py", "--ours-python", str(PY), "--peer-python", str(bench_py), *extra])
 
 
 def main() -> int:

@@ -1,47 +1,34 @@
-"""Minimal binary little-endian PLY reader/writer for triangle meshes (numpy only).
+"""Triangle-mesh PLY I/O for the benchmark, through plyfile (both environments have it).
 
-Used by the worker (which must not import open3d) and by the evaluator, so that
-meshes round-trip bit-exactly between the two virtual environments.
+Meshes go between the workers and the evaluator as float32 vertices and int32 faces.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-_FACE_DTYPE = np.dtype([("n", "u1"), ("idx", "<i4", (3,))])
+from plyfile import PlyData, PlyElement
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
     """Write vertices (V,3) as float32 and faces (F,3) as int32 to a binary PLY."""
-    v = np.ascontiguousarray(vertices, dtype="<f4").reshape(-1, 3)
-    f = np.asarray(faces, dtype="<i4").reshape(-1, 3)
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
-        f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
-    )
-    rec = np.empty(len(f), dtype=_FACE_DTYPE)
-    rec["n"] = 3
-    rec["idx"] = f
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(v.tobytes())
-        fh.write(rec.tobytes())
+    v = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
+    vert = np.empty(len(v), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    vert["x"], vert["y"], vert["z"] = v[:, 0], v[:, 1], v[:, 2]
+    face = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
+    face["vertex_indices"] = np.asarray(faces, dtype=np.int32).reshape(-1, 3)
+    PlyData([PlyElement.describe(vert, "vertex"), PlyElement.describe(face, "face")]).write(str(path))
 
 
 def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a PLY written by :func:`write_ply`; returns (float32 (V,3), int64 (F,3))."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in header:
-        raise ValueError(f"{path}: only binary little-endian PLY from plyio is supported")
-    counts = {ln.split()[1]: int(ln.split()[2]) for ln in header if ln.startswith("element")}
-    nv, nf = counts.get("vertex", 0), counts.get("face", 0)
-    v = np.frombuffer(data, dtype="<f4", count=3 * nv, offset=end).reshape(nv, 3)
-    rec = np.frombuffer(data, dtype=_FACE_DTYPE, count=nf, offset=end + 12 * nv)
-    if nf and not np.all(rec["n"] == 3):
+    """Read a triangle-mesh PLY; returns (float32 (V,3), int64 (F,3))."""
+    ply = PlyData.read(str(path))
+    vert = ply["vertex"].data
+    v = np.stack([vert["x"], vert["y"], vert["z"]], axis=1).astype(np.float32)
+    if "face" not in ply or len(ply["face"].data) == 0:
+        return v, np.zeros((0, 3), dtype=np.int64)
+    idx = ply["face"].data["vertex_indices"]
+    f = np.stack([np.asarray(t, dtype=np.int64) for t in idx]) if idx.dtype == object else np.asarray(idx)
+    if f.ndim != 2 or f.shape[1] != 3:
         raise ValueError(f"{path}: non-triangle faces")
-    return v.copy(), rec["idx"].astype(np.int64)
+    return v, f.astype(np.int64)

@@ -40,9 +40,13 @@ class Level:
 
     @property
     def neighbours(self) -> torch.Tensor:
-        """(M, 27) rows of each voxel's 27 neighbours (tap order of :mod:`engine.basis`), -1 where absent."""
+        """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.basis`), -1 where absent."""
         if self._neighbours is None:
-            self._neighbours = self.index.lookup(self.ijk[:, None, :] + tap_offsets(self.ijk.device))
+            rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
+            for start in range(0, len(self), CHUNK):
+                q = self.ijk[start:start + CHUNK, None, :] + tap_offsets(self.ijk.device)
+                rows[start:start + CHUNK] = self.index.lookup(q).to(torch.int32)
+            self._neighbours = rows
         return self._neighbours
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
@@ -69,7 +73,7 @@ class Level:
         outside the level (band edges) fall back to 27 lookups.
         """
         row = self.index.lookup(cells)
-        out = self.neighbours[row.clamp_min(0)]
+        out = self.neighbours[row.clamp_min(0)].to(torch.int64)
         missing = row < 0
         if bool(missing.any()):
             out[missing] = self.index.lookup(cells[missing][:, None, :] + tap_offsets(cells.device))

@@ -1,10 +1,16 @@
 """Step 7: extract the zero level of the field on a sparse set of cells.
 
-Cells start as the coarsest level's voxels and are split in eight, round after
-round, keeping only cells that can hold the zero level: a cell of size s whose
-corner values change sign, or whose smallest |f| is below ``KEEP_SLOPE * s *
-sqrt(3)/2`` (the field is fitted to unit gradients, so it behaves like a
-distance near the data).  Splitting continues ``mise_iter`` rounds below the
+Cells start as voxels of one level and are split in eight, round after round,
+keeping only cells that can hold the zero level: a cell whose corner values
+change sign, or whose smallest |f| is small.  Above the finest voxel, "small"
+is ``KEEP_SLOPE * s * sqrt(3)/2``: the field is fitted to unit gradients, so it
+behaves like a distance, and a cell whose nearest corner is farther than
+sqrt(3)/2 of its size from the zero level cannot hold it (15% margin for
+gradients a little above 1).  At and below the finest voxel the field is a
+sum of B-splines at least a voxel wide, so it differs from the trilinear
+interpolant of a cell's corners by at most 3 K s^2 / 8 (K its largest second
+derivative, about the curvature, at most ~1 per voxel): ``KEEP_CURVATURE *
+s^2`` keeps every cell where that deviation could reach zero.  Splitting continues ``mise_iter`` rounds below the
 finest voxel (MISE-style refinement).  All final cells have one size, so
 marching cubes over them, with vertices shared through global edge keys, gives
 an indexed mesh that is closed and manifold wherever the cells surround the
@@ -22,7 +28,8 @@ import torch
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 from .voxels import unique_voxels_inverse
 
-KEEP_SLOPE = 1.5
+KEEP_SLOPE = 1.15
+KEEP_CURVATURE = 0.4
 CELL_CHUNK = 1 << 17
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -43,12 +50,11 @@ def _keep(cells: torch.Tensor, size: float, field: Field, final: bool) -> torch.
     crossing = (v.min(dim=1).values < 0) & (v.max(dim=1).values >= 0)
     if final:
         return crossing
-    return crossing | (v.abs().min(dim=1).values <= KEEP_SLOPE * size * 0.8660254)
+    bound = KEEP_SLOPE * size * 0.8660254 if size > 1.0 else KEEP_CURVATURE * size * size
+    return crossing | (v.abs().min(dim=1).values <= bound)
 
 
-def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field,
-                    allowed: Callable[[torch.Tensor, float], torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, float]:
+def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field) -> tuple[torch.Tensor, float]:
     """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times; returns cells and their size.
 
     Each round works through the cells in chunks, so memory stays bounded
@@ -57,8 +63,6 @@ def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: 
     children = torch.from_numpy(CORNERS).to(start.device)
     cells, size = start, start_size
     for r in range(rounds + 1):
-        if allowed is not None:
-            cells = cells[allowed(cells, size)]
         keep = torch.cat([_keep(cells[i:i + CELL_CHUNK], size, field, r == rounds)
                           for i in range(0, cells.shape[0], CELL_CHUNK)] or [torch.zeros(0, dtype=torch.bool)])
         cells = cells[keep.to(cells.device)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,13 +27,14 @@ from .mesh import Mesh
 from .meshing import candidate_cells, marching_cubes
 from .resolution import choose_voxel_size
 from .solver import pcg
-from .system import Weights, assemble
-from .trimming import TRIM_VOXELS, compact, trim_far
+from .system import Weights, assemble, point_weight
+from .trimming import compact, trim_distance, trim_far
 
 ProgressFn = Callable[[str, float, str], None]
 CancelFn = Callable[[], bool]
 
 DEFAULT_DEPTH = 4
+COARSE_TOL = 1e-3
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 
 
@@ -71,6 +72,7 @@ class Fit:
     tree: PointTree
     levels: list[Level]
     voxel_size: float  # canonical units
+    noise: float  # measured noise, canonical units
     device: torch.device
     stats: dict[str, Any]
 
@@ -95,7 +97,8 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
         cloud = prepare_cloud(points, normals, colors)
         tree = PointTree(cloud.points)
     with run.stage("resolution"):
-        res = choose_voxel_size(cloud.points, tree, detail_level, voxel_size, cloud.scale)
+        res = choose_voxel_size(cloud.points, detail_level, voxel_size, cloud.scale)
+        weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
         h = res.voxel_size
         pts = torch.from_numpy(cloud.points).to(dev)
         limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
@@ -110,13 +113,16 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
     residuals: list[float] = []
     for i, level in enumerate(reversed(levels)):
         with run.stage("system"):
-            system = assemble(level, x, -fit_value, nrm - fit_grad, WEIGHTS)
+            system = assemble(level, x, -fit_value, nrm - fit_grad, weights)
         with run.stage("solve"):
             def check(it: int, rel: float, i: int = i, depth: int = level.depth) -> None:
                 run.report("solve", (i + min(1.0, it / max(1, solver_max_iter))) / len(levels),
                            f"level {depth}: iteration {it}, residual {rel:.2e}")
 
-            result = pcg(system.matvec, system.rhs, 1.0 / system.diagonal, solver_tol, solver_max_iter, check)
+            # Coarse levels only give the finer ones a start (they fit what is left), so a loose
+            # tolerance there costs no accuracy; the finest level is solved to solver_tol.
+            tol = solver_tol if level.depth == 0 else max(solver_tol, COARSE_TOL)
+            result = pcg(system.matvec, system.rhs, 1.0 / system.diagonal, tol, solver_max_iter, check)
             level.set_coeffs(result.x)
             iterations.append(result.iterations)
             residuals.append(result.residual)
@@ -134,6 +140,7 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
         "voxel_size": h * cloud.scale,
         "detail_level": res.detail_level if res.detail_level is not None else str(detail_level),
         "noise": res.noise * cloud.scale,
+        "point_weight": weights.point,
         "density": res.density / cloud.scale**2,
         "levels": [len(lv) for lv in levels],
         "unknowns": int(sum(len(lv) for lv in levels)),
@@ -141,7 +148,7 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
         "solver_residual": residuals,
         "memory_estimate_bytes": estimate,
     }
-    return Fit(cloud, tree, levels, h, dev, stats)
+    return Fit(cloud, tree, levels, h, res.noise, dev, stats)
 
 
 def fit_field(points: Any, normals: Any, **options: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -175,25 +182,20 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
             solver_max_iter=solver_max_iter, device=device, depth=depth, memory_limit_gb=memory_limit_gb, run=run)
     levels, h, cloud = f.levels, f.voxel_size, f.cloud
     with run.stage("mesh"):
-        coarse = levels[-1]
-
         def field(p: torch.Tensor) -> torch.Tensor:
             run.check()
             return f.field(p)
 
-        def near_data(cells: torch.Tensor, size: float) -> torch.Tensor:
-            if size > 1.0 or not trim:
-                return torch.ones(cells.shape[0], dtype=torch.bool, device=cells.device)
-            return levels[0].index.lookup(torch.floor(cells * size).to(torch.int64)) >= 0
-
-        cells, size = candidate_cells(coarse.ijk, coarse.scale, coarse.depth + max(0, int(mise_iter)), field,
-                                      near_data)
+        # Trimmed surface lies within the finest band, so refinement can start there;
+        # untrimmed surface may run wherever the coarsest level reaches.
+        start = levels[0] if trim else levels[-1]
+        cells, size = candidate_cells(start.ijk, start.scale, start.depth + max(0, int(mise_iter)), field)
         verts_t, faces_t = marching_cubes(cells, size, field)
         verts = (verts_t.double() * h).cpu().numpy()  # canonical
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
         if trim:
-            verts, faces, _ = trim_far(verts, faces, f.tree, TRIM_VOXELS * h)
+            verts, faces, _ = trim_far(verts, faces, f.tree, trim_distance(h, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
     with run.stage("colors"):

@@ -21,7 +21,8 @@ from .knn import PointTree
 AUTO_DETAIL = 0.75
 NOISE_FACTOR = 2.0
 PROBES = 3000
-NEIGHBOURS = 40
+NEIGHBOURS = 48
+SUBSAMPLE = 30_000  # measure on this many points, so the estimate does not depend on N
 
 
 @dataclass
@@ -38,16 +39,24 @@ def points_per_voxel(detail: float) -> float:
     return float(20.0 ** (1.0 - detail))
 
 
-def measure(points: np.ndarray, tree: PointTree, seed: int = 0) -> tuple[float, float]:
-    """Median surface density (points per unit area) and noise (RMS of quadric-fit residuals)."""
+def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Median surface density (points per unit area) and noise (RMS of quadric-fit residuals).
+
+    Both come from a random subsample of ``SUBSAMPLE`` points, so the
+    neighbourhoods have the same size whatever N is (with all points, k
+    neighbours span a radius that shrinks as N grows, and at radii near the
+    noise the quadric fits the noise itself).  The density is scaled back to N.
+    """
     rng = np.random.default_rng(seed)
     n = points.shape[0]
-    k = min(NEIGHBOURS, n)
-    probe = rng.choice(n, size=min(PROBES, n), replace=False)
-    dist, idx = tree.query(points[probe], k)
+    sub = points[rng.choice(n, size=SUBSAMPLE, replace=False)] if n > SUBSAMPLE else points
+    tree = PointTree(sub)
+    k = min(NEIGHBOURS, sub.shape[0])
+    probe = rng.choice(sub.shape[0], size=min(PROBES, sub.shape[0]), replace=False)
+    dist, idx = tree.query(sub[probe], k)
     r = dist[:, -1]
-    density = float(np.median((k - 1) / (np.pi * np.maximum(r, 1e-12) ** 2)))
-    nb = torch.from_numpy(points[idx].astype(np.float64))  # (M, k, 3)
+    density = float(np.median((k - 1) / (np.pi * np.maximum(r, 1e-12) ** 2))) * n / sub.shape[0]
+    nb = torch.from_numpy(sub[idx].astype(np.float64))  # (M, k, 3)
     nb = nb - nb.mean(dim=1, keepdim=True)
     _, vecs = torch.linalg.eigh(nb.transpose(1, 2) @ nb)
     local = nb @ vecs  # column 0 is the normal direction (smallest eigenvalue)
@@ -60,10 +69,10 @@ def measure(points: np.ndarray, tree: PointTree, seed: int = 0) -> tuple[float, 
     return density, float(rms.median())
 
 
-def choose_voxel_size(points: np.ndarray, tree: PointTree, detail_level: float | str = "auto",
+def choose_voxel_size(points: np.ndarray, detail_level: float | str = "auto",
                       voxel_size: float | None = None, scale: float = 1.0) -> Resolution:
     """The finest voxel size in canonical units; ``voxel_size`` is in the caller's units (``scale`` = diagonal)."""
-    density, noise = measure(points, tree)
+    density, noise = measure(points)
     if voxel_size is not None:
         if not (np.isfinite(voxel_size) and voxel_size > 0):
             raise InputError(f"voxel_size must be a positive number; got {voxel_size}.",

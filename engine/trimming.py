@@ -2,8 +2,10 @@
 
 The field is defined only near data, and where data is missing (the open end
 of a scan) its zero level wanders off.  Faces with a vertex farther than
-``TRIM_VOXELS`` finest voxels from the nearest input point are removed, so
-open scans stay open instead of ballooning.
+``TRIM_VOXELS`` finest voxels plus ``TRIM_NOISE`` times the measured noise
+from the nearest input point are removed, so open scans stay open instead of
+ballooning.  The noise term matters: on the bunny with noise of half a voxel,
+a 1.5-voxel trim alone punched small holes where samples were sparse.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import numpy as np
 from .knn import PointTree
 
 TRIM_VOXELS = 1.5
+TRIM_NOISE = 2.0
+
+
+def trim_distance(voxel_size: float, noise: float) -> float:
+    """How far surface may be from the nearest point before it is trimmed (same units as the inputs)."""
+    return TRIM_VOXELS * voxel_size + TRIM_NOISE * noise
 
 
 def vertex_distances(vertices: np.ndarray, tree: PointTree) -> np.ndarray:

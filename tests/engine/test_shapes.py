@@ -67,7 +67,9 @@ def test_stats_describe_the_run(result: tuple) -> None:
     assert s["points_in"] == len(points) == s["points_used"]
     assert s["vertices"] == len(mesh.vertices) and s["faces"] == len(mesh.faces)
     assert s["unknowns"] == sum(s["levels"]) > 0
-    assert all(r <= 1e-5 for r in s["solver_residual"])
+    # levels are solved coarse to fine: the finest to solver_tol, the coarser ones only as a start
+    assert s["solver_residual"][-1] <= 1e-5
+    assert all(r <= 1e-3 for r in s["solver_residual"])
     assert set(s["seconds"]) >= {"clean", "resolution", "hierarchy", "system", "solve", "mesh", "trim", "colors"}
     assert mesh.faces.dtype == np.int32 and mesh.vertices.dtype == np.float32
 
