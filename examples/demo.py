@@ -41,7 +41,8 @@ def render(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, p
     order = np.argsort(tri[:, :, 2].mean(axis=1))
     order = order[facing[order]]
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
-    ax.add_collection(PolyCollection(tri[order][:, :, :2], facecolors=fc[order], edgecolors="none"))
+    ax.add_collection(PolyCollection(tri[order][:, :, :2], facecolors=fc[order], edgecolors=fc[order],
+                                     linewidths=0.3, antialiaseds=False))
     ax.set_xlim(v[:, 0].min(), v[:, 0].max())
     ax.set_ylim(v[:, 1].min(), v[:, 1].max())
     ax.set_aspect("equal")
