@@ -1,4 +1,4 @@
-"""The engine's result type."""
+"""The engine's result type, and the vertex normals it carries."""
 
 from __future__ import annotations
 
@@ -34,3 +34,13 @@ class Mesh:
     @property
     def vertices64(self) -> np.ndarray:
         return self.local_vertices.astype(np.float64) + self.origin
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals (V, 3) float32 of a counter-clockwise mesh."""
+    tri = vertices[faces].astype(np.float64)
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    idx = faces.reshape(-1)
+    vn = np.stack([np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0]) for c in range(3)], 1)
+    length = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.maximum(length, 1e-30)).astype(np.float32)

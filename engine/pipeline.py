@@ -17,13 +17,13 @@ import torch
 
 from . import __version__
 from .cloud import Cloud, prepare_cloud
-from .colors import interpolate_colors, vertex_normals
+from .colors import interpolate_colors
 from .device import select_device
 from .errors import Cancelled
 from .hierarchy import Level, build_levels, evaluate, evaluate_level
 from .knn import PointTree
 from .memory import available_bytes, check_memory
-from .mesh import Mesh
+from .mesh import Mesh, vertex_normals
 from .meshing import candidate_cells, marching_cubes
 from .resolution import choose_voxel_size
 from .solver import pcg

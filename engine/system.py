@@ -200,23 +200,32 @@ def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad:
 
 
 ROW_CHUNK = 1 << 17
+KEEP_COLUMNS = 1 << 26  # int32 entries (256 MiB) of column table worth keeping between the two passes
 
 
 def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
     """CSR (int32 indices) of the (M, 125) stencil, in row chunks and two passes (count, then fill).
 
-    No (M, 125) index table and no second copy of the non-zeros ever exists:
-    at 1M points this halved the assembly's peak memory.
+    Large levels never hold an (M, 125) index table nor a second copy of the
+    non-zeros (at 1M points this halved the assembly's peak memory); small
+    ones keep the first pass's columns instead of computing them again.
     """
     m = stencil.shape[0]
-    counts = torch.cat([(_csr_columns(level, i, i + ROW_CHUNK) >= 0).sum(dim=1) for i in range(0, m, ROW_CHUNK)])
+    keep = m * N_OFFSETS <= KEEP_COLUMNS  # small levels: compute the columns once and keep them
+    kept: list[torch.Tensor] = []
+    counts = []
+    for start in range(0, m, ROW_CHUNK):
+        c = _csr_columns(level, start, start + ROW_CHUNK)
+        counts.append((c >= 0).sum(dim=1))
+        if keep:
+            kept.append(c)
     crow = torch.zeros(m + 1, dtype=torch.int64, device=stencil.device)
-    crow[1:] = torch.cumsum(counts, 0)
+    crow[1:] = torch.cumsum(torch.cat(counts), 0)
     nnz = int(crow[-1])
     cols = torch.empty(nnz, dtype=torch.int32, device=stencil.device)
     values = torch.empty(nnz, dtype=stencil.dtype, device=stencil.device)
-    for start in range(0, m, ROW_CHUNK):
-        c = _csr_columns(level, start, start + ROW_CHUNK)
+    for i, start in enumerate(range(0, m, ROW_CHUNK)):
+        c = kept[i] if keep else _csr_columns(level, start, start + ROW_CHUNK)
         # nonzero + index_select: boolean-mask indexing of wide arrays is 3x slower on the CPU
         flat = (c >= 0).view(-1).nonzero().squeeze(1)
         lo, hi = int(crow[start]), int(crow[min(start + ROW_CHUNK, m)])

@@ -4,7 +4,8 @@ A two-level table: a dense grid of 8^3 bricks over the set's bounding box, each
 occupied brick holding a 512-entry table of voxel indices.  A lookup is two
 gathers, vectorised in torch on any device (no hashing, no sorting), which on
 a 2-core CPU is several times faster than sorted keys + ``searchsorted``.
-fVDB grids can replace it where fVDB is installed (:mod:`engine.grid_backend`).
+(fVDB grids would be the natural replacement on CUDA; no adapter exists yet,
+because fVDB cannot be installed where this engine is tested.)
 """
 
 from __future__ import annotations
