@@ -3,8 +3,8 @@
 The caller's coordinates may carry georeferenced offsets of 1e6 and any unit,
 so everything is recentred in float64 on the bounding-box centre and scaled by
 the bounding-box diagonal before it becomes float32: the solver always sees a
-cloud of diagonal 1 centred at the origin, and ``Cloud.to_world`` maps results
-back to the caller's frame.
+cloud of diagonal 1 centred at the origin, and ``center`` and ``scale`` map
+results back to the caller's frame.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ class Cloud:
     center: np.ndarray
     scale: float
     dropped: int
-
-    def to_world(self, x: np.ndarray) -> np.ndarray:
-        """Canonical (M, 3) -> caller coordinates, computed in float64."""
-        return x.astype(np.float64) * self.scale + self.center
 
 
 def _as_rows(name: str, a: object, width: tuple[int, ...]) -> np.ndarray:

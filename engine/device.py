@@ -19,7 +19,3 @@ def select_device(name: str = "auto") -> torch.device:
         raise InputError("CUDA was requested but torch sees no CUDA device.", "Use device 'cpu' or 'auto'.")
     return torch.device(name)
 
-
-def available_devices() -> list[str]:
-    """Devices this engine can run on, for the handshake and the CLI."""
-    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -28,7 +28,7 @@ def available_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
-def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int = 4) -> int:
+def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> int:
     """Unknowns of the whole hierarchy, from occupied cells at each level's size and twice it.
 
     A densely sampled surface fills about 4x fewer cells at twice the size and
@@ -49,7 +49,7 @@ def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int = 4) -
 
 
 def check_memory(points: torch.Tensor, voxel_size: float, limit_bytes: int, voxel_size_world: float,
-                 depth: int = 4) -> int:
+                 depth: int) -> int:
     """Estimated peak bytes of the job; raises :class:`MemoryLimitError` when above ``limit_bytes``.
 
     ``points`` are canonical (diagonal 1); ``voxel_size`` canonical, ``voxel_size_world`` for the message.

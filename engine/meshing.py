@@ -35,18 +35,15 @@ CELL_CHUNK = 1 << 17
 Field = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _corner_values(cells: torch.Tensor, size: float, field: Field) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unique corners (K, 3) int64 in units of ``size``, their field values (K,), and ids per cell (M, 8)."""
+def _corner_field(cells: torch.Tensor, size: float, field: Field) -> torch.Tensor:
+    """Field values (M, 8) at the corners of cells (M, 3) of edge ``size``, each shared corner evaluated once."""
     corners = cells[:, None, :] + torch.from_numpy(CORNERS).to(cells.device)
     unique, ids = unique_voxels_inverse(corners.reshape(-1, 3))
-    values = field(unique.to(torch.float32) * size)
-    return unique, values, ids.reshape(-1, 8)
+    return field(unique.to(torch.float32) * size)[ids].reshape(-1, 8)
 
 
-def _keep(cells: torch.Tensor, size: float, field: Field, final: bool) -> torch.Tensor:
-    """Mask of the cells (M, 3) of edge ``size`` that can hold the zero level (``final``: that do)."""
-    _, values, ids = _corner_values(cells, size, field)
-    v = values[ids]
+def _keep(v: torch.Tensor, size: float, final: bool) -> torch.Tensor:
+    """Mask of the cells with corner values v (M, 8) that can hold the zero level (``final``: that do)."""
     crossing = (v.min(dim=1).values < 0) & (v.max(dim=1).values >= 0)
     if final:
         return crossing
@@ -54,32 +51,48 @@ def _keep(cells: torch.Tensor, size: float, field: Field, final: bool) -> torch.
     return crossing | (v.abs().min(dim=1).values <= bound)
 
 
-def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field) -> tuple[torch.Tensor, float]:
-    """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times; returns cells and their size.
+def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field
+                    ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times.
 
-    Each round works through the cells in chunks, so memory stays bounded
-    (corners shared by two chunks are evaluated twice, which is cheap).
+    Returns the final cells (K, 3), their size and their corner values (K, 8),
+    which :func:`marching_cubes` uses without evaluating the field again.  Each
+    round works through the cells in chunks, so memory stays bounded (corners
+    shared by two chunks are evaluated twice, which is cheap).
     """
     children = torch.from_numpy(CORNERS).to(start.device)
     cells, size = start, start_size
+    values = torch.zeros(0, 8, device=start.device)
     for r in range(rounds + 1):
-        keep = torch.cat([_keep(cells[i:i + CELL_CHUNK], size, field, r == rounds)
-                          for i in range(0, cells.shape[0], CELL_CHUNK)] or [torch.zeros(0, dtype=torch.bool)])
-        cells = cells[keep.to(cells.device)]
-        if r == rounds:
+        final = r == rounds
+        kept_cells, kept_values = [], []
+        for i in range(0, cells.shape[0], CELL_CHUNK):
+            chunk = cells[i:i + CELL_CHUNK]
+            v = _corner_field(chunk, size, field)
+            keep = _keep(v, size, final)
+            kept_cells.append(chunk[keep])
+            kept_values.append(v[keep])
+        cells = torch.cat(kept_cells) if kept_cells else cells[:0]
+        if final:
+            values = torch.cat(kept_values) if kept_values else values
             break
         cells = (2 * cells[:, None, :] + children).reshape(-1, 3)
         size = size / 2
-    return cells, size
+    return cells, size, values
 
 
-def marching_cubes(cells: torch.Tensor, size: float, field: Field) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triangles of the zero level in ``cells`` (M, 3) of edge ``size``: vertices (V, 3), faces (F, 3) int64."""
+def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triangles of the zero level in ``cells`` (M, 3) of edge ``size`` with corner values v (M, 8).
+
+    Returns vertices (V, 3) and faces (F, 3) int64; vertices are shared through global edge keys.
+    """
     device = cells.device
     if cells.shape[0] == 0:
         return torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device)
-    corners, values, ids = _corner_values(cells, size, field)
-    v = values[ids]  # (M, 8)
+    corners, ids = unique_voxels_inverse((cells[:, None, :] + torch.from_numpy(CORNERS).to(device)).reshape(-1, 3))
+    ids = ids.reshape(-1, 8)
+    values = torch.empty(corners.shape[0], dtype=v.dtype, device=device)
+    values[ids.reshape(-1)] = v.reshape(-1)  # a shared corner has the same value in every cell
     weights = 2 ** torch.arange(8, device=device)
     case = ((v < 0).to(torch.int64) * weights).sum(dim=1)
     tri = torch.from_numpy(TRIANGLES).to(device)[case]  # (M, T, 3) local edge ids

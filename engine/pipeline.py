@@ -193,8 +193,9 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
         start = levels[0] if trim else levels[-1]
-        cells, size = candidate_cells(start.ijk, start.scale, start.depth + max(0, int(mise_iter)), field)
-        verts_t, faces_t = marching_cubes(cells, size, field)
+        cells, size, corner_values = candidate_cells(start.ijk, start.scale, start.depth + max(0, int(mise_iter)),
+                                                     field)
+        verts_t, faces_t = marching_cubes(cells, size, corner_values)
         verts = (verts_t.double() * h).cpu().numpy()  # canonical
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.mc_table import EDGES, TRIANGLES
+from engine.mc_table import CORNERS, EDGES, TRIANGLES
 from engine.meshing import candidate_cells, marching_cubes
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges, signed_volume
 
@@ -27,9 +27,10 @@ def test_sphere_field_meshes_closed() -> None:
         return torch.linalg.vector_norm(p - centre, dim=1) - radius
 
     start = torch.stack(torch.meshgrid(*[torch.arange(-2, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    cells, size = candidate_cells(start, 4.0, 3, field)
+    cells, size, values = candidate_cells(start, 4.0, 3, field)
     assert size == 0.5
-    verts, faces = marching_cubes(cells, size, field)
+    assert torch.allclose(values, field((cells[:, None, :] + torch.tensor(CORNERS)).reshape(-1, 3) * size).view(-1, 8))
+    verts, faces = marching_cubes(cells, size, values)
     v, f = verts.double().numpy(), faces.numpy()
     assert boundary_edges(f) == 0 and non_manifold_edges(f) == 0 and inconsistent_edges(f) == 0
     assert components(len(v), f) == 1
@@ -46,7 +47,7 @@ def test_two_close_spheres_stay_separate() -> None:
         return torch.minimum(torch.linalg.vector_norm(p - a, dim=1), torch.linalg.vector_norm(p - b, dim=1)) - radius
 
     start = torch.stack(torch.meshgrid(*[torch.arange(-2, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    cells, size = candidate_cells(start, 4.0, 3, field)
-    verts, faces = marching_cubes(cells, size, field)
+    cells, size, values = candidate_cells(start, 4.0, 3, field)
+    verts, faces = marching_cubes(cells, size, values)
     assert components(len(verts), faces.numpy()) == 2
     assert boundary_edges(faces.numpy()) == 0
