@@ -30,6 +30,7 @@ class Level:
     coeffs: torch.Tensor | None = field(default=None)
     _neighbours: torch.Tensor | None = field(default=None, repr=False)
     _tap_coeffs: torch.Tensor | None = field(default=None, repr=False)
+    _padded: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def ijk(self) -> torch.Tensor:
@@ -44,26 +45,24 @@ class Level:
         if self._neighbours is None:
             rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
             for start in range(0, len(self), CHUNK):
-                q = self.ijk[start:start + CHUNK, None, :] + tap_offsets(self.ijk.device)
-                rows[start:start + CHUNK] = self.index.lookup(q).to(torch.int32)
+                rows[start:start + CHUNK] = self._lookup_taps(self.ijk[start:start + CHUNK]).to(torch.int32)
             self._neighbours = rows
         return self._neighbours
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
         """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""
         self.coeffs = coeffs
-        padded = torch.cat((coeffs, coeffs.new_zeros(1)))
-        self._tap_coeffs = padded[self.neighbours]  # -1 (absent) picks the trailing zero
+        self._padded = torch.cat((coeffs, coeffs.new_zeros(1)))  # row -1 (absent) picks the trailing zero
+        self._tap_coeffs = self._padded[self.neighbours]
 
     def tap_coeffs(self, cells: torch.Tensor) -> torch.Tensor:
         """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent."""
-        assert self.coeffs is not None and self._tap_coeffs is not None
+        assert self._padded is not None and self._tap_coeffs is not None
         row = self.index.lookup(cells)
         out = self._tap_coeffs[row.clamp_min(0)]
         missing = row < 0
         if bool(missing.any()):
-            padded = torch.cat((self.coeffs, self.coeffs.new_zeros(1)))
-            out[missing] = padded[self.index.lookup(cells[missing][:, None, :] + tap_offsets(cells.device))]
+            out[missing] = self._padded[self._lookup_taps(cells[missing])]
         return out
 
     def taps(self, cells: torch.Tensor) -> torch.Tensor:
@@ -76,8 +75,12 @@ class Level:
         out = self.neighbours[row.clamp_min(0)].to(torch.int64)
         missing = row < 0
         if bool(missing.any()):
-            out[missing] = self.index.lookup(cells[missing][:, None, :] + tap_offsets(cells.device))
+            out[missing] = self._lookup_taps(cells[missing])
         return out
+
+    def _lookup_taps(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) int64 rows of the 27 voxels around ``cells`` (N, 3), by 27 lookups each; -1 where absent."""
+        return self.index.lookup(cells[:, None, :] + tap_offsets(cells.device))
 
 
 def tap_offsets(device: torch.device) -> torch.Tensor:

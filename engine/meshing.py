@@ -10,10 +10,10 @@ gradients a little above 1).  At and below the finest voxel the field is a
 sum of B-splines at least a voxel wide, so it differs from the trilinear
 interpolant of a cell's corners by at most 3 K s^2 / 8 (K its largest second
 derivative, about the curvature, at most ~1 per voxel): ``KEEP_CURVATURE *
-s^2`` keeps every cell where that deviation could reach zero.  Splitting continues ``mise_iter`` rounds below the
-finest voxel (MISE-style refinement).  All final cells have one size, so
-marching cubes over them, with vertices shared through global edge keys, gives
-an indexed mesh that is closed and manifold wherever the cells surround the
+s^2`` keeps every cell where that deviation could reach zero.  Splitting
+continues ``mise_iter`` rounds below the finest voxel (MISE-style
+refinement).  All final cells have one size, so marching cubes over them,
+with vertices shared through global edge keys, gives an indexed mesh that is closed and manifold wherever the cells surround the
 surface.  (The design brief's dual marching cubes over leaf cells of mixed
 sizes would give fewer triangles in smooth regions; uniform final cells keep
 the mesh crack-free with much simpler code.)

@@ -70,10 +70,9 @@ class _Run:
 
 @dataclass
 class Fit:
-    """The fitted field: the cleaned cloud, its k-d tree, the solved hierarchy and the run's figures."""
+    """The fitted field: the cleaned cloud, the solved hierarchy and the run's figures."""
 
     cloud: Cloud
-    tree: PointTree
     levels: list[Level]
     voxel_size: float  # canonical units
     noise: float  # measured noise, canonical units
@@ -99,7 +98,6 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
     dev = select_device(device)
     with run.stage("clean"):
         cloud = prepare_cloud(points, normals, colors)
-        tree = PointTree(cloud.points)
     with run.stage("resolution"):
         res = choose_voxel_size(cloud.points, detail_level, voxel_size, cloud.scale)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
@@ -152,7 +150,7 @@ def fit(points: Any, normals: Any, colors: Any = None, *, detail_level: float | 
         "solver_residual": residuals,
         "memory_estimate_bytes": estimate,
     }
-    return Fit(cloud, tree, levels, h, res.noise, dev, stats)
+    return Fit(cloud, levels, h, res.noise, dev, stats)
 
 
 def fit_field(points: Any, normals: Any, **options: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -175,7 +173,7 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
     optional; any float or integer dtype.  ``detail_level`` "auto" or 0..1,
     ``voxel_size`` (caller's units) overrides it.  ``mise_iter`` refinement
     rounds below the finest voxel; ``trim`` removes surface farther than 1.5
-    voxels from every point.  ``progress(stage, fraction, text)`` is called
+    voxels plus twice the measured noise from every point.  ``progress(stage, fraction, text)`` is called
     often; ``cancel()`` returning True stops the run with
     :class:`engine.errors.Cancelled`.  Raises :class:`engine.errors.InputError`
     subclasses for bad input, each naming the problem and the fix.
@@ -199,12 +197,13 @@ def reconstruct(points: Any, normals: Any, colors: Any = None, *, detail_level: 
         verts = (verts_t.double() * h).cpu().numpy()  # canonical
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
+        tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
         if trim:
-            verts, faces, _ = trim_far(verts, faces, f.tree, trim_distance(h, f.noise))
+            verts, faces, _ = trim_far(verts, faces, tree, trim_distance(h, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
     with run.stage("colors"):
-        vcolors = interpolate_colors(verts, f.tree, cloud.colors) if cloud.colors is not None else None
+        vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
         vnormals = vertex_normals(verts, faces)
     stats = {**f.stats, "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]), "seconds": run.seconds,
              "total_seconds": time.perf_counter() - t0}
