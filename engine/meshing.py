@@ -2,21 +2,22 @@
 
 Cells start as voxels of one level and are split in eight, round after round,
 keeping only cells that can hold the zero level: a cell whose corner values
-change sign, or whose smallest |f| is small.  Above the finest voxel, "small"
-is ``KEEP_SLOPE * s * sqrt(3)/2``: the field is fitted to unit gradients, so it
+change sign, or whose smallest |f| is small. Above the finest voxel, "small" is
+``KEEP_SLOPE * s * sqrt(3)/2``: the field is fitted to unit gradients, so it
 behaves like a distance, and a cell whose nearest corner is farther than
 sqrt(3)/2 of its size from the zero level cannot hold it (15% margin for
-gradients a little above 1).  At and below the finest voxel the field is a
-sum of B-splines at least a voxel wide, so it differs from the trilinear
+gradients a little above 1). At and below the finest voxel the field is a sum
+of B-splines at least a voxel wide, so it differs from the trilinear
 interpolant of a cell's corners by at most 3 K s^2 / 8 (K its largest second
 derivative, about the curvature, at most ~1 per voxel): ``KEEP_CURVATURE *
-s^2`` keeps every cell where that deviation could reach zero.  Splitting
-continues ``mise_iter`` rounds below the finest voxel (MISE-style
-refinement).  All final cells have one size, so marching cubes over them,
-with vertices shared through global edge keys, gives an indexed mesh that is closed and manifold wherever the cells surround the
-surface.  (The design brief's dual marching cubes over leaf cells of mixed
-sizes would give fewer triangles in smooth regions; uniform final cells keep
-the mesh crack-free with much simpler code.)
+s^2`` keeps every cell where that deviation could reach zero. Splitting
+continues ``mise_iter`` rounds below the finest voxel (MISE-style refinement).
+All final cells have one size, so marching cubes over them, with vertices
+shared through global edge keys, gives an indexed mesh that is closed and
+manifold wherever the cells surround the surface. (The design brief's dual
+marching cubes over leaf cells of mixed sizes would give fewer triangles in
+smooth regions; uniform final cells keep the mesh crack-free with much simpler
+code.)
 """
 
 from __future__ import annotations
