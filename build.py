@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The project's one entry point.
 
-    python3 build.py demo    reconstruct the bundled example cloud; writes out/example_mesh.ply and .png
-    python3 build.py test    lint, type checks and the test suite
-    python3 build.py bench   the quality and speed benchmark against Poisson (see bench/README.md)
+    python3 build.py demo       the example cloud through Blender: out/example.blend, example_mesh.ply and .png
+    python3 build.py test       lint, type checks and the test suite (engine and Blender)
+    python3 build.py extension  build and validate the Blender extension zip in dist/
+    python3 build.py bench      the quality and speed benchmark against Poisson (see bench/README.md)
 
-Each command creates or reuses the virtual environment ``.venv`` (Python 3.11)
-and installs the pinned requirements into it, so a fresh clone needs nothing
-else.  Standard library only: this file runs before anything is installed.
+Each command creates or reuses the virtual environments it needs and installs
+the pinned requirements into them, so a fresh clone needs nothing else:
+``.venv`` is the engine's (torch, numpy 2), ``.venv-blender`` Blender's (the bpy
+module, which pins numpy 1.26), the same split as a real install.  Standard
+library only: this file runs before anything is installed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 REQUIREMENTS = [ROOT / "requirements" / "engine.txt", ROOT / "requirements" / "dev.txt"]
+BLENDER_VENV = ROOT / ".venv-blender"
+BLENDER_PY = BLENDER_VENV / "bin" / "python"
+BLENDER_REQUIREMENTS = [ROOT / "requirements" / "blender.txt"]
+DIST = ROOT / "dist"
 # Fixed thread counts keep timings and results stable on CI's 2 cores; PASSIVE stops
 # OpenMP threads from busy-waiting when the machine is oversubscribed.
 THREAD_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -60,18 +67,70 @@ def ensure_venv(requirements: list[Path] = REQUIREMENTS, venv: Path = VENV) -> N
     stamp.write_text(digest)
 
 
+def blender_env() -> dict[str, str]:
+    """The Blender side runs the engine from .venv, as a user's Blender runs it from their engine Python."""
+    return {"NKSR_ENGINE_PYTHON": str(PY)}
+
+
 def cmd_test(extra: list[str]) -> int:
     ensure_venv()
-    for check in ([str(PY), "-m", "ruff", "check", "engine", "tests", "bench", "build.py"],
-                  [str(PY), "-m", "mypy", "engine"]):
+    ensure_venv(BLENDER_REQUIREMENTS, BLENDER_VENV)
+    for check in ([str(PY), "-m", "ruff", "check", "engine", "nksr_blender", "tests", "bench", "examples",
+                   "build.py"],
+                  [str(PY), "-m", "mypy", "engine"],
+                  [str(PY), "-m", "mypy", "nksr_blender"]):
         if run(check) != 0:
             return 1
-    return run([str(PY), "-m", "pytest", "-q", "tests", *extra])
+    if run([str(PY), "-m", "pytest", "-q", "tests/engine", *extra]) != 0:
+        return 1
+    return run([str(BLENDER_PY), "-m", "pytest", "-q", "tests/blender", *extra], blender_env())
+
+
+def blender_ext_tool() -> Path:
+    """Blender's own extension builder and validator, shipped inside the bpy wheel."""
+    found = sorted(BLENDER_VENV.glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    if not found:
+        sys.exit("build.py: blender_ext.py not found in .venv-blender's bpy; delete .venv-blender and run again.")
+    return found[-1]
+
+
+def stage_extension(stage: Path) -> None:
+    """The extension's files as Blender installs them: the add-on, its manifest and the engine's source."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "nksr_blender", stage, ignore=ignore)
+    shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
+    shutil.copytree(ROOT / "engine", stage / "engine_source" / "engine", ignore=ignore)
+    shutil.copy2(ROOT / "requirements" / "engine.txt", stage / "engine_source" / "requirements.txt")
+
+
+def build_extension(output_dir: Path = DIST) -> Path:
+    """Build the zip with Blender's builder, validate it, and return its path."""
+    ensure_venv(BLENDER_REQUIREMENTS, BLENDER_VENV)
+    stage = output_dir / "stage" / "nksr_blender"
+    stage_extension(stage)
+    tool = str(blender_ext_tool())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if run([str(BLENDER_PY), tool, "build", "--source-dir", str(stage), "--output-dir", str(output_dir)]) != 0:
+        sys.exit("build.py: Blender's extension builder rejected the package (see above).")
+    zips = sorted(output_dir.glob("nksr_blender-*.zip"), key=lambda p: p.stat().st_mtime)
+    if not zips or run([str(BLENDER_PY), tool, "validate", str(zips[-1])]) != 0:
+        sys.exit("build.py: the extension zip did not validate (see above).")
+    shutil.rmtree(output_dir / "stage")
+    return zips[-1]
+
+
+def cmd_extension(extra: list[str]) -> int:
+    print(f"build.py: extension ready: {build_extension()}")
+    return 0
 
 
 def cmd_demo(extra: list[str]) -> int:
+    """Reconstruct the bundled example through the real Blender module and the real engine process."""
     ensure_venv()
-    return run([str(PY), "-m", "examples.demo", *extra])
+    ensure_venv(BLENDER_REQUIREMENTS, BLENDER_VENV)
+    return run([str(BLENDER_PY), "examples/demo.py", *extra], blender_env())
 
 
 BENCH_VENV = ROOT / ".venv-bench"
@@ -89,10 +148,11 @@ def cmd_bench(extra: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["demo", "test", "bench"])
+    parser.add_argument("command", choices=["demo", "test", "extension", "bench"])
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the command")
     ns = parser.parse_args()
-    return {"demo": cmd_demo, "test": cmd_test, "bench": cmd_bench}[ns.command](ns.args)
+    commands = {"demo": cmd_demo, "test": cmd_test, "extension": cmd_extension, "bench": cmd_bench}
+    return commands[ns.command](ns.args)
 
 
 if __name__ == "__main__":

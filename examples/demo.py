@@ -1,84 +1,90 @@
-"""The main job (``python3 build.py demo``): reconstruct the bundled example cloud.
+"""The main job (``python3 build.py demo``), through the real Blender module.
 
-Writes out/example_mesh.ply and a picture of it, out/example_mesh.png.
+Builds the extension zip, installs it into a private Blender user folder
+(out/blender-user, never the user's own Blender), imports the bundled example
+cloud with Blender's PLY importer, runs ``nksr.reconstruct`` through the real
+engine subprocess, and writes out/example.blend, out/example_mesh.ply and a
+Workbench render, out/example_mesh.png.  Run it with .venv-blender's Python;
+``NKSR_ENGINE_PYTHON`` names the engine's (build.py sets both).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from engine import reconstruct
-from engine.ply import read_points, write_mesh
-
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"
 EXAMPLE = ROOT / "examples" / "trefoil.ply"
+os.environ["BLENDER_USER_RESOURCES"] = str(OUT / "blender-user")
+
+import bpy  # noqa: E402
+from mathutils import Vector  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+import build  # noqa: E402
 
 
-def render(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, path: Path, title: str) -> None:
-    """Flat-shaded painter's-algorithm rendering with matplotlib (no GPU, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
-
-    yaw, pitch = np.radians(30), np.radians(-55)
-    rz = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
-    v = (vertices - vertices.mean(axis=0)) @ (rx @ rz).T
-    tri = v[faces]
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
-    facing = normal[:, 2] > 0
-    light = np.array([0.3, 0.5, 0.8]) / np.linalg.norm([0.3, 0.5, 0.8])
-    shade = 0.25 + 0.75 * np.clip(normal @ light, 0, 1)
-    base = colors[faces].mean(axis=1)[:, :3] if colors is not None else np.full((len(faces), 3), 0.8)
-    fc = np.clip(base * shade[:, None], 0, 1)
-    order = np.argsort(tri[:, :, 2].mean(axis=1))
-    order = order[facing[order]]
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
-    ax.add_collection(PolyCollection(tri[order][:, :, :2], facecolors=fc[order], edgecolors=fc[order],
-                                     linewidths=0.3, antialiaseds=False))
-    ax.set_xlim(v[:, 0].min(), v[:, 0].max())
-    ax.set_ylim(v[:, 1].min(), v[:, 1].max())
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.set_title(title, fontsize=10)
-    fig.savefig(path, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+def install_extension() -> None:
+    zip_path = build.build_extension(OUT / "dist")
+    assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                    enable_on_install=True, overwrite=True) == {"FINISHED"}
 
 
-class StagePrinter:
-    """Prints each stage once, when it starts (a log, not a progress bar: the demo also runs under CI)."""
+def frame_camera(target: bpy.types.Object, scene: bpy.types.Scene) -> None:
+    """A camera looking down at the object from the front-left, its bounding sphere filling the frame."""
+    corners = [target.matrix_world @ Vector(c) for c in target.bound_box]
+    center = sum(corners, Vector()) / 8
+    radius = max((c - center).length for c in corners)
+    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(cam)
+    cam.data.lens = 50
+    direction = Vector((0.55, -1.0, 0.75)).normalized()
+    fov = 2 * math.atan(cam.data.sensor_width / (2 * cam.data.lens))
+    cam.location = center + direction * radius / math.sin(fov / 2) * 1.05
+    cam.rotation_euler = (center - cam.location).to_track_quat("-Z", "Y").to_euler()
+    scene.camera = cam
 
-    def __init__(self) -> None:
-        self.stage = ""
-        self.t0 = time.perf_counter()
 
-    def __call__(self, stage: str, fraction: float, text: str) -> None:
-        if stage != self.stage:
-            self.stage = stage
-            print(f"{time.perf_counter() - self.t0:7.2f} s  {stage}", flush=True)
+def render(scene: bpy.types.Scene, path: Path) -> None:
+    scene.render.engine = "BLENDER_WORKBENCH"
+    shading = scene.display.shading
+    shading.light, shading.studio_light = "STUDIO", "paint.sl"
+    shading.color_type = "VERTEX"
+    shading.show_cavity, shading.cavity_type = True, "WORLD"
+    scene.render.resolution_x, scene.render.resolution_y = 960, 720
+    scene.render.film_transparent = False
+    scene.world = scene.world or bpy.data.worlds.new("World")
+    scene.world.color = (1.0, 1.0, 1.0)
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
 
 
 def main() -> int:
-    out = ROOT / "out"
-    out.mkdir(exist_ok=True)
-    cloud = read_points(EXAMPLE)
+    OUT.mkdir(exist_ok=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    install_extension()
+    scene = bpy.context.scene
+    bpy.ops.wm.ply_import(filepath=str(EXAMPLE))
+    cloud = bpy.context.selected_objects[0]
     t0 = time.perf_counter()
-    mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, progress=StagePrinter())
+    bpy.ops.nksr.reconstruct()
     seconds = time.perf_counter() - t0
-    write_mesh(out / "example_mesh.ply", mesh)
-    s = mesh.stats
-    title = (f"{EXAMPLE.name}: {s['points_used']} points -> {s['faces']} triangles, "
-             f"voxel {s['voxel_size']:.3g}, {seconds:.1f} s on {s['device']}")
-    render(mesh.vertices64, mesh.faces, mesh.colors, out / "example_mesh.png", title)
-    print(f"wrote {out / 'example_mesh.ply'} and {out / 'example_mesh.png'}")
-    print(title)
+    mesh = bpy.context.view_layer.objects.active
+    cloud.hide_render = True
+    print(f"NKSR: {bpy.context.window_manager.nksr_run.last_summary} (operator {seconds:.1f} s incl. engine start)")
+    bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "example.blend"))
+    cloud.select_set(False)
+    mesh.select_set(True)
+    bpy.ops.wm.ply_export(filepath=str(OUT / "example_mesh.ply"), export_selected_objects=True,
+                          export_colors="LINEAR", export_normals=True)
+    frame_camera(mesh, scene)
+    render(scene, OUT / "example_mesh.png")
+    print(f"wrote {OUT / 'example.blend'}, {OUT / 'example_mesh.ply'} and {OUT / 'example_mesh.png'}")
     return 0
 
 

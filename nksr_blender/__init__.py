@@ -1,17 +1,27 @@
-"""NKSR for Blender: the extension package (bpy side only: numpy + stdlib, never torch).
+"""NKSR for Blender: point clouds to meshes with a neural-kernel surface solver.
 
-This package is the Blender half of the project.  It holds no features yet:
-the sidebar panel, the ``nksr.reconstruct`` operator, engine management and
-the headless CLI command are the work of the Blender-extension issue.  The
-engine it will drive, in a separate process, is ``engine/`` at the top level.
+The Blender half of the project (bpy, numpy and the standard library; never
+torch).  It reads the selected point clouds, sends them to the engine, a
+separate Python process with torch (``engine_link``), and adds the meshes it
+returns.  Modules: ``settings`` (panel options, run state, preferences),
+``scene_io`` (arrays out of objects, meshes back in), ``operators``
+(``nksr.reconstruct`` and the engine set-up), ``panel`` (the sidebar tab) and
+``cli_command`` (``blender --background --command nksr``).
 """
 
 from __future__ import annotations
 
+from . import cli_command, engine_link, operators, panel, settings
+
+_MODULES = (settings, operators, panel, cli_command)
+
 
 def register() -> None:
-    """Blender calls this on enable; nothing is registered until the extension's operators exist."""
+    for module in _MODULES:
+        module.register()
 
 
 def unregister() -> None:
-    """Blender calls this on disable."""
+    for module in reversed(_MODULES):
+        module.unregister()
+    engine_link.session.shutdown()

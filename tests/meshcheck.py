@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def edge_counts(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +30,9 @@ def inconsistent_edges(faces: np.ndarray) -> int:
 
 
 def components(n_vertices: int, faces: np.ndarray) -> int:
+    from scipy.sparse import coo_matrix  # here, not at the top: the Blender tests' environment has no scipy
+    from scipy.sparse.csgraph import connected_components
+
     e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
     graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
     return int(connected_components(graph, directed=False)[0])

@@ -1,0 +1,197 @@
+"""Arrays out of Blender objects and meshes back in, through the fast attribute paths.
+
+Positions go to the engine in world space, recentred in float64 before the cast
+to float32, so a scan placed 1e5 units from the origin keeps its precision.  The
+result comes back in that frame and is put into the input object's local frame,
+so the new object carries the input's transform.  Nothing here modifies the
+user's objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import bpy
+import numpy as np
+
+POINT_TYPES = {"MESH", "POINTCLOUD"}
+
+
+class SceneInputError(Exception):
+    """An object cannot serve as a point cloud; the message says why and what to do."""
+
+
+@dataclass
+class PointSet:
+    """One input object's points in a recentred world frame (``world = local_frame + center``)."""
+
+    name: str
+    points: np.ndarray  # (N, 3) float32, world minus center
+    normals: np.ndarray | None  # (N, 3) float32, world space, unit
+    colors: np.ndarray | None  # (N, 4) float32, linear RGBA
+    center: np.ndarray  # (3,) float64
+    matrix_world: np.ndarray  # (4, 4) float64
+    notes: list[str] = field(default_factory=list)
+
+
+def _matrix(obj: bpy.types.Object) -> np.ndarray:
+    return np.array(obj.matrix_world, dtype=np.float64)
+
+
+def _attribute(attributes: Any, name: str, data_type: str, domain: str = "POINT") -> Any:
+    attr = attributes.get(name)
+    if attr is not None and attr.data_type == data_type and attr.domain == domain:
+        return attr
+    return None
+
+
+def _read_vectors(attr: Any, count: int) -> np.ndarray:
+    out = np.empty(count * 3, dtype=np.float32)
+    attr.data.foreach_get("vector", out)
+    return out.reshape(count, 3)
+
+
+def _point_colors(geometry: Any, count: int, corner_verts: np.ndarray | None) -> np.ndarray | None:
+    """The active colour attribute per point (corner colours averaged onto their vertices)."""
+    colors = getattr(geometry, "color_attributes", None)
+    attr = colors.active_color if colors is not None else None
+    if attr is None:
+        attr = next((a for a in geometry.attributes if a.data_type in {"FLOAT_COLOR", "BYTE_COLOR"}
+                     and a.domain == "POINT" and not a.name.startswith(".")), None)
+    if attr is None:
+        return None
+    flat = np.empty(len(attr.data) * 4, dtype=np.float32)
+    attr.data.foreach_get("color", flat)
+    values = flat.reshape(-1, 4)
+    if attr.domain == "POINT":
+        return values
+    if attr.domain == "CORNER" and corner_verts is not None:
+        sums = np.zeros((count, 4), dtype=np.float64)
+        np.add.at(sums, corner_verts, values)
+        hits = np.bincount(corner_verts, minlength=count)[:, None]
+        return (sums / np.maximum(hits, 1)).astype(np.float32)
+    return None
+
+
+def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_colors: bool = True) -> PointSet:
+    """Positions, normals and colours of ``obj`` as evaluated (modifiers applied), without modifying it.
+
+    A MESH with faces counts as the point set of its vertices with their vertex
+    normals; a ``normal`` attribute (what Blender's PLY importer makes) wins when present.
+    """
+    if obj.type not in POINT_TYPES:
+        raise SceneInputError(f"'{obj.name}' is a {obj.type.lower()}, which holds no points. "
+                              "Select a mesh of loose vertices or a point cloud object.")
+    evaluated = obj.evaluated_get(depsgraph)
+    notes: list[str] = []
+    geometry: Any
+    normals: np.ndarray | None
+    if obj.type == "MESH":
+        geometry = evaluated.to_mesh()
+        try:
+            count = len(geometry.vertices)
+            local = _read_vectors(geometry.attributes["position"], count) if count else np.zeros((0, 3), np.float32)
+            normal_attr = _attribute(geometry.attributes, "normal", "FLOAT_VECTOR")
+            if normal_attr is not None:
+                normals = _read_vectors(normal_attr, count)
+            elif len(geometry.polygons):
+                flat = np.empty(count * 3, dtype=np.float32)
+                geometry.vertex_normals.foreach_get("vector", flat)
+                normals = flat.reshape(count, 3)
+                notes.append("used the mesh's vertex normals")
+            else:
+                normals = None
+            corner_verts = None
+            if with_colors and len(geometry.loops):
+                corner_verts = np.empty(len(geometry.loops), dtype=np.int32)
+                geometry.attributes[".corner_vert"].data.foreach_get("value", corner_verts)
+            colors = _point_colors(geometry, count, corner_verts) if with_colors else None
+        finally:
+            evaluated.to_mesh_clear()
+    else:
+        geometry = evaluated.data
+        count = len(geometry.points)
+        local = _read_vectors(geometry.attributes["position"], count) if count else np.zeros((0, 3), np.float32)
+        normal_attr = _attribute(geometry.attributes, "normal", "FLOAT_VECTOR")
+        normals = _read_vectors(normal_attr, count) if normal_attr is not None else None
+        colors = _point_colors(geometry, count, None) if with_colors else None
+    if count == 0:
+        raise SceneInputError(f"'{obj.name}' has no points. Select an object with vertices or points.")
+
+    matrix = _matrix(obj)
+    world = local.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+    finite = np.isfinite(world).all(axis=1)
+    center = (world[finite].min(axis=0) + world[finite].max(axis=0)) / 2 if finite.any() else np.zeros(3)
+    if normals is not None:
+        # Normals transform with the inverse transpose; renormalise after a non-uniform scale.
+        normals = normals.astype(np.float64) @ np.linalg.inv(matrix[:3, :3])
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        normals = (normals / np.where(length > 0, length, 1)).astype(np.float32)
+    return PointSet(obj.name, (world - center).astype(np.float32), normals, colors, center, matrix, notes)
+
+
+def _edges(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique edges of a triangle mesh and, per corner, the edge leaving it (Blender's .corner_edge)."""
+    a = faces.reshape(-1).astype(np.int64)
+    b = np.roll(faces, -1, axis=1).reshape(-1).astype(np.int64)
+    keys = np.minimum(a, b) * vertex_count + np.maximum(a, b)
+    unique, corner_edge = np.unique(keys, return_inverse=True)
+    edges = np.stack([unique // vertex_count, unique % vertex_count], axis=1).astype(np.int32)
+    return edges, corner_edge.astype(np.int32)
+
+
+def build_mesh(name: str, points: PointSet, vertices: np.ndarray, faces: np.ndarray,
+               colors: np.ndarray | None = None, normals: np.ndarray | None = None,
+               edges: np.ndarray | None = None, corner_edges: np.ndarray | None = None) -> bpy.types.Mesh:
+    """A new mesh in the input object's local frame, written through the attribute arrays (no from_pydata).
+
+    ``vertices`` and ``normals`` are in the recentred world frame of ``points``.
+    Edges are computed here unless the engine sent them (it is faster there).
+    """
+    inverse = np.linalg.inv(points.matrix_world)
+    local = (vertices.astype(np.float64) + points.center) @ inverse[:3, :3].T + inverse[:3, 3]
+    faces = np.ascontiguousarray(faces, dtype=np.int32)
+    if edges is None or corner_edges is None:
+        edges, corner_edges = _edges(faces, len(local))
+    mesh: Any = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(local))
+    mesh.edges.add(len(edges))
+    mesh.loops.add(faces.size)
+    mesh.polygons.add(len(faces))
+    mesh.attributes["position"].data.foreach_set("vector", local.astype(np.float32).ravel())
+    mesh.attributes[".edge_verts"].data.foreach_set("value", np.ascontiguousarray(edges, dtype=np.int32).ravel())
+    mesh.attributes[".corner_vert"].data.foreach_set("value", faces.ravel())
+    mesh.attributes[".corner_edge"].data.foreach_set("value", np.ascontiguousarray(corner_edges, np.int32).ravel())
+    mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+    if colors is not None and len(colors) == len(local):
+        attr = mesh.color_attributes.new("Color", "FLOAT_COLOR", "POINT")
+        attr.data.foreach_set("color", np.ascontiguousarray(colors, dtype=np.float32).ravel())
+        mesh.color_attributes.active_color = attr
+        mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+    mesh.update()
+    if normals is not None and len(normals) == len(local):
+        # World normals back to local with the transpose of the world matrix (inverse of the inverse transpose).
+        n_local = normals.astype(np.float64) @ points.matrix_world[:3, :3]
+        n_local /= np.maximum(np.linalg.norm(n_local, axis=1, keepdims=True), 1e-30)
+        _set_custom_normals(mesh, n_local.astype(np.float32))
+    return mesh
+
+
+def _set_custom_normals(mesh: Any, normals: np.ndarray) -> None:
+    """Per-vertex custom normals: the ``custom_normal`` attribute (4.5+), else the older split-normal API."""
+    if bpy.app.version >= (4, 5, 0):
+        attr = mesh.attributes.new("custom_normal", "FLOAT_VECTOR", "POINT")
+        attr.data.foreach_set("vector", normals.ravel())
+    else:  # pragma: no cover - Blender 4.2 to 4.4
+        mesh.normals_split_custom_set_from_vertices(normals.tolist())
+
+
+def add_object(context: bpy.types.Context, source: bpy.types.Object, mesh: bpy.types.Mesh) -> bpy.types.Object:
+    """A new object for ``mesh`` beside ``source``: same collections, same transform, selected and active."""
+    obj = bpy.data.objects.new(mesh.name, mesh)
+    obj.matrix_world = source.matrix_world.copy()
+    collections = list(source.users_collection) or [context.scene.collection]
+    for collection in collections:
+        collection.objects.link(obj)
+    return obj

@@ -1,0 +1,112 @@
+"""The add-on's settings: the panel's per-scene options, the run's live state, and the preferences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from . import engine_link
+
+DEVICES = [
+    ("AUTO", "Auto", "CUDA when the engine sees a GPU, else the CPU"),
+    ("CPU", "CPU", "Always the CPU"),
+    ("CUDA", "CUDA", "An NVIDIA GPU (fails clearly when the engine has none)"),
+]
+
+
+class NKSR_Settings(bpy.types.PropertyGroup):
+    """What the sidebar panel edits; the operator takes these for every option a script did not set."""
+
+    auto_detail: BoolProperty(  # type: ignore[valid-type]
+        name="Automatic Detail", default=True,
+        description="Choose the voxel size from the measured point spacing and noise")
+    detail_level: FloatProperty(  # type: ignore[valid-type]
+        name="Detail", default=0.75, min=0.0, max=1.0,
+        description="0 smooth and coarse, 1 as fine as the points allow (used when Automatic Detail is off)")
+    voxel_size: FloatProperty(  # type: ignore[valid-type]
+        name="Voxel Size", default=0.0, min=0.0, subtype="DISTANCE", precision=4,
+        description="Finest voxel size in world units; 0 chooses it from Detail")
+    mise_iter: IntProperty(  # type: ignore[valid-type]
+        name="Refinement", default=1, min=0, max=3,
+        description="Meshing rounds below the finest voxel (each halves the triangle size)")
+    trim: BoolProperty(  # type: ignore[valid-type]
+        name="Trim", default=True, description="Cut away surface far from the points (off closes holes)")
+    keep_colors: BoolProperty(  # type: ignore[valid-type]
+        name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
+    device: EnumProperty(  # type: ignore[valid-type]
+        name="Device", items=[("PREFERENCES", "Default", "The device set in the add-on preferences"), *DEVICES],
+        default="PREFERENCES")
+
+
+class NKSR_RunState(bpy.types.PropertyGroup):
+    """The running job and the last run's figures (on the window manager: never saved, never undone)."""
+
+    running: BoolProperty(default=False)  # type: ignore[valid-type]
+    stage: StringProperty(default="")  # type: ignore[valid-type]
+    fraction: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")  # type: ignore[valid-type]
+    last_summary: StringProperty(default="")  # type: ignore[valid-type]
+    points_in: IntProperty(default=0)  # type: ignore[valid-type]
+    faces_out: IntProperty(default=0)  # type: ignore[valid-type]
+    voxel_size: FloatProperty(default=0.0)  # type: ignore[valid-type]
+    seconds: FloatProperty(default=0.0)  # type: ignore[valid-type]
+
+
+class NKSR_Preferences(bpy.types.AddonPreferences):
+    """Which Python runs the engine, its private environment, the default device and the log."""
+
+    bl_idname = __package__
+
+    engine_python: StringProperty(  # type: ignore[valid-type]
+        name="Engine Python", subtype="FILE_PATH", default="",
+        description="A Python interpreter with the engine's requirements (torch). "
+                    f"{engine_link.ENV_VAR} overrides it; empty uses the private engine environment")
+    device: EnumProperty(name="Default Device", items=DEVICES, default="AUTO")  # type: ignore[valid-type]
+    engine_info: StringProperty(default="")  # type: ignore[valid-type]
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.prop(self, "engine_python")
+        row = layout.row()
+        row.operator("nksr.check_engine", icon="CHECKMARK")
+        row.operator("nksr.setup_engine", icon="CONSOLE")
+        for line in self.engine_info.splitlines():
+            layout.label(text=line)
+        layout.prop(self, "device")
+        layout.label(text=f"Engine log: {engine_link.log_path()}")
+        layout.label(text=f"Private environment: {engine_link.private_env()}")
+
+
+def preferences(context: Any = None) -> Any:
+    """This add-on's preferences, or None when it is not enabled as an add-on (e.g. loaded from source)."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None else None
+
+
+def panel_settings(context: bpy.types.Context) -> NKSR_Settings:
+    """The scene's panel settings (a property this add-on registers, unknown to the type stubs)."""
+    return context.scene.nksr
+
+
+def run_state(context: bpy.types.Context) -> NKSR_RunState:
+    """The running job's state and the last run's figures."""
+    return context.window_manager.nksr_run
+
+
+CLASSES = (NKSR_Settings, NKSR_RunState, NKSR_Preferences)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.nksr = PointerProperty(type=NKSR_Settings)  # type: ignore[attr-defined]
+    bpy.types.WindowManager.nksr_run = PointerProperty(type=NKSR_RunState)  # type: ignore[attr-defined]
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.nksr_run  # type: ignore[attr-defined]
+    del bpy.types.Scene.nksr  # type: ignore[attr-defined]
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,115 @@
+"""End to end through the installed extension and the real engine process (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import bpy
+import numpy as np
+
+from tests.meshcheck import boundary_edges, non_manifold_edges
+from tests.shapes import sphere
+
+from .scenes import TRANSFORM, color_of, import_sphere_ply, mesh_arrays, snapshot
+
+
+def _only_new_object(before: set[bpy.types.Object]) -> bpy.types.Object:
+    new = [o for o in bpy.data.objects if o not in before]
+    assert len(new) == 1, [o.name for o in new]
+    return new[0]
+
+
+def _check_sphere_result(source: bpy.types.Object, result: bpy.types.Object, voxel: float,
+                         with_colors: bool = True) -> None:
+    """Closed, in the right place under the source's transform, with colours and custom normals."""
+    assert result.type == "MESH"
+    assert np.allclose(np.array(result.matrix_world), np.array(source.matrix_world))
+    assert [c.name for c in result.users_collection] == [c.name for c in source.users_collection]
+    verts, faces = mesh_arrays(result)
+    assert len(faces) > 500
+    assert boundary_edges(faces) == 0 and non_manifold_edges(faces) == 0
+    # The engine solved in world space (an ellipsoid 2 x 1 x 1.5 far from the origin); back in the
+    # local frame the surface must be the unit sphere, to a fraction of a voxel (divided by the scale).
+    radius = np.linalg.norm(verts, axis=1)
+    assert np.abs(radius - 1).max() < 0.5 * voxel, (np.abs(radius - 1).max(), voxel)
+    mesh = result.data
+    assert mesh.has_custom_normals
+    normals = np.empty(len(verts) * 3, dtype=np.float32)
+    mesh.attributes["custom_normal"].data.foreach_get("vector", normals)
+    radial = verts / radius[:, None]
+    assert np.median(np.einsum("ij,ij->i", normals.reshape(-1, 3), radial)) > 0.98
+    if with_colors:
+        color = mesh.color_attributes.active_color
+        assert color is not None and color.data_type == "FLOAT_COLOR" and color.domain == "POINT"
+        values = np.empty(len(verts) * 4, dtype=np.float32)
+        color.data.foreach_get("color", values)
+        assert np.abs(values.reshape(-1, 4)[:, :3] - color_of(radial)).mean() < 0.03
+
+
+def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.Scene, tmp_path: Path,
+                                                              addon: ModuleType) -> None:
+    source = import_sphere_ply(tmp_path)
+    assert source.data.attributes["normal"].data_type == "FLOAT_VECTOR"
+    before, kept = set(bpy.data.objects), snapshot(source)
+    assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
+    result = _only_new_object(before)
+    assert snapshot(source) == kept
+    state = bpy.context.window_manager.nksr_run
+    assert state.points_in == 3000 and state.faces_out == len(result.data.polygons) and not state.running
+    # The voxel size is in world units; the smallest scale (1.0) bounds it in local units.
+    _check_sphere_result(source, result, state.voxel_size)
+    assert result.select_get() and bpy.context.view_layer.objects.active == result
+
+
+def test_point_cloud_object_and_script_options(scene: bpy.types.Scene, addon: ModuleType) -> None:
+    points, normals = sphere(3000, seed=3)
+    mesh = bpy.data.meshes.new("cloud")
+    mesh.vertices.add(len(points))
+    mesh.attributes["position"].data.foreach_set("vector", points.astype(np.float32).ravel())
+    mesh.attributes.new("normal", "FLOAT_VECTOR", "POINT").data.foreach_set(
+        "vector", normals.astype(np.float32).ravel())
+    color = mesh.color_attributes.new("Col", "FLOAT_COLOR", "POINT")
+    color.data.foreach_set("color", np.hstack([color_of(points), np.ones((len(points), 1))]).astype(np.float32).ravel())
+    obj = bpy.data.objects.new("cloud", mesh)
+    scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    assert bpy.ops.object.convert(target="POINTCLOUD") == {"FINISHED"}
+    source = bpy.context.view_layer.objects.active
+    assert source.type == "POINTCLOUD"
+    source.matrix_world = TRANSFORM
+    before, kept = set(bpy.data.objects), snapshot(source)
+    assert bpy.ops.nksr.reconstruct(detail_level=0.5, mise_iter=0, keep_colors=False) == {"FINISHED"}
+    result = _only_new_object(before)
+    assert snapshot(source) == kept
+    _check_sphere_result(source, result, bpy.context.window_manager.nksr_run.voxel_size, with_colors=False)
+    assert len(result.data.color_attributes) == 0
+
+
+def test_mesh_with_faces_is_remeshed_from_its_vertices(scene: bpy.types.Scene, addon: ModuleType) -> None:
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=96, ring_count=48, radius=1.0)
+    source = bpy.context.view_layer.objects.active
+    before = set(bpy.data.objects)
+    assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
+    result = _only_new_object(before)
+    verts, faces = mesh_arrays(result)
+    assert boundary_edges(faces) == 0
+    voxel = bpy.context.window_manager.nksr_run.voxel_size
+    assert np.abs(np.linalg.norm(verts, axis=1) - 1).max() < voxel
+    assert len(source.data.polygons) == 96 * 46 + 2 * 96  # untouched
+
+
+def test_several_selected_clouds_give_one_mesh_each(scene: bpy.types.Scene, tmp_path: Path,
+                                                    addon: ModuleType) -> None:
+    sources = []
+    for i in range(2):
+        obj = import_sphere_ply(tmp_path)
+        obj.location.x += 10 * i
+        sources.append(obj)
+    for obj in sources:
+        obj.select_set(True)
+    before = set(bpy.data.objects)
+    assert bpy.ops.nksr.reconstruct(mise_iter=0) == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o not in before]
+    assert sorted(o.name for o in new) == sorted(f"{s.name}_nksr" for s in sources)
