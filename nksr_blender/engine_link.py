@@ -136,7 +136,7 @@ class _Session:
     def client_for(self, preference: str) -> Any:
         """A started client, trying each interpreter candidate in order; EngineSetupError when none works."""
         usable = [c.python for c in candidates(preference) if c.python and Path(c.python).is_file()]
-        if self.client is not None and self.client.alive and usable and usable[0] == self.python:
+        if self.client is not None and self.client.running and usable and usable[0] == self.python:
             return self.client
         api = client_api()
         problems = []

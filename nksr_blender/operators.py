@@ -31,26 +31,79 @@ class RunError(Exception):
 
 @dataclass
 class Run:
-    """One reconstruction over the selected objects, shared by the blocking and the modal path."""
+    """One reconstruction over the selected objects: the state machine both paths drive.
+
+    The modal path calls :meth:`tick` from its timer and :meth:`cancel` on Esc;
+    the blocking path calls :meth:`run_blocking`.  Nothing touches the scene
+    until :meth:`finish`, which adds every mesh or none.
+    """
 
     objects: list[bpy.types.Object]
     inputs: list[scene_io.PointSet]
     options: dict[str, Any]
     results: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    client: Any = None
+    job: Any = None
 
     @property
     def index(self) -> int:
         return len(self.results)
+
+    @property
+    def done(self) -> bool:
+        return self.index == len(self.inputs)
 
     def label(self, stage: str, fraction: float) -> str:
         prefix = f"{self.inputs[self.index].name}: " if self.index < len(self.inputs) else ""
         count = f" ({self.index + 1}/{len(self.inputs)})" if len(self.inputs) > 1 else ""
         return f"NKSR{count} {prefix}{stage} {100 * fraction:.0f}%"
 
-    def submit(self, client: Any) -> Any:
+    def status(self) -> tuple[str, float]:
+        progress = self.job.progress if self.job is not None else None
+        return (progress.stage, progress.fraction) if progress is not None else ("starting", 0.0)
+
+    def start(self, client: Any) -> None:
+        self.client = client
+        self._submit()
+
+    def _submit(self) -> None:
         points = self.inputs[self.index]
-        return client.submit(points.points, points.normals, points.colors, **self.options)
+        self.job = self.client.submit(points.points, points.normals, points.colors, **self.options)
+
+    def tick(self) -> bool:
+        """Read what the engine sent, without blocking; True once every input has its result.
+
+        Raises the engine's error (a ClientError) when a job failed.
+        """
+        self.job.poll()
+        if not self.job.done:
+            return False
+        self.results.append(self.job.result)
+        if not self.done:
+            self._submit()
+        return self.done
+
+    def cancel(self) -> None:
+        """Stop the engine's job (Esc); the engine stays usable, or is replaced if it does not stop."""
+        if self.job is not None:
+            self.job.cancel(grace=3.0)
+
+    def run_blocking(self, client: Any) -> None:
+        """Every input, one after the other, printing each stage (scripts and background mode)."""
+        self.client = client
+        last = ""
+
+        def show(stage: str, fraction: float, text: str) -> None:
+            nonlocal last
+            line = self.label(stage, fraction)
+            if line != last:
+                print(line, flush=True)
+                last = line
+
+        while not self.done:
+            self._submit()
+            self.results.append(self.job.wait(on_progress=show))
 
     def finish(self, context: bpy.types.Context) -> list[bpy.types.Object]:
         """Every result becomes a new object beside its input (all or none)."""
@@ -58,10 +111,8 @@ class Run:
         meshes: list[bpy.types.Mesh] = []
         try:
             for obj, points, result in zip(self.objects, self.inputs, self.results, strict=True):
-                arrays = result.arrays
-                mesh = scene_io.build_mesh(f"{obj.name}_nksr", points, arrays["vertices"], arrays["faces"],
-                                           arrays.get("colors"), arrays.get("normals"),
-                                           arrays.get("edges"), arrays.get("corner_edges"))
+                mesh = scene_io.build_mesh(f"{obj.name}_nksr", points, result.vertices64, result.faces,
+                                           result.colors, result.normals)
                 meshes.append(mesh)
                 made.append(scene_io.add_object(context, obj, mesh))
         except Exception:
@@ -116,7 +167,6 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         name="Device", items=[("PREFERENCES", "Default", ""), *settings.DEVICES], default="PREFERENCES")
 
     _run: Run | None = None
-    _job: Any = None
     _timer: Any = None
 
     @classmethod
@@ -177,26 +227,13 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     # -- blocking path (scripts, console, background) ------------------------------
 
     def execute(self, context: bpy.types.Context) -> Result:
+        api = engine_link.client_api()
         try:
             run = self._prepare(context)
-            client = self._client(context)
-            api = engine_link.client_api()
-            while run.index < len(run.inputs):
-                last = [""]
-
-                def show(stage: str, fraction: float, text: str, run: Run = run, last: list[str] = last) -> None:
-                    line = run.label(stage, fraction)
-                    if line != last[0]:
-                        print(line, flush=True)
-                        last[0] = line
-
-                try:
-                    run.results.append(run.submit(client).wait(on_progress=show))
-                except api.ClientError as exc:
-                    raise RunError(_error_text(exc)) from exc
+            run.run_blocking(self._client(context))
             run.finish(context)
-        except RunError as exc:
-            return self._fail(str(exc))
+        except (RunError, api.ClientError) as exc:
+            return self._fail(_error_text(exc))
         summary = run.record(context)
         self.report({"INFO"}, f"NKSR: {summary}")
         return {"FINISHED"}
@@ -206,12 +243,12 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
         if bpy.app.background or context.window is None:
             return self.execute(context)
+        api = engine_link.client_api()
         try:
             self._run = self._prepare(context)
             context.workspace.status_text_set("NKSR: starting the engine...")
-            client = self._client(context)
-            self._job = self._run.submit(client)
-        except (RunError, engine_link.client_api().ClientError) as exc:
+            self._run.start(self._client(context))
+        except (RunError, api.ClientError) as exc:
             self._cleanup(context)
             return self._fail(_error_text(exc))
         state = settings.run_state(context)
@@ -224,7 +261,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
         assert self._run is not None
         if event.type == "ESC":
-            self._job.cancel()
+            self._run.cancel()
             self._cleanup(context)
             self.report({"WARNING"}, "NKSR: cancelled; the scene is unchanged.")
             return {"CANCELLED"}
@@ -232,13 +269,8 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             return {"PASS_THROUGH"}
         api = engine_link.client_api()
         try:
-            self._job.poll()
-            if not self._job.done:
-                self._show(context, self._job.progress)
-                return {"PASS_THROUGH"}
-            self._run.results.append(self._job.wait(timeout=0))
-            if self._run.index < len(self._run.inputs):
-                self._job = self._run.submit(self._client(context))
+            if not self._run.tick():
+                self._show(context)
                 return {"PASS_THROUGH"}
             self._run.finish(context)
         except (RunError, api.ClientError) as exc:
@@ -249,9 +281,9 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         self.report({"INFO"}, f"NKSR: {summary}")
         return {"FINISHED"}
 
-    def _show(self, context: bpy.types.Context, progress: Any) -> None:
+    def _show(self, context: bpy.types.Context) -> None:
         assert self._run is not None
-        stage, fraction = (progress.stage, progress.fraction) if progress is not None else ("starting", 0.0)
+        stage, fraction = self._run.status()
         state = settings.run_state(context)
         state.stage, state.fraction = stage, fraction
         context.window_manager.progress_update(fraction)
@@ -265,8 +297,8 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         if self._timer is not None:
             wm.event_timer_remove(self._timer)
             self._timer = None
-        wm.nksr_run.running = False
-        wm.nksr_run.stage = ""
+        state = settings.run_state(context)
+        state.running, state.stage = False, ""
         if context.window is not None:
             wm.progress_end()
         if context.workspace is not None:
@@ -288,7 +320,7 @@ class NKSR_OT_check_engine(bpy.types.Operator):
                 prefs.engine_info = "Engine not working: see the message."
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        hello = client.hello
+        hello = client.hello or {}
         info = (f"Engine {hello.get('engine_version')} at {engine_link.session.python}\n"
                 f"torch {hello.get('torch_version')}, devices: {', '.join(hello.get('devices', []))}, "
                 f"fVDB: {'yes' if hello.get('fvdb') else 'no'}")
