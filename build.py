@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-REQUIREMENTS = [ROOT / "requirements" / "engine.txt", ROOT / "requirements" / "dev.txt"]
+# optional.txt (packages of some file formats) is installed too, so that those formats' tests run.
+REQUIREMENTS = [ROOT / "requirements" / name for name in ("engine.txt", "optional.txt", "dev.txt")]
 # Fixed thread counts keep timings and results stable on CI's 2 cores; PASSIVE stops
 # OpenMP threads from busy-waiting when the machine is oversubscribed.
 THREAD_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
