@@ -6,7 +6,6 @@ requirements/optional.txt, so their tests run in CI; importorskip only spares a 
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from engine.errors import InputError, MissingPackageError
 from engine.gltf import srgb_to_linear
 from engine.mesh import Mesh, vertex_normals
 from tests import shapes
+from tests.meshfiles import glb_world_z_up, read_glb, read_obj
 
 N = 40
 
@@ -366,47 +366,22 @@ def test_ply_writer(tmp_path: Path, mesh: Mesh) -> None:
 
 def test_obj_writer(tmp_path: Path, mesh: Mesh) -> None:
     formats.write_mesh(tmp_path / "m.obj", mesh)
-    rows: dict[str, list[list[str]]] = {"v": [], "vn": [], "f": []}
-    for line in (tmp_path / "m.obj").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, *values = line.split()
-            rows[key].append(values)
-    v = np.array(rows["v"], dtype=np.float64)
-    assert v.shape == (6, 6)
-    np.testing.assert_array_equal(v[:, :3], mesh.vertices64)  # 17 digits: exact float64
-    assert mesh.colors is not None and mesh.normals is not None
-    np.testing.assert_allclose(v[:, 3:], mesh.colors[:, :3], atol=1e-6)
-    np.testing.assert_allclose(np.array(rows["vn"], dtype=np.float64), mesh.normals, atol=1e-6)
-    corners = np.array([[c.split("//") for c in face] for face in rows["f"]], dtype=np.int64)
-    np.testing.assert_array_equal(corners[:, :, 0] - 1, mesh.faces)
-    np.testing.assert_array_equal(corners[:, :, 1], corners[:, :, 0])
+    obj = read_obj(tmp_path / "m.obj")
+    assert obj["v"].shape == (6, 6) and mesh.colors is not None and mesh.normals is not None
+    np.testing.assert_array_equal(obj["v"][:, :3], mesh.vertices64)  # 17 digits: exact float64
+    np.testing.assert_allclose(obj["v"][:, 3:], mesh.colors[:, :3], atol=1e-6)
+    np.testing.assert_allclose(obj["vn"], mesh.normals, atol=1e-6)
+    np.testing.assert_array_equal(obj["f"][:, :, 0] - 1, mesh.faces)
+    np.testing.assert_array_equal(obj["f"][:, :, 1], obj["f"][:, :, 0])
     trimesh = pytest.importorskip("trimesh")
     other = trimesh.load(str(tmp_path / "m.obj"), process=False)  # another reader takes the colour extension
     np.testing.assert_allclose(other.visual.vertex_colors[:, :3] / 255, mesh.colors[:, :3], atol=1 / 255)
 
 
-def glb_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
-    """The glTF document, the primitive's attributes and indices, decoded with pygltflib's container."""
-    gl = pytest.importorskip("pygltflib")
-    doc = gl.GLTF2().load_binary(str(path))
-    blob = doc.binary_blob()
-    kinds = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
-    dtypes = {gl.FLOAT: "<f4", gl.UNSIGNED_INT: "<u4"}
-
-    def accessor(i: int) -> np.ndarray:
-        acc = doc.accessors[i]
-        view = doc.bufferViews[acc.bufferView]
-        data = np.frombuffer(blob, dtypes[acc.componentType], acc.count * kinds[acc.type], view.byteOffset)
-        return data.reshape(acc.count, kinds[acc.type])
-
-    prim = doc.meshes[0].primitives[0]
-    attrs = {name: accessor(getattr(prim.attributes, name)) for name in ("POSITION", "NORMAL", "COLOR_0")}
-    return json.loads(doc.to_json()), attrs, accessor(prim.indices).reshape(-1, 3)
-
-
 def test_glb_writer(tmp_path: Path, mesh: Mesh) -> None:
+    pytest.importorskip("pygltflib")
     formats.write_mesh(tmp_path / "m.glb", mesh)
-    doc, attrs, faces = glb_arrays(tmp_path / "m.glb")
+    doc, attrs, faces = read_glb(tmp_path / "m.glb")
     assert mesh.colors is not None and mesh.normals is not None
     np.testing.assert_array_equal(attrs["POSITION"], mesh.local_vertices)
     np.testing.assert_array_equal(faces, mesh.faces)
@@ -414,14 +389,12 @@ def test_glb_writer(tmp_path: Path, mesh: Mesh) -> None:
     assert doc["accessors"][doc["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"]]["componentType"] == 5126
     np.testing.assert_allclose(attrs["COLOR_0"][:, :3], srgb_to_linear(mesh.colors[:, :3]), atol=1e-7)
     np.testing.assert_allclose(attrs["COLOR_0"][:, 3], mesh.colors[:, 3])
-    matrix = np.array(doc["nodes"][0]["matrix"]).reshape(4, 4).T
-    world = attrs["POSITION"].astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
-    z_up = np.stack([world[:, 0], -world[:, 2], world[:, 1]], axis=1)  # glTF's Y-up back to Z-up, as Blender does
-    np.testing.assert_allclose(z_up, mesh.vertices64, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(glb_world_z_up(doc, attrs["POSITION"]), mesh.vertices64, rtol=0, atol=1e-9)
     trimesh = pytest.importorskip("trimesh")
-    scene = trimesh.load(str(tmp_path / "m.glb"), process=False)  # another reader agrees on the placed mesh
+    scene = trimesh.load(str(tmp_path / "m.glb"), process=False)  # another reader places the mesh the same way
     placed = scene.to_geometry() if hasattr(scene, "to_geometry") else scene.dump(concatenate=True)
-    np.testing.assert_allclose(placed.vertices, world, rtol=0, atol=1e-6)
+    v = mesh.vertices64
+    np.testing.assert_allclose(placed.vertices, np.stack([v[:, 0], v[:, 2], -v[:, 1]], 1), rtol=0, atol=1e-6)
 
 
 def test_glb_of_an_empty_mesh(tmp_path: Path) -> None:
