@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Any
 
+from . import formats
 from .errors import EngineError, InputError, MissingNormalsError
 from .mesh import Mesh
 
@@ -34,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Neural-kernel style surface reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reconstruct", help="point cloud with normals -> triangle mesh")
-    r.add_argument("input", help="input point cloud with normals: .ply .pcd .xyz .pts .txt .csv .npy .npz .las .laz")
-    r.add_argument("output", help="output mesh: .ply, .obj or .glb")
+    r.add_argument("input", help=f"input point cloud with normals: {' '.join(formats.READERS)}")
+    r.add_argument("output", help=f"output mesh: {' '.join(formats.WRITERS)}")
     r.add_argument("--detail", type=_detail, default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
     r.add_argument("--voxel-size", type=float, default=None,
                    help="finest voxel size in input units (overrides --detail)")
@@ -102,8 +103,6 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     for option, message in NOT_YET.items():
         if getattr(args, option, None) not in (None, False):
             return _fail(EXIT_USAGE, message)
-    from . import formats
-
     t0 = time.perf_counter()
     bar = _Bar(sys.stderr.isatty())
     stages: dict[str, float] = {}

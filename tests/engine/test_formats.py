@@ -1,7 +1,7 @@
 """File formats: every reader and writer round-trips positions, normals and colours; bad files say what is wrong.
 
 Optional packages (pypcd4, laspy with lazrs, pygltflib) are installed by build.py from
-requirements/optional.txt, so their tests run in CI; importorskip only spares a bare install.
+requirements/optional.txt, so their tests run in CI; importorskip only spares an install without them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh  # a test dependency (requirements/dev.txt): an independent reader of our OBJ and GLB
 from plyfile import PlyData, PlyElement
 
 from engine import formats
@@ -373,7 +374,6 @@ def test_obj_writer(tmp_path: Path, mesh: Mesh) -> None:
     np.testing.assert_allclose(obj["vn"], mesh.normals, atol=1e-6)
     np.testing.assert_array_equal(obj["f"][:, :, 0] - 1, mesh.faces)
     np.testing.assert_array_equal(obj["f"][:, :, 1], obj["f"][:, :, 0])
-    trimesh = pytest.importorskip("trimesh")
     other = trimesh.load(str(tmp_path / "m.obj"), process=False)  # another reader takes the colour extension
     np.testing.assert_allclose(other.visual.vertex_colors[:, :3] / 255, mesh.colors[:, :3], atol=1 / 255)
 
@@ -390,7 +390,6 @@ def test_glb_writer(tmp_path: Path, mesh: Mesh) -> None:
     np.testing.assert_allclose(attrs["COLOR_0"][:, :3], srgb_to_linear(mesh.colors[:, :3]), atol=1e-7)
     np.testing.assert_allclose(attrs["COLOR_0"][:, 3], mesh.colors[:, 3])
     np.testing.assert_allclose(glb_world_z_up(doc, attrs["POSITION"]), mesh.vertices64, rtol=0, atol=1e-9)
-    trimesh = pytest.importorskip("trimesh")
     scene = trimesh.load(str(tmp_path / "m.glb"), process=False)  # another reader places the mesh the same way
     placed = scene.to_geometry() if hasattr(scene, "to_geometry") else scene.dump(concatenate=True)
     v = mesh.vertices64
