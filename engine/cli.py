@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--solver-tol", type=float, default=1e-5, help="relative residual of the solver (default 1e-5)")
     r.add_argument("--solver-max-iter", type=int, default=2000, help="solver iterations per level (default 2000)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
+    sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
 
 
@@ -70,6 +71,10 @@ class _Bar:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        from .server import main as serve
+
+        return serve()
     from .pipeline import reconstruct
     from .ply import read_points, write_mesh
 
