@@ -33,7 +33,6 @@ from .protocol import Message, ProtocolError
 
 ProgressFn = Callable[[str, float, str], None]
 
-_CHUNK = 1 << 20
 _PIPE_SIZE = 1 << 20  # Linux pipes hold 64 KiB by default; bigger ones cut the syscalls per megabyte 16-fold
 _WAIT_SLICE = 0.1
 _HINT_PYTHON = ("Set the engine's Python to an interpreter with the engine's requirements "
@@ -120,13 +119,18 @@ if os.name == "nt":  # no select() on pipes: ask how many bytes wait (untested o
     import _winapi
     import msvcrt
 
-    def _read_nowait(fd: int) -> bytes | None:
-        """Bytes waiting now; b"" at EOF; None when there are none yet."""
+    def _read_some(fd: int, decoder: protocol.Decoder) -> int | None:
+        """Read what waits into the decoder: the count (0 at EOF), or None when nothing waits."""
         try:
             waiting = _winapi.PeekNamedPipe(msvcrt.get_osfhandle(fd), 0)[0]  # type: ignore[attr-defined]
         except OSError:
-            return b""
-        return os.read(fd, min(waiting, _CHUNK)) if waiting else None
+            return 0
+        if not waiting:
+            return None
+        space = decoder.writable()
+        data = os.read(fd, min(waiting, space.nbytes))
+        space[:len(data)] = data
+        return len(data)
 
     def _wait_readable(fd: int, timeout: float) -> None:
         time.sleep(min(timeout, 0.005))
@@ -134,10 +138,10 @@ if os.name == "nt":  # no select() on pipes: ask how many bytes wait (untested o
     def _nonblocking(fd: int) -> None:
         pass
 else:
-    def _read_nowait(fd: int) -> bytes | None:
-        """Bytes waiting now; b"" at EOF; None when there are none yet."""
+    def _read_some(fd: int, decoder: protocol.Decoder) -> int | None:
+        """Read what waits straight into the decoder's buffer: the count (0 at EOF), or None when nothing waits."""
         try:
-            return os.read(fd, _CHUNK)
+            return os.readv(fd, [decoder.writable()])
         except BlockingIOError:
             return None
 
@@ -151,6 +155,19 @@ else:
 
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except (ImportError, AttributeError, OSError):
+            pass
+
+
+def _survive_broken_pipes() -> None:
+    """Writing to an engine that just died must raise BrokenPipeError, not kill the host with SIGPIPE.
+
+    Python ignores SIGPIPE when it installs its signal handlers; an embedding
+    host (Blender) may not have let it, so make sure once, from the main thread.
+    """
+    if hasattr(signal, "SIGPIPE") and signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        except ValueError:  # not the main thread: leave it
             pass
 
 
@@ -448,6 +465,7 @@ class EngineClient:
         if not (self.engine_dir / "engine" / "__main__.py").is_file():
             raise EngineUnavailable(f"The engine's files are missing: no engine package in {self.engine_dir}.",
                                     "Reinstall the add-on.")
+        _survive_broken_pipes()
         env = dict(os.environ) if self.env is None else dict(self.env)
         if self.env is None:
             env.pop("PYTHONHOME", None)  # the host's (Blender's) Python home is not the engine's
@@ -517,14 +535,14 @@ class EngineClient:
         end = time.monotonic() + budget
         try:
             while not self._eof:
-                chunk = _read_nowait(fd)
-                if chunk is None:
+                n = _read_some(fd, self._decoder)
+                if n is None:
                     break
-                if not chunk:
+                if n == 0:
                     self._eof = True
                     out += self._decoder.close()
                     break
-                out += self._decoder.feed(chunk)
+                out += self._decoder.advance(n)
                 if time.monotonic() > end:
                     break
         except ProtocolError as exc:

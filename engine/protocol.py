@@ -87,7 +87,7 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], tuple[object, ...]]] = {
 
 _KIND_NAMES: dict[object, str] = {bool: "true or false", int: "an integer", str: "a string"}
 _PREFIX = struct.Struct("<I")
-_READ_CHUNK = 1 << 24
+_FIRST_ALLOCATION = 1 << 28  # bytes reserved for a payload before its bytes arrive; more as they do
 
 
 class ProtocolError(EngineError):
@@ -218,10 +218,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_header(raw: bytes | bytearray, max_payload: int) -> _Head:
+def _parse_header(raw: np.ndarray, max_payload: int) -> _Head:
     """Enough of the header to know where the frame ends; anything wrong here leaves the stream unusable."""
     try:
-        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
+        header = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"Frame header is not valid UTF-8 JSON: {str(exc)[:200]}.") from None
     if not isinstance(header, dict):
@@ -247,7 +247,7 @@ def _shape(spec: dict[str, Any]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _build(head: _Head, payload: bytearray) -> Message:
+def _build(head: _Head, payload: np.ndarray) -> Message:
     """The message of a complete frame; a ProtocolError here leaves the stream usable (``resync``)."""
     h = head.header
     kind = h.get("type")
@@ -288,7 +288,7 @@ def _build(head: _Head, payload: bytearray) -> Message:
     return Message(kind, fields, arrays)
 
 
-def _header_length(prefix: bytes | bytearray, max_header: int) -> int:
+def _header_length(prefix: bytes, max_header: int) -> int:
     (n,) = _PREFIX.unpack(prefix)
     if n > max_header:
         raise ProtocolError(f"Frame header of {n} bytes is over the limit of {max_header} (not a frame?).")
@@ -303,19 +303,36 @@ class Readable(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-def _read_exact(stream: Readable, n: int, what: str) -> bytearray:
-    """n bytes from a blocking stream, grown as they come: a lying size cannot make us allocate it up front."""
-    buf = bytearray(min(n, _READ_CHUNK))
-    filled = 0
-    while filled < n:
-        if filled == len(buf):
-            buf.extend(bytes(min(len(buf), n - len(buf))))
-        with memoryview(buf) as whole, whole[filled:] as view:
-            got = stream.readinto(view)
+class _Filling:
+    """``size`` bytes to come, allocated as they arrive (uninitialised, at most doubling): a lying size in a
+    header costs address space, not memory, and never more than the bytes that actually came."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = np.empty(min(size, _FIRST_ALLOCATION), np.uint8)
+        self.filled = 0
+
+    @property
+    def full(self) -> bool:
+        return self.filled == self.size
+
+    def space(self) -> memoryview:
+        """The part still to fill (empty when full)."""
+        if self.filled == len(self.data) < self.size:
+            grown = np.empty(min(self.size, 2 * len(self.data)), np.uint8)
+            grown[:self.filled] = self.data[:self.filled]
+            self.data = grown
+        return self.data[self.filled:].data
+
+
+def _read_exact(stream: Readable, n: int, what: str) -> np.ndarray:
+    buf = _Filling(n)
+    while not buf.full:
+        got = stream.readinto(buf.space())
         if not got:
-            raise ProtocolError(f"The stream ended inside a frame's {what} ({filled} of {n} bytes).")
-        filled += got
-    return buf
+            raise ProtocolError(f"The stream ended inside a frame's {what} ({buf.filled} of {n} bytes).")
+        buf.filled += got
+    return buf.data
 
 
 def read_message(stream: Readable, *, max_header: int = MAX_HEADER_BYTES,
@@ -324,58 +341,95 @@ def read_message(stream: Readable, *, max_header: int = MAX_HEADER_BYTES,
     first = stream.read(1)
     if not first:
         return None
-    prefix = first + _read_exact(stream, _PREFIX.size - 1, "length")
+    prefix = first + _read_exact(stream, _PREFIX.size - 1, "length").tobytes()
     head = _parse_header(_read_exact(stream, _header_length(prefix, max_header), "header"), max_payload)
     return _build(head, _read_exact(stream, head.total, "payload"))
 
 
 class Decoder:
-    """Incremental decoder for non-blocking reads: :meth:`feed` it any bytes, get the messages they complete.
+    """Incremental decoder for non-blocking reads.
 
-    A bad frame raises :class:`ProtocolError` in order: the messages before it
-    are returned first, and the error is raised by the next call.  After an
-    error with ``resync`` decoding goes on with the next frame; after any other
-    the stream is unusable and every later call raises.
+    Either :meth:`feed` it bytes, or read straight into :meth:`writable` (with
+    ``os.readv``, ``recv_into``) and call :meth:`advance` with the count: the
+    payload then lands in its final buffer with no copy.  Both return the
+    messages completed so far.  A bad frame raises :class:`ProtocolError` in
+    order: the messages before it are returned first, and the error is raised
+    by the next call.  After an error with ``resync`` decoding goes on with the
+    next frame; after any other the stream is unusable and every later call
+    raises.
     """
 
     def __init__(self, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES) -> None:
         self.max_header, self.max_payload = max_header, max_payload
-        self._buf = bytearray()  # the length prefix and header of the frame being read
-        self._need = _PREFIX.size  # bytes of prefix + header that _buf must reach
+        self._part = "prefix"  # the part of the frame being read: prefix, header or payload
+        self._buf = _Filling(_PREFIX.size)
         self._head: _Head | None = None
-        self._payload = bytearray()
         self._queue: deque[Message | ProtocolError] = deque()
         self._broken: ProtocolError | None = None
 
     @property
     def idle(self) -> bool:
         """True between frames, with nothing left to deliver."""
-        return not self._buf and self._head is None and not self._queue
+        return self._part == "prefix" and self._buf.filled == 0 and not self._queue
+
+    def writable(self) -> memoryview:
+        """Where the next bytes of the stream go (never empty); then call :meth:`advance`."""
+        return self._buf.space() if self._broken is None else memoryview(bytearray(1 << 16))
+
+    def advance(self, n: int) -> list[Message]:
+        """``n`` bytes were written to :meth:`writable`: the messages they complete."""
+        if self._broken is None:
+            self._consume(n)
+        return self._deliver()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """The messages completed by ``data`` (and any held back behind an error)."""
-        if self._broken is None:
-            view = memoryview(data).cast("B")
-            try:
-                while view.nbytes:
-                    view = self._step(view)
-            except ProtocolError as exc:
-                self._broken = exc
-                self._queue.append(exc)
-        elif not self._queue:
-            raise ProtocolError(f"The stream is unusable after an earlier bad frame: {self._broken.message}")
+        view = memoryview(data).cast("B")
+        while view.nbytes and self._broken is None:
+            space = self._buf.space()
+            n = min(space.nbytes, view.nbytes)
+            space[:n] = view[:n]
+            view = view[n:]
+            self._consume(n)
         return self._deliver()
 
     def close(self) -> list[Message]:
         """At the end of the stream: the last messages; ProtocolError if it stopped inside a frame."""
-        out = self.feed(b"")
+        out = self._deliver()
         if self._queue:
             raise self._queue.popleft()  # type: ignore[misc]
-        if self._buf or self._head is not None:
+        if not self.idle:
             raise ProtocolError("The stream ended inside a frame.")
         return out
 
+    def _consume(self, n: int) -> None:
+        self._buf.filled += n
+        try:
+            while self._buf.full:
+                self._next_part()
+        except ProtocolError as exc:
+            self._broken = exc
+            self._queue.append(exc)
+
+    def _next_part(self) -> None:
+        """The current part is complete: prefix -> header -> payload -> message -> next prefix."""
+        if self._part == "prefix":
+            self._part, self._buf = "header", _Filling(_header_length(self._buf.data.tobytes(), self.max_header))
+        elif self._part == "header":
+            self._head = _parse_header(self._buf.data, self.max_payload)
+            self._part, self._buf = "payload", _Filling(self._head.total)
+        else:
+            assert self._head is not None
+            head, payload = self._head, self._buf.data
+            self._part, self._buf, self._head = "prefix", _Filling(_PREFIX.size), None
+            try:
+                self._queue.append(_build(head, payload))
+            except ProtocolError as exc:
+                self._queue.append(exc)  # the frame was consumed whole: go on with the next one
+
     def _deliver(self) -> list[Message]:
+        if self._broken is not None and not self._queue:
+            raise ProtocolError(f"The stream is unusable after an earlier bad frame: {self._broken.message}")
         first = self._queue[0] if self._queue else None
         if isinstance(first, ProtocolError):
             self._queue.popleft()
@@ -384,32 +438,6 @@ class Decoder:
         while self._queue and isinstance(self._queue[0], Message):
             out.append(self._queue.popleft())  # type: ignore[arg-type]
         return out
-
-    def _step(self, view: memoryview) -> memoryview:
-        """Consume from ``view`` what the current frame needs; return the rest."""
-        if self._head is None:
-            take = min(self._need - len(self._buf), view.nbytes)
-            self._buf += view[:take]
-            view = view[take:]
-            if len(self._buf) < self._need:
-                return view
-            if self._need == _PREFIX.size:
-                self._need += _header_length(self._buf, self.max_header)
-                if len(self._buf) < self._need:
-                    return view
-            self._head = _parse_header(self._buf[_PREFIX.size:], self.max_payload)
-            self._buf, self._need = bytearray(), _PREFIX.size
-        take = min(self._head.total - len(self._payload), view.nbytes)
-        self._payload += view[:take]
-        view = view[take:]
-        if len(self._payload) == self._head.total:
-            head, payload = self._head, self._payload
-            self._head, self._payload = None, bytearray()
-            try:
-                self._queue.append(_build(head, payload))
-            except ProtocolError as exc:
-                self._queue.append(exc)  # the frame was consumed whole: go on with the next one
-        return view
 
 
 def messages(data: bytes | bytearray | Iterable[bytes]) -> list[Message]:

@@ -106,6 +106,24 @@ def test_round_trip_in_random_chunks(seed: int) -> None:
         assert_same(g, w)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_reading_straight_into_the_decoder(seed: int) -> None:
+    """The non-blocking client's path: read into writable(), then advance()."""
+    data = memoryview(encoded(EXAMPLES * 2))
+    r = random.Random(seed)
+    dec, got, pos = Decoder(), [], 0
+    while pos < len(data):
+        space = dec.writable()
+        assert space.nbytes > 0
+        n = min(space.nbytes, r.choice([1, 3, 100, 4096]), len(data) - pos)
+        space[:n] = data[pos:pos + n]
+        pos += n
+        got += dec.advance(n)
+    assert dec.idle
+    for g, w in zip(got, EXAMPLES * 2, strict=True):
+        assert_same(g, w)
+
+
 def test_blocking_reader() -> None:
     stream = io.BufferedReader(io.BytesIO(encoded(EXAMPLES)))  # type: ignore[arg-type]
     for want in EXAMPLES:
