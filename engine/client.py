@@ -302,14 +302,15 @@ class Job:
         does the kill when the grace runs out).  The job ends with a
         RemoteError of code ``cancelled`` (or its result, if that came first).
         """
-        if self.done or self._cancel_deadline is not None:
+        if self.done:
             return
-        self._cancel_grace = grace
-        self._cancel_deadline = time.monotonic() + grace
-        try:
-            self._client._send(Message("cancel"))
-        except OSError:
-            pass  # already dead: poll() reports it
+        if self._cancel_deadline is None:
+            self._cancel_grace = grace
+            self._cancel_deadline = time.monotonic() + grace
+            try:
+                self._client._send(Message("cancel"))
+            except OSError:
+                pass  # already dead: poll() reports it
         while wait and not self.done:
             self._client._wait_readable(0.05)
             self.poll()
@@ -320,7 +321,13 @@ class Job:
         elif msg.type == "log":
             self.logs.append((msg["level"], msg["text"]))
         elif msg.type == "result":
-            self._finish(Result.from_message(msg), None)
+            try:
+                result = Result.from_message(msg)
+            except ValueError:
+                self._client._kill()
+                self._fail(EngineCrashed("The engine sent a result with a malformed origin.", "Reinstall the add-on."))
+                return
+            self._finish(result, None)
         elif msg.type == "error":
             self._finish(None, RemoteError(msg["code"], msg["message"], msg["hint"], msg.get("reason")))
         else:
@@ -401,7 +408,7 @@ class EngineClient:
         if proc is None:
             return
         if self._job is not None:
-            self._job._fail(EngineCrashed("The engine was closed during the reconstruction."))
+            self._job._fail(EngineCrashed("The engine was closed during the reconstruction.", "Nothing was changed."))
         try:
             self._send(Message("shutdown"))
         except OSError:

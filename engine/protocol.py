@@ -100,12 +100,15 @@ class ProtocolError(EngineError):
     code = "protocol"
 
     def __init__(self, message: str, hint: str = "", *, resync: bool = False) -> None:
-        super().__init__(message, hint or "The add-on and the engine must come from the same version; reinstall.")
+        super().__init__(message, hint or ("The add-on and the engine must come from the same version (reinstall "
+                                           "the add-on); if they do, this is a bug: please report it with the log."))
         self.resync = resync
 
 
 class OptionsError(ProtocolError):
     """A ``reconstruct`` request names an unknown option or gives one a value of the wrong type."""
+
+    code = "bad_option"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, f"Accepted options: {', '.join(sorted(o for o in OPTIONS if o[0] != '_'))}.",

@@ -89,7 +89,13 @@ class Outbox:
         self.last = 0.0
 
     def send(self, kind: str, arrays: dict[str, np.ndarray] | None = None, **fields: Any) -> None:
-        protocol.write_message(self.stream, Message(kind, fields, arrays or {}))
+        self.write(protocol.encode(Message(kind, fields, arrays or {})))
+
+    def write(self, pieces: list[bytes | memoryview]) -> None:
+        """Write an encoded frame (encode first, so a frame that cannot be encoded leaves no trace)."""
+        for piece in pieces:
+            self.stream.write(piece)
+        self.stream.flush()
 
     def error(self, code: str, message: str, hint: str, **fields: Any) -> None:
         self.send("error", code=code, message=message, hint=hint, **fields)
@@ -160,7 +166,8 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
             if echo < 0:
                 raise protocol.OptionsError(f"Option '_benchmark_echo_faces' must be >= 0; got {echo}.")
             arrays = synthetic_mesh(echo, col is not None)
-            fields: dict[str, Any] = {"stats": {"benchmark_echo": True, "points_in": len(pts)}, "origin": [0, 0, 0]}
+            stats: dict[str, Any] = {"benchmark_echo": True, "points_in": len(pts)}
+            origin = [0.0, 0.0, 0.0]
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -171,7 +178,11 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
                 out.send("log", level="warning", text=str(w.message))
             arrays = {"vertices": mesh.local_vertices, "faces": mesh.faces}
             arrays.update({k: v for k, v in (("colors", mesh.colors), ("normals", mesh.normals)) if v is not None})
-            fields = {"stats": mesh.stats, "origin": mesh.origin.tolist()}
+            stats, origin = mesh.stats, mesh.origin.tolist()
+        try:
+            result = protocol.encode(Message("result", {"stats": stats, "origin": origin}, arrays))
+        except ProtocolError as exc:  # the engine's fault, not the request's
+            raise RuntimeError(f"the result cannot be sent: {exc.message}") from exc
     except Exception as exc:
         code, message, hint = error_reply(exc)
         if code == "internal":
@@ -179,7 +190,7 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
         log.info("job %d: %s: %s (%.2f s)", job, code, message, time.perf_counter() - t0)
         out.error(code, message, hint, reason=getattr(exc, "code", type(exc).__name__))
         return
-    out.send("result", arrays, **fields)
+    out.write(result)
     log.info("job %d: result, %d faces (%.2f s)", job, len(arrays["faces"]), time.perf_counter() - t0)
 
 

@@ -235,3 +235,38 @@ def test_error_codes() -> None:
     assert server.error_reply(protocol.ProtocolError("bad"))[0] == "protocol"
     code, message, hint = server.error_reply(ZeroDivisionError("boom"))
     assert code == "internal" and "ZeroDivisionError: boom" in message and "log" in hint
+
+
+def run_one(reconstruct: object, **options: object) -> list[Message]:
+    """run_job in this process, with a stand-in pipeline; the frames it wrote."""
+    buf = io.BytesIO()
+    request = Message("reconstruct", {"options": options}, {"points": POINTS, "normals": NORMALS})
+    server.run_job(request, 1, server.Inbox(io.BytesIO()), server.Outbox(buf), reconstruct)  # type: ignore[arg-type]
+    return protocol.messages(buf.getvalue())
+
+
+def test_an_internal_failure_is_an_error_frame_and_a_traceback_in_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("lost")
+
+    (reply,) = run_one(broken)
+    assert reply.type == "error" and reply["code"] == "internal" and "KeyError" in reply["message"]
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_result_that_cannot_be_encoded_leaves_no_partial_frame() -> None:
+    ref = in_process()
+    bad = type(ref)(ref.local_vertices, ref.faces, ref.origin, stats={"oops": object()})
+    (reply,) = run_one(lambda *a, **k: bad)
+    assert reply.type == "error" and reply["code"] == "internal" and "JSON" in reply["message"]
+
+
+def test_pipeline_warnings_become_log_frames() -> None:
+    import warnings
+
+    def noisy(*args: object, **kwargs: object) -> object:
+        warnings.warn("careful", stacklevel=1)
+        return in_process()
+
+    log, result = run_one(noisy)
+    assert (log.type, log["level"], log["text"]) == ("log", "warning", "careful") and result.type == "result"
