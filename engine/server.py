@@ -68,6 +68,11 @@ class Inbox:
                 msg = None
             except (OSError, ValueError):  # stdin closed under us
                 msg = None
+            except Exception as exc:  # MemoryError for a huge request, or a bug: never leave the main thread waiting
+                log.exception("reading a frame failed")
+                self.queue.put(ProtocolError(f"The engine could not read a frame: {type(exc).__name__}: {exc}",
+                                             "The request may be too large for this machine's memory."))
+                msg = None
             if msg is None or msg.type == "shutdown":
                 self.cancel_through = 1 << 62  # the client is gone or wants out: stop the running job too
                 self.queue.put(None)

@@ -127,6 +127,19 @@ def test_errors_of_the_engine_and_of_the_request(client: EngineClient) -> None:
     assert result.stats["benchmark_echo"] and client.pid == pid
 
 
+def test_large_arrays_cross_the_pipes_intact(client: EngineClient) -> None:
+    """Megabytes each way, so reads and writes span many pipe buffers (content of the benchmark hook's mesh)."""
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(300_000, 3)).astype(np.float32)
+    result = client.reconstruct(points, points, rng.integers(0, 255, (300_000, 3), np.uint8),
+                                _benchmark_echo_faces=600_000, timeout=60)
+    n = 600_000 // 2 + 2
+    assert result.stats["points_in"] == 300_000
+    assert np.array_equal(result.faces, (np.arange(3 * 600_000) % n).reshape(-1, 3))
+    assert np.array_equal(result.local_vertices, np.linspace(0.0, 1.0, 3 * n, dtype=np.float32).reshape(n, 3))
+    assert result.colors is not None and result.colors.shape == (n, 4)
+
+
 def test_engine_killed_mid_job_then_a_fresh_engine(client: EngineClient) -> None:
     old = client.start()["pid"]
     job = client.submit(POINTS, NORMALS, **LONG)
@@ -277,3 +290,4 @@ def test_no_engine_outlives_its_parent(tmp_path: Path) -> None:
     os.kill(parents[1].pid, signal.SIGKILL)  # no finalizer runs: the engine sees EOF on stdin
     parents[1].wait()
     assert gone_within(pids[1], 10)
+

@@ -335,3 +335,16 @@ def test_fuzz_json_headers(value: object, kind: str) -> None:
         except (TypeError, ValueError):
             continue  # not JSON-encodable by the test itself
         decode_all(data, 5)
+
+
+def test_payloads_larger_than_the_first_allocation_grow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "_FIRST_ALLOCATION", 16)
+    msg = EXAMPLES[1]
+    data = encoded([msg, msg])
+    for chunk in (7, 1000, len(data)):
+        got = protocol.messages([data[i:i + chunk] for i in range(0, len(data), chunk)])
+        assert len(got) == 2
+        assert_same(got[1], msg)
+    got_blocking = protocol.read_message(io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+    assert got_blocking is not None
+    assert_same(got_blocking, msg)

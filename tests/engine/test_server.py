@@ -270,3 +270,17 @@ def test_pipeline_warnings_become_log_frames() -> None:
 
     log, result = run_one(noisy)
     assert (log.type, log["level"], log["text"]) == ("log", "warning", "careful") and result.type == "result"
+
+
+def test_a_frame_that_cannot_be_read_ends_the_engine_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. MemoryError for a huge request: the main loop gets an error and an end, and never waits forever."""
+    def no_memory(stream: object, **kwargs: object) -> None:
+        raise MemoryError()
+
+    monkeypatch.setattr(protocol, "read_message", no_memory)
+    inbox = server.Inbox(io.BytesIO())
+    inbox.start()
+    inbox.thread.join(5)
+    error, end = inbox.queue.get(timeout=1), inbox.queue.get(timeout=1)
+    assert isinstance(error, protocol.ProtocolError) and not error.resync and "MemoryError" in error.message
+    assert end is None and inbox.cancelled(1)
