@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--chunk-size", type=float, default=None, help="not available yet (large-scene chunking)")
     r.add_argument("--estimate-normals", action="store_true", help="not available yet (normal estimation)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
+    sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
 
 
@@ -149,4 +150,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        from .server import main as serve
+
+        return serve()
     return run_reconstruct(args)
