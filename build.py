@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-REQUIREMENTS = [ROOT / "requirements" / "engine.txt", ROOT / "requirements" / "dev.txt"]
+# optional.txt (packages of some file formats) is installed too, so that those formats' tests run.
+REQUIREMENTS = [ROOT / "requirements" / name for name in ("engine.txt", "optional.txt", "dev.txt")]
 BLENDER_VENV = ROOT / ".venv-blender"
 BLENDER_PY = BLENDER_VENV / "bin" / "python"
 BLENDER_REQUIREMENTS = [ROOT / "requirements" / "blender.txt"]

@@ -1,6 +1,9 @@
-"""``python -m engine reconstruct IN.ply OUT.ply [options]``: the engine without Blender.
+"""``python -m engine reconstruct IN OUT [options]``: the engine without Blender.
 
-Exit codes: 0 success, 2 bad usage or bad input, 3 engine failure.
+IN is any cloud :mod:`engine.formats` reads (.ply .pcd .xyz .pts .txt .csv .npy
+.npz .las .laz), OUT any mesh it writes (.ply .obj .glb).  Exit codes: 0
+success, 2 bad usage or bad input (unreadable, unsupported or malformed
+files included; never a traceback), 3 engine failure.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from typing import Any
 
-from .errors import EngineError, InputError
+from . import formats
+from .errors import EngineError, InputError, MissingNormalsError
+from .mesh import Mesh
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
 
@@ -28,9 +34,9 @@ def _detail(text: str) -> float | str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Neural-kernel style surface reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("reconstruct", help="point cloud (PLY with normals) -> mesh (PLY)")
-    r.add_argument("input", help="input point cloud (.ply) with normals nx, ny, nz")
-    r.add_argument("output", help="output mesh (.ply)")
+    r = sub.add_parser("reconstruct", help="point cloud with normals -> triangle mesh")
+    r.add_argument("input", help=f"input point cloud with normals: {' '.join(formats.READERS)}")
+    r.add_argument("output", help=f"output mesh: {' '.join(formats.WRITERS)}")
     r.add_argument("--detail", type=_detail, default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
     r.add_argument("--voxel-size", type=float, default=None,
                    help="finest voxel size in input units (overrides --detail)")
@@ -39,8 +45,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     r.add_argument("--solver-tol", type=float, default=1e-5, help="relative residual of the solver (default 1e-5)")
     r.add_argument("--solver-max-iter", type=int, default=2000, help="solver iterations per level (default 2000)")
+    r.add_argument("--chunk-size", type=float, default=None, help="not available yet (large-scene chunking)")
+    r.add_argument("--estimate-normals", action="store_true", help="not available yet (normal estimation)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
+    sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
+
+
+# Options the parser knows so that scripts written for later releases get a clear refusal, not "unrecognised".
+NOT_YET = {
+    "chunk_size": "--chunk-size is not available yet: chunking arrives with the large-scene work. "
+                  "Run without it (memory is checked before solving; raise --voxel-size for large scenes).",
+    "estimate_normals": "--estimate-normals is not available yet: normal estimation is being built. "
+                        "Give a cloud with oriented normals for now.",
+}
 
 
 class _Bar:
@@ -68,32 +86,72 @@ class _Bar:
             self.bar.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from .pipeline import reconstruct
-    from .ply import read_points, write_mesh
+def _summary(args: argparse.Namespace, mesh: Mesh, stages: dict[str, float], total: float) -> dict[str, Any]:
+    """The --json object: the engine's statistics plus the run's paths, stages and headline figures."""
+    s = mesh.stats
+    iterations, residuals = s.get("solver_iterations", []), s.get("solver_residual", [])
+    return {**s, "input": str(args.input), "output": str(args.output), "total_seconds": total, "stages": stages,
+            "iterations": int(sum(iterations)), "residual": float(residuals[-1]) if residuals else None}
 
+
+def _fail(code: int, message: str, hint: str = "") -> int:
+    print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+    return code
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    """The ``reconstruct`` command: read, reconstruct, write, report; returns the exit code."""
+    for option, message in NOT_YET.items():
+        if getattr(args, option, None) not in (None, False):
+            return _fail(EXIT_USAGE, message)
+    t0 = time.perf_counter()
     bar = _Bar(sys.stderr.isatty())
+    stages: dict[str, float] = {}
     try:
-        t0 = time.perf_counter()
-        cloud = read_points(args.input)
+        formats.check_output(args.output)
+        cloud = formats.read_cloud(args.input)
+        stages["read"] = time.perf_counter() - t0
+        if cloud.normals is None:
+            raise MissingNormalsError(f"{args.input}: the point cloud has no normals.",
+                                      f"Give oriented normals: {formats.normals_hint(args.input)} "
+                                      "Normal estimation is not available yet.")
+        t = time.perf_counter()
+        from .pipeline import reconstruct  # torch loads only once the input is known to be good
+
+        stages["startup"] = time.perf_counter() - t
         mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, detail_level=args.detail,
                            voxel_size=args.voxel_size, mise_iter=args.mise_iter, trim=not args.no_trim,
                            solver_tol=args.solver_tol, solver_max_iter=args.solver_max_iter,
                            device=args.device, progress=bar)
-        write_mesh(args.output, mesh)
+        stages.update(mesh.stats.get("seconds", {}))
+        t = time.perf_counter()
+        formats.write_mesh(args.output, mesh)
+        stages["write"] = time.perf_counter() - t
     except InputError as exc:
         bar.close()
-        print(f"error: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(EXIT_USAGE, exc.message, exc.hint)
     except EngineError as exc:
         bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(EXIT_FAILURE, exc.message, exc.hint)
+    except Exception:  # a bug or a device failure: keep the traceback for the report, exit as an engine failure
+        bar.close()
+        traceback.print_exc()
+        return _fail(EXIT_FAILURE, "the engine failed unexpectedly (traceback above).",
+                     "Try --device cpu; if it persists, report it with the traceback.")
     bar.close()
+    total = time.perf_counter() - t0
     s = mesh.stats
     print(f"{args.output}: {s['vertices']} vertices, {s['faces']} faces from {s['points_used']} points, "
-          f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {time.perf_counter() - t0:.2f} s on {s['device']}")
+          f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {total:.2f} s on {s['device']}")
     if args.json:
-        print(json.dumps({**s, "total_seconds": time.perf_counter() - t0}))
+        print(json.dumps(_summary(args, mesh, stages, total)))
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        from .server import main as serve
+
+        return serve()
+    return run_reconstruct(args)

@@ -37,6 +37,20 @@ class Cloud:
     dropped: int
 
 
+@dataclass
+class PointCloud:
+    """A cloud as a file holds it, before any cleaning: what every reader returns.
+
+    points (N, 3) float64 in the file's coordinates (float64 keeps georeferenced
+    offsets exact); normals (N, 3) float32 as stored (any length) or None; colors
+    (N, 4) float32 RGBA in [0, 1] (see :func:`normalize_colors`) or None.
+    """
+
+    points: np.ndarray
+    normals: np.ndarray | None = None
+    colors: np.ndarray | None = None
+
+
 def _as_rows(name: str, a: object, width: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 2 or arr.shape[1] not in width:
@@ -49,11 +63,17 @@ def _as_rows(name: str, a: object, width: tuple[int, ...]) -> np.ndarray:
 
 
 def normalize_colors(colors: np.ndarray) -> np.ndarray:
-    """RGB or RGBA, integer (0-255 / 0-65535) or float, to float32 RGBA in [0, 1]."""
-    c = colors
-    if np.issubdtype(c.dtype, np.integer):
-        c = c.astype(np.float32) / float(np.iinfo(c.dtype).max)
-    c = c.astype(np.float32)
+    """RGB or RGBA, as any file or caller stores it, to float32 RGBA in [0, 1].
+
+    uint8 is 0-255 by type.  Other types go by their range, because files disagree
+    (float PLY and text colours come as 0-1 or 0-255; 16-bit LAS colours often hold
+    8-bit values): a maximum of at most 1 means 0-1, at most 255 means 0-255, and
+    anything larger 0-65535.
+    """
+    c = np.nan_to_num(np.asarray(colors, dtype=np.float64))
+    top = 255.0 if colors.dtype == np.uint8 else float(c.max(initial=0.0))
+    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    c = (c / scale).astype(np.float32)
     if c.shape[1] == 3:
         c = np.concatenate([c, np.ones((c.shape[0], 1), np.float32)], axis=1)
     return np.clip(c, 0.0, 1.0)

@@ -58,3 +58,9 @@ class Cancelled(EngineError):
 
     def __init__(self, message: str = "Reconstruction cancelled.", hint: str = "") -> None:
         super().__init__(message, hint)
+
+
+class MissingPackageError(InputError):
+    """A file format needs an optional package that is not installed."""
+
+    code = "missing_package"

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+FLOAT32_SAFE = 1e4
+
 
 @dataclass
 class Mesh:
@@ -34,6 +36,11 @@ class Mesh:
     @property
     def vertices64(self) -> np.ndarray:
         return self.local_vertices.astype(np.float64) + self.origin
+
+
+def needs_float64(vertices: np.ndarray) -> bool:
+    """Whether float32 would blur these coordinates: beyond 1e4 its spacing exceeds 1e-3 (a millimetre in metres)."""
+    return bool(np.abs(vertices).max(initial=0.0) > FLOAT32_SAFE)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

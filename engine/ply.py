@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from .cloud import PointCloud
 from .errors import InputError
-from .mesh import Mesh
+from .fields import cloud_from_fields
+from .mesh import Mesh, needs_float64
 
-COLOR_NAMES = (("red", "green", "blue", "alpha"), ("r", "g", "b", "a"))
+# What we write; reading accepts every spelling in engine.fields.
+COLOR_NAMES = ("red", "green", "blue", "alpha")
 NORMAL_NAMES = ("nx", "ny", "nz")
 
 
-@dataclass
-class PointCloud:
-    points: np.ndarray  # (N, 3) float64
-    normals: np.ndarray | None  # (N, 3)
-    colors: np.ndarray | None  # (N, 3|4), as stored (uint8 or float)
-
-
 def read_points(path: str | Path) -> PointCloud:
-    """The vertex element of a PLY file: positions, and normals and colours when present."""
+    """The vertex element of a PLY file: positions, and normals and colours (as RGBA in [0, 1]) when present."""
     try:
         ply = PlyData.read(str(path))
     except FileNotFoundError:
@@ -33,18 +28,7 @@ def read_points(path: str | Path) -> PointCloud:
     if "vertex" not in ply:
         raise InputError(f"{path}: the PLY file has no 'vertex' element.", "Export the points as PLY vertices.")
     v = ply["vertex"].data
-    names = set(v.dtype.names or ())
-    if not {"x", "y", "z"} <= names:
-        raise InputError(f"{path}: vertices lack x, y, z.", "Export positions as x, y, z properties.")
-    points = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    normals = np.stack([v[n] for n in NORMAL_NAMES], axis=1) if set(NORMAL_NAMES) <= names else None
-    colors = None
-    for group in COLOR_NAMES:
-        if set(group[:3]) <= names:
-            present = [c for c in group if c in names]
-            colors = np.stack([v[c] for c in present], axis=1)
-            break
-    return PointCloud(points, normals, colors)
+    return cloud_from_fields(v.dtype.names or (), lambda name: v[name], str(path))
 
 
 def write_points(path: str | Path, points: np.ndarray, normals: np.ndarray | None = None,
@@ -57,7 +41,7 @@ def write_points(path: str | Path, points: np.ndarray, normals: np.ndarray | Non
         cols += [normals[:, 0], normals[:, 1], normals[:, 2]]
     if colors is not None:
         c8 = colors if colors.dtype == np.uint8 else np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
-        fields += [(n, "u1") for n in COLOR_NAMES[0][: c8.shape[1]]]
+        fields += [(n, "u1") for n in COLOR_NAMES[: c8.shape[1]]]
         cols += [c8[:, i] for i in range(c8.shape[1])]
     data = np.empty(points.shape[0], dtype=fields)
     for (name, _), col in zip(fields, cols, strict=True):
@@ -68,19 +52,19 @@ def write_points(path: str | Path, points: np.ndarray, normals: np.ndarray | Non
 def write_mesh(path: str | Path, mesh: Mesh) -> None:
     """Binary PLY with vertex normals and colours; double coordinates when float32 would lose precision."""
     verts = mesh.vertices64
-    coord = "f8" if np.abs(verts).max(initial=0.0) > 1e4 else "f4"
+    coord = "f8" if needs_float64(verts) else "f4"
     fields = [("x", coord), ("y", coord), ("z", coord)]
     if mesh.normals is not None:
         fields += [(n, "f4") for n in NORMAL_NAMES]
     if mesh.colors is not None:
-        fields += [(n, "u1") for n in COLOR_NAMES[0]]
+        fields += [(n, "u1") for n in COLOR_NAMES]
     v = np.empty(verts.shape[0], dtype=fields)
     v["x"], v["y"], v["z"] = verts[:, 0], verts[:, 1], verts[:, 2]
     if mesh.normals is not None:
         v["nx"], v["ny"], v["nz"] = mesh.normals[:, 0], mesh.normals[:, 1], mesh.normals[:, 2]
     if mesh.colors is not None:
         c8 = np.clip(np.round(mesh.colors * 255), 0, 255).astype(np.uint8)
-        for i, n in enumerate(COLOR_NAMES[0]):
+        for i, n in enumerate(COLOR_NAMES):
             v[n] = c8[:, i]
     f = np.empty(mesh.faces.shape[0], dtype=[("vertex_indices", "i4", (3,))])
     f["vertex_indices"] = mesh.faces

@@ -1,4 +1,4 @@
-"""The command line: PLY in (binary/ASCII, float/double, normals, colours), PLY out, exit codes."""
+"""The command line: every input and output format, the --json line, exit codes and clean error messages."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from plyfile import PlyData, PlyElement
 from engine.ply import read_mesh
 from tests import shapes
 from tests.meshcheck import boundary_edges
+from tests.meshfiles import glb_world_z_up, read_glb, read_obj
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +81,89 @@ def test_cloud_without_normals_is_a_usage_error(tmp_path: Path) -> None:
 def test_bad_arguments() -> None:
     assert engine_cli("reconstruct", "a.ply").returncode == 2
     assert engine_cli("reconstruct", "a.ply", "b.ply", "--detail", "fine").returncode == 2
+
+
+CENTRE = np.array([100.0, 0.0, 0.0])
+JSON_KEYS = {"total_seconds", "stages", "device", "voxel_size", "points_in", "vertices", "faces", "iterations",
+             "residual", "input", "output"}
+
+
+def write_sphere(path: Path, n: int = 2000) -> None:
+    """A unit sphere at CENTRE with normals and one colour (200, 100, 50), in the format of path's extension."""
+    p, nrm = shapes.sphere(n)
+    p = p + CENTRE
+    rgb = np.tile([200, 100, 50], (n, 1))
+    if path.suffix == ".xyz":
+        np.savetxt(path, np.hstack([p, nrm, rgb]), fmt="%.9g")
+    elif path.suffix == ".npz":
+        np.savez(path, points=p, normals=nrm, colors=rgb.astype(np.uint8))
+    else:
+        raise ValueError(path)
+
+
+def run_json(src: Path, dst: Path) -> dict:
+    done = engine_cli("reconstruct", str(src), str(dst), "--json", "--device", "cpu", "--voxel-size", "0.1")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert JSON_KEYS <= set(stats), JSON_KEYS - set(stats)
+    assert stats["input"] == str(src) and stats["output"] == str(dst) and stats["points_in"] == 2000
+    assert {"read", "solve", "mesh", "write"} <= set(stats["stages"])
+    assert stats["iterations"] > 0 and 0 <= stats["residual"] < 1e-3
+    assert abs(sum(stats["stages"].values()) - stats["total_seconds"]) < 0.1 * stats["total_seconds"] + 0.05
+    return stats
+
+
+def test_text_cloud_to_obj(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.xyz", tmp_path / "out.obj"
+    write_sphere(src)
+    stats = run_json(src, dst)
+    obj = read_obj(dst)
+    assert obj["v"].shape == (stats["vertices"], 6) and obj["f"].shape[0] == stats["faces"]
+    assert boundary_edges(obj["f"][:, :, 0] - 1) == 0
+    assert np.abs(np.linalg.norm(obj["v"][:, :3] - CENTRE, axis=1) - 1.0).max() < 0.03
+    np.testing.assert_allclose(obj["v"][:, 3:], np.tile([200, 100, 50], (stats["vertices"], 1)) / 255, atol=1e-5)
+
+
+def test_npz_cloud_to_glb(tmp_path: Path) -> None:
+    pytest.importorskip("pygltflib")
+    src, dst = tmp_path / "in.npz", tmp_path / "out.glb"
+    write_sphere(src)
+    stats = run_json(src, dst)
+    doc, attrs, faces = read_glb(dst)
+    assert attrs["POSITION"].shape == (stats["vertices"], 3) and faces.shape == (stats["faces"], 3)
+    world = glb_world_z_up(doc, attrs["POSITION"])
+    assert np.abs(np.linalg.norm(world - CENTRE, axis=1) - 1.0).max() < 0.03
+    outward = np.einsum("ij,ij->i", attrs["NORMAL"], attrs["POSITION"] - attrs["POSITION"].mean(axis=0))
+    assert (outward > 0).mean() > 0.99
+    assert set(np.unique(attrs["COLOR_0"][:, 3])) == {1.0}
+
+
+def no_traceback(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "hint:" in done.stderr or "not available yet" in done.stderr
+    assert all(w in done.stderr for w in words), done.stderr
+
+
+def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    out = str(tmp_path / "out.ply")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "absent.xyz"), out), "no such file")
+    (tmp_path / "in.e57").write_bytes(b"E57")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.e57"), out), "cannot read '.e57'", ".pcd")
+    write_sphere(tmp_path / "in.xyz", 50)
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(tmp_path / "out.stl")),
+                 "cannot write '.stl'", ".glb")
+    (tmp_path / "cut.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\n"
+                                       b"property float x\nproperty float y\nproperty float z\nend_header\n\0\0")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "cut.ply"), out), "not a readable PLY")
+    np.save(tmp_path / "flat.npy", np.zeros((10, 5)))
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "flat.npy"), out), "5 columns")
+    assert not (tmp_path / "out.ply").exists()
+
+
+@pytest.mark.parametrize("option", [["--chunk-size", "50"], ["--estimate-normals"]])
+def test_options_not_available_yet(tmp_path: Path, option: list[str]) -> None:
+    write_sphere(tmp_path / "in.xyz", 50)
+    done = engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(tmp_path / "out.ply"), *option)
+    no_traceback(done, option[0], "not available yet")
+    assert not (tmp_path / "out.ply").exists()
