@@ -23,6 +23,11 @@ def color_of(p: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([(p[:, 0] + 1) / 2, (p[:, 1] + 1) / 2, (p[:, 2] + 1) / 2], axis=1), 0, 1)
 
 
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """Blender's PLY importer reads 8-bit colours as sRGB and stores them linear."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
 def import_sphere_ply(tmp_path: Path, n: int = 3000) -> bpy.types.Object:
     """A unit-sphere cloud (normals, colours) through Blender's own PLY importer, then moved by TRANSFORM."""
     points, normals = sphere(n)
@@ -31,6 +36,7 @@ def import_sphere_ply(tmp_path: Path, n: int = 3000) -> bpy.types.Object:
     bpy.ops.wm.ply_import(filepath=str(path))
     obj = bpy.context.selected_objects[0]
     obj.matrix_world = TRANSFORM
+    bpy.context.view_layer.update()  # settle matrix_world (decomposed into loc/rot/scale) before any snapshot
     return obj
 
 

@@ -38,7 +38,7 @@ def test_ticks_never_block_and_finish_with_a_mesh(scene: bpy.types.Scene, tmp_pa
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert slowest < 0.25, f"a timer tick blocked Blender for {slowest:.2f} s"
-    assert "solve" in stages and len(stages) > 3
+    assert len(set(stages)) >= 3, stages  # progress reached the UI between ticks
     made = run.finish(bpy.context)
     assert [o.name for o in made] == [f"{source.name}_nksr"]
 

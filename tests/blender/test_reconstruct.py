@@ -11,7 +11,7 @@ import numpy as np
 from tests.meshcheck import boundary_edges, non_manifold_edges
 from tests.shapes import sphere
 
-from .scenes import TRANSFORM, color_of, import_sphere_ply, mesh_arrays, snapshot
+from .scenes import TRANSFORM, color_of, import_sphere_ply, mesh_arrays, snapshot, srgb_to_linear
 
 
 def _only_new_object(before: set[bpy.types.Object]) -> bpy.types.Object:
@@ -21,7 +21,7 @@ def _only_new_object(before: set[bpy.types.Object]) -> bpy.types.Object:
 
 
 def _check_sphere_result(source: bpy.types.Object, result: bpy.types.Object, voxel: float,
-                         with_colors: bool = True) -> None:
+                         with_colors: bool = True, srgb: bool = False) -> None:
     """Closed, in the right place under the source's transform, with colours and custom normals."""
     assert result.type == "MESH"
     assert np.allclose(np.array(result.matrix_world), np.array(source.matrix_world))
@@ -44,7 +44,8 @@ def _check_sphere_result(source: bpy.types.Object, result: bpy.types.Object, vox
         assert color is not None and color.data_type == "FLOAT_COLOR" and color.domain == "POINT"
         values = np.empty(len(verts) * 4, dtype=np.float32)
         color.data.foreach_get("color", values)
-        assert np.abs(values.reshape(-1, 4)[:, :3] - color_of(radial)).mean() < 0.03
+        expected = srgb_to_linear(color_of(radial)) if srgb else color_of(radial)
+        assert np.abs(values.reshape(-1, 4)[:, :3] - expected).mean() < 0.03
 
 
 def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.Scene, tmp_path: Path,
@@ -58,7 +59,7 @@ def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.S
     state = bpy.context.window_manager.nksr_run
     assert state.points_in == 3000 and state.faces_out == len(result.data.polygons) and not state.running
     # The voxel size is in world units; the smallest scale (1.0) bounds it in local units.
-    _check_sphere_result(source, result, state.voxel_size)
+    _check_sphere_result(source, result, state.voxel_size, srgb=True)
     assert result.select_get() and bpy.context.view_layer.objects.active == result
 
 
@@ -79,6 +80,7 @@ def test_point_cloud_object_and_script_options(scene: bpy.types.Scene, addon: Mo
     source = bpy.context.view_layer.objects.active
     assert source.type == "POINTCLOUD"
     source.matrix_world = TRANSFORM
+    bpy.context.view_layer.update()
     before, kept = set(bpy.data.objects), snapshot(source)
     assert bpy.ops.nksr.reconstruct(detail_level=0.5, mise_iter=0, keep_colors=False) == {"FINISHED"}
     result = _only_new_object(before)
