@@ -309,7 +309,7 @@ class Job:
             self._cancel_deadline = time.monotonic() + grace
             try:
                 self._client._send(Message("cancel"))
-            except OSError:
+            except (OSError, ValueError):  # dead, or its pipe already closed
                 pass  # already dead: poll() reports it
         while wait and not self.done:
             self._client._wait_readable(0.05)
@@ -411,7 +411,7 @@ class EngineClient:
             self._job._fail(EngineCrashed("The engine was closed during the reconstruction.", "Nothing was changed."))
         try:
             self._send(Message("shutdown"))
-        except OSError:
+        except (OSError, ValueError):  # dead, or its pipe already closed at exit
             pass
         _stop_process(proc, timeout)
         self._forget()

@@ -44,7 +44,7 @@ def frame_camera(target: bpy.types.Object, scene: bpy.types.Scene) -> None:
     cam.data.lens = 50
     direction = Vector((0.55, -1.0, 0.75)).normalized()
     fov = 2 * math.atan(cam.data.sensor_width / (2 * cam.data.lens))
-    cam.location = center + direction * radius / math.sin(fov / 2) * 1.05
+    cam.location = center + direction * radius / math.sin(fov / 2) * 0.8
     cam.rotation_euler = (center - cam.location).to_track_quat("-Z", "Y").to_euler()
     scene.camera = cam
 
