@@ -96,6 +96,8 @@ class Result:
     colors: np.ndarray | None = None
     normals: np.ndarray | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    edges: np.ndarray | None = None  # (E, 2) int32, with the option mesh_edges
+    corner_edges: np.ndarray | None = None  # (3F,) int32, with the option mesh_edges
 
     @property
     def vertices(self) -> np.ndarray:
@@ -110,7 +112,7 @@ class Result:
     def from_message(cls, msg: Message) -> Result:
         a = msg.arrays
         return cls(a["vertices"], a["faces"], np.asarray(msg["origin"], np.float64).reshape(3),
-                   a.get("colors"), a.get("normals"), msg["stats"])
+                   a.get("colors"), a.get("normals"), msg["stats"], a.get("edges"), a.get("corner_edges"))
 
 
 # -- non-blocking pipe reads, per platform -----------------------------------------------------------------------------

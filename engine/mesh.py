@@ -51,3 +51,20 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     vn = np.stack([np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0]) for c in range(3)], 1)
     length = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.maximum(length, 1e-30)).astype(np.float32)
+
+
+def mesh_edges(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges (E, 2) int32 and, per face corner, the edge to the next corner (3F,) int32.
+
+    That is Blender's own layout (``.edge_verts`` and ``.corner_edge``): sent with
+    the result, it spares Blender deriving the edges (about a second per 2M
+    triangles on two cores).  torch's unique is several times faster than numpy's.
+    """
+    import torch
+
+    f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64))
+    a, b = f.reshape(-1), f.roll(-1, dims=1).reshape(-1)
+    keys = torch.minimum(a, b) * vertex_count + torch.maximum(a, b)
+    unique, corner_edges = torch.unique(keys, return_inverse=True)
+    edges = torch.stack([unique // vertex_count, unique % vertex_count], dim=1)
+    return edges.to(torch.int32).numpy(), corner_edges.to(torch.int32).numpy()

@@ -22,7 +22,9 @@ Messages (fields beyond ``type``; arrays in brackets):
 - ``progress`` engine -> client: stage, fraction (of the stage, 0..1), text.
 - ``log`` engine -> client: level, text.
 - ``result`` engine -> client, ends a job: stats, origin [vertices (V, 3) f4,
-  faces (F, 3) i4, colors (V, 4) f4 optional, normals (V, 3) f4 optional].
+  faces (F, 3) i4, colors (V, 4) f4 optional, normals (V, 3) f4 optional;
+  with the option ``mesh_edges``, also edges (E, 2) i4 and corner_edges (3F,) i4,
+  Blender's edge layout, see ``engine.mesh.mesh_edges``].
   Vertices are relative to ``origin`` (three float64 numbers), which keeps
   georeferenced coordinates exact: caller coordinates = origin + vertices.
 - ``error`` engine -> client, ends a job (or the engine, if it cannot go on):
@@ -61,7 +63,8 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
     "reconstruct": ({"options": dict}, frozenset({"points", "normals"}), frozenset({"colors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
-    "result": ({"stats": dict, "origin": list}, frozenset({"vertices", "faces"}), frozenset({"colors", "normals"})),
+    "result": ({"stats": dict, "origin": list}, frozenset({"vertices", "faces"}),
+               frozenset({"colors", "normals", "edges", "corner_edges"})),
     "error": ({"code": str, "message": str, "hint": str}, frozenset(), frozenset()),
     "cancel": ({}, frozenset(), frozenset()),
     "shutdown": ({}, frozenset(), frozenset()),
@@ -82,6 +85,7 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], tuple[object, ...]]] = {
     "device": (str, ()),
     "depth": (int, ()),
     "memory_limit_gb": (_NUMBER, (None,)),
+    "mesh_edges": (bool, ()),
     "_benchmark_echo_faces": (int, ()),
 }
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import __version__, protocol
 from .errors import Cancelled, EngineError, InputError, MemoryLimitError
+from .mesh import mesh_edges
 from .protocol import Message, ProtocolError
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_PROTOCOL, EXIT_INTERNAL = 0, 1, 2, 3
@@ -147,14 +148,25 @@ def error_reply(exc: BaseException) -> tuple[str, str, str]:
 
 
 @lru_cache(maxsize=1)
-def synthetic_mesh(faces: int, colors: bool) -> dict[str, np.ndarray]:
-    """Benchmark hook: a mesh of ``faces`` triangles (garbage geometry, right sizes) to time the transport alone."""
-    n = faces // 2 + 2
-    arrays = {"vertices": np.linspace(0.0, 1.0, 3 * n, dtype=np.float32).reshape(n, 3),
-              "faces": (np.arange(3 * faces, dtype=np.int32) % n).reshape(faces, 3),
-              "normals": np.zeros((n, 3), np.float32)}
+def synthetic_mesh(faces: int, colors: bool, edges: bool = False) -> dict[str, np.ndarray]:
+    """Benchmark hook: a triangulated grid of ``faces`` triangles, to time the transport and mesh creation alone.
+
+    A grid has the edge and vertex counts of a real surface mesh (V ~ F/2, E ~ 3F/2),
+    so what the receiver does per edge costs what it would on a reconstruction.
+    """
+    side = int(np.ceil(np.sqrt(max(faces, 2) / 2))) + 1
+    i, j = np.meshgrid(np.arange(side - 1), np.arange(side - 1), indexing="ij")
+    a = (i * side + j).reshape(-1).astype(np.int32)
+    quads = np.stack([a, a + 1, a + side + 1, a, a + side + 1, a + side], axis=1).reshape(-1, 3)
+    x, y = np.meshgrid(np.linspace(0.0, 1.0, side), np.linspace(0.0, 1.0, side), indexing="ij")
+    n = side * side
+    arrays = {"vertices": np.stack([x.reshape(-1), y.reshape(-1), np.zeros(n)], axis=1).astype(np.float32),
+              "faces": np.ascontiguousarray(quads[:faces]),
+              "normals": np.tile(np.array([0.0, 0.0, 1.0], np.float32), (n, 1))}
     if colors:
         arrays["colors"] = np.ones((n, 4), np.float32)
+    if edges:
+        arrays["edges"], arrays["corner_edges"] = mesh_edges(arrays["faces"], n)
     return arrays
 
 
@@ -165,12 +177,13 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
     try:
         options = protocol.check_options(request["options"])
         echo = options.pop("_benchmark_echo_faces", None)
+        with_edges = options.pop("mesh_edges", False)
         pts, nrm, col = request.arrays["points"], request.arrays["normals"], request.arrays.get("colors")
         log.info("job %d: %d points, options %s", job, len(pts), options)
         if echo is not None:
             if echo < 0:
                 raise protocol.OptionsError(f"Option '_benchmark_echo_faces' must be >= 0; got {echo}.")
-            arrays = synthetic_mesh(echo, col is not None)
+            arrays = synthetic_mesh(echo, col is not None, with_edges)
             stats: dict[str, Any] = {"benchmark_echo": True, "points_in": len(pts)}
             origin = [0.0, 0.0, 0.0]
         else:
@@ -183,6 +196,8 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
                 out.send("log", level="warning", text=str(w.message))
             arrays = {"vertices": mesh.local_vertices, "faces": mesh.faces}
             arrays.update({k: v for k, v in (("colors", mesh.colors), ("normals", mesh.normals)) if v is not None})
+            if with_edges:
+                arrays["edges"], arrays["corner_edges"] = mesh_edges(mesh.faces, len(mesh.local_vertices))
             stats, origin = mesh.stats, mesh.origin.tolist()
         try:
             result = protocol.encode(Message("result", {"stats": stats, "origin": origin}, arrays))

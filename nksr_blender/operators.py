@@ -111,8 +111,9 @@ class Run:
         meshes: list[bpy.types.Mesh] = []
         try:
             for obj, points, result in zip(self.objects, self.inputs, self.results, strict=True):
-                mesh = scene_io.build_mesh(f"{obj.name}_nksr", points, result.vertices64, result.faces,
-                                           result.colors, result.normals)
+                mesh = scene_io.build_mesh(f"{obj.name}_nksr", points, result.local_vertices, result.faces,
+                                           origin=result.origin, colors=result.colors, normals=result.normals,
+                                           edges=result.edges, corner_edges=result.corner_edges)
                 meshes.append(mesh)
                 made.append(scene_io.add_object(context, obj, mesh))
         except Exception:
@@ -193,6 +194,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             "mise_iter": int(self.mise_iter),
             "trim": bool(self.trim),
             "device": device.lower(),
+            "mesh_edges": True,
         }
 
     def _prepare(self, context: bpy.types.Context) -> Run:

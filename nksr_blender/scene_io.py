@@ -120,34 +120,51 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
         raise SceneInputError(f"'{obj.name}' has no points. Select an object with vertices or points.")
 
     matrix = _matrix(obj)
-    world = local.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
-    finite = np.isfinite(world).all(axis=1)
-    center = (world[finite].min(axis=0) + world[finite].max(axis=0)) / 2 if finite.any() else np.zeros(3)
+    low, high = local.min(axis=0), local.max(axis=0)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):  # NaN/Inf rows: the engine drops and counts them
+        finite = local[np.isfinite(local).all(axis=1)]
+        low, high = (finite.min(axis=0), finite.max(axis=0)) if len(finite) else (np.zeros(3), np.zeros(3))
+    local_center = (low.astype(np.float64) + high) / 2
+    # world - center = R (local - c) with center = R c + t: float32 arithmetic on small numbers only, so
+    # a scan 1e5 units from the origin keeps its precision and nothing is copied to float64.
+    linear = matrix[:3, :3]
+    points = _transform(local - local_center.astype(np.float32), linear)
+    center = linear @ local_center + matrix[:3, 3]
     if normals is not None:
-        # Normals transform with the inverse transpose; renormalise after a non-uniform scale.
-        normals = normals.astype(np.float64) @ np.linalg.inv(matrix[:3, :3])
-        length = np.linalg.norm(normals, axis=1, keepdims=True)
-        normals = (normals / np.where(length > 0, length, 1)).astype(np.float32)
-    return PointSet(obj.name, (world - center).astype(np.float32), normals, colors, center, matrix, notes)
+        # Normals transform with the inverse transpose (the engine normalises them after a non-uniform scale).
+        normals = _transform(normals, np.linalg.inv(linear).T)
+    return PointSet(obj.name, points, normals, colors, center, matrix, notes)
 
 
-def build_mesh(name: str, points: PointSet, vertices: np.ndarray, faces: np.ndarray,
-               colors: np.ndarray | None = None, normals: np.ndarray | None = None,
-               edges: np.ndarray | None = None, corner_edges: np.ndarray | None = None) -> bpy.types.Mesh:
+def _transform(vectors: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """``vectors @ linear.T`` in float32, skipped for the identity (the common case)."""
+    if np.allclose(linear, np.eye(3), rtol=0, atol=1e-12):
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    return vectors.astype(np.float32, copy=False) @ linear.T.astype(np.float32)
+
+
+def build_mesh(name: str, points: PointSet, vertices: np.ndarray, faces: np.ndarray, *,
+               origin: np.ndarray | None = None, colors: np.ndarray | None = None,
+               normals: np.ndarray | None = None, edges: np.ndarray | None = None,
+               corner_edges: np.ndarray | None = None) -> bpy.types.Mesh:
     """A new mesh in the input object's local frame, written through the attribute arrays (no from_pydata).
 
-    ``vertices`` and ``normals`` are in the recentred world frame of ``points``.
-    Blender derives the edges unless the engine sent them (``edges`` (E, 2) and
-    ``corner_edges`` (3F,)), which saves about a second per 2M triangles here.
+    ``origin + vertices`` and ``normals`` are in the recentred world frame of
+    ``points``.  Blender derives the edges unless the engine sent them (``edges``
+    (E, 2) and ``corner_edges`` (3F,)), which saves about a second per 2M triangles.
     """
-    inverse = np.linalg.inv(points.matrix_world)
-    local = (vertices.astype(np.float64) + points.center) @ inverse[:3, :3].T + inverse[:3, 3]
+    linear = points.matrix_world[:3, :3]
+    inverse = np.linalg.inv(linear)
+    # local = R^-1 (world - t) = R^-1 (v + origin) + c, with c the local centre the points were sent around.
+    local_center = inverse @ (points.center - points.matrix_world[:3, 3])
+    shift = (inverse @ (origin if origin is not None else np.zeros(3)) + local_center).astype(np.float32)
+    local = _transform(vertices, inverse) + shift
     faces = np.ascontiguousarray(faces, dtype=np.int32)
     mesh: Any = bpy.data.meshes.new(name)
     mesh.vertices.add(len(local))
     mesh.loops.add(faces.size)
     mesh.polygons.add(len(faces))
-    mesh.attributes["position"].data.foreach_set("vector", local.astype(np.float32).ravel())
+    mesh.attributes["position"].data.foreach_set("vector", local.ravel())
     mesh.attributes[".corner_vert"].data.foreach_set("value", faces.ravel())
     if edges is not None and corner_edges is not None:
         mesh.edges.add(len(edges))
@@ -161,10 +178,9 @@ def build_mesh(name: str, points: PointSet, vertices: np.ndarray, faces: np.ndar
         mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
     mesh.update(calc_edges=edges is None)
     if normals is not None and len(normals) == len(local):
-        # World normals back to local with the transpose of the world matrix (inverse of the inverse transpose).
-        n_local = normals.astype(np.float64) @ points.matrix_world[:3, :3]
-        n_local /= np.maximum(np.linalg.norm(n_local, axis=1, keepdims=True), 1e-30)
-        _set_custom_normals(mesh, n_local.astype(np.float32))
+        # World normals back to local with the transpose of the world matrix (inverse of the inverse transpose);
+        # Blender normalises custom normals itself.
+        _set_custom_normals(mesh, _transform(normals, linear.T))
     return mesh
 
 

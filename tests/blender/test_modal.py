@@ -19,7 +19,8 @@ from .scenes import import_sphere_ply, scene_state, snapshot
 def _run(addon: ModuleType, objects: list[bpy.types.Object]) -> object:
     depsgraph = bpy.context.evaluated_depsgraph_get()
     inputs = [addon.scene_io.read_point_set(o, depsgraph) for o in objects]
-    options = {"detail_level": "auto", "voxel_size": None, "mise_iter": 1, "trim": True, "device": "cpu"}
+    options = {"detail_level": "auto", "voxel_size": None, "mise_iter": 1, "trim": True, "device": "cpu",
+               "mesh_edges": True}
     return addon.operators.Run(objects, inputs, options)
 
 

@@ -29,6 +29,8 @@ def _check_sphere_result(source: bpy.types.Object, result: bpy.types.Object, vox
     verts, faces = mesh_arrays(result)
     assert len(faces) > 500
     assert boundary_edges(faces) == 0 and non_manifold_edges(faces) == 0
+    assert not result.data.validate(verbose=False)  # the edges the engine sent needed no repair
+    assert len(result.data.edges) == len(faces) * 3 // 2
     # The engine solved in world space (an ellipsoid 2 x 1 x 1.5 far from the origin); back in the
     # local frame the surface must be the unit sphere, to a fraction of a voxel (divided by the scale).
     radius = np.linalg.norm(verts, axis=1)

@@ -51,3 +51,19 @@ def test_two_close_spheres_stay_separate() -> None:
     verts, faces = marching_cubes(cells, size, values)
     assert components(len(verts), faces.numpy()) == 2
     assert boundary_edges(faces.numpy()) == 0
+
+
+def test_mesh_edges_are_blenders_layout() -> None:
+    """Unique undirected edges, and per corner the edge to the next corner of its face."""
+    from engine.mesh import mesh_edges
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 50, size=(300, 3)).astype(np.int32)
+    edges, corner_edges = mesh_edges(faces, 50)
+    assert edges.dtype == np.int32 and corner_edges.dtype == np.int32 and corner_edges.shape == (900,)
+    pairs = {tuple(sorted(p)) for f in faces.tolist() for p in zip(f, f[1:] + f[:1], strict=True)}
+    assert {tuple(e) for e in edges.tolist()} == pairs and len(edges) == len(pairs)
+    corners = faces.reshape(-1)
+    following = np.roll(faces, -1, axis=1).reshape(-1)
+    got = np.sort(edges[corner_edges], axis=1)
+    assert (got == np.sort(np.stack([corners, following], axis=1), axis=1)).all()
