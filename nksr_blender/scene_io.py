@@ -9,7 +9,7 @@ user's objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import bpy
@@ -32,7 +32,6 @@ class PointSet:
     colors: np.ndarray | None  # (N, 4) float32, linear RGBA
     center: np.ndarray  # (3,) float64
     matrix_world: np.ndarray  # (4, 4) float64
-    notes: list[str] = field(default_factory=list)
 
 
 def _matrix(obj: bpy.types.Object) -> np.ndarray:
@@ -84,7 +83,6 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
         raise SceneInputError(f"'{obj.name}' is a {obj.type.lower()}, which holds no points. "
                               "Select a mesh of loose vertices or a point cloud object.")
     evaluated = obj.evaluated_get(depsgraph)
-    notes: list[str] = []
     geometry: Any
     normals: np.ndarray | None
     if obj.type == "MESH":
@@ -99,7 +97,6 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
                 flat = np.empty(count * 3, dtype=np.float32)
                 geometry.vertex_normals.foreach_get("vector", flat)
                 normals = flat.reshape(count, 3)
-                notes.append("used the mesh's vertex normals")
             else:
                 normals = None
             corner_verts = None
@@ -133,7 +130,7 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
     if normals is not None:
         # Normals transform with the inverse transpose (the engine normalises them after a non-uniform scale).
         normals = _transform(normals, np.linalg.inv(linear).T)
-    return PointSet(obj.name, points, normals, colors, center, matrix, notes)
+    return PointSet(obj.name, points, normals, colors, center, matrix)
 
 
 def _transform(vectors: np.ndarray, linear: np.ndarray) -> np.ndarray:
