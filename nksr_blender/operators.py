@@ -323,8 +323,9 @@ class NKSR_OT_check_engine(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         hello = client.hello or {}
+        devices = ", ".join(f"{d.get('id')} ({d.get('name')})" for d in hello.get("devices", []))
         info = (f"Engine {hello.get('engine_version')} at {engine_link.session.python}\n"
-                f"torch {hello.get('torch_version')}, devices: {', '.join(hello.get('devices', []))}, "
+                f"torch {hello.get('torch_version')}, devices: {devices}, "
                 f"fVDB: {'yes' if hello.get('fvdb') else 'no'}")
         if prefs is not None:
             prefs.engine_info = info

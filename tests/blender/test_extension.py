@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import bpy
+import pytest
 
 from .conftest import ADDON, USER_RESOURCES, install
 
@@ -54,3 +55,16 @@ def test_uninstall_leaves_nothing_behind(addon: ModuleType, extension_zip: Path)
 def _user_repo_index() -> int:
     repos = bpy.context.preferences.extensions.repos
     return next(i for i, repo in enumerate(repos) if repo.module == "user_default")
+
+
+def test_check_engine_shows_torch_and_devices(addon: ModuleType) -> None:
+    assert bpy.ops.nksr.check_engine() == {"FINISHED"}
+    info = bpy.context.preferences.addons[ADDON].preferences.engine_info
+    assert "torch 2." in info and "cpu" in info and "fVDB: no" in info
+
+
+def test_engine_environment_set_up_needs_online_access(addon: ModuleType) -> None:
+    assert not bpy.app.online_access  # the bpy module starts offline, like a fresh Blender
+    with pytest.raises(RuntimeError, match=r"(?s)online access is off.*Allow.*Engine Python"):
+        bpy.ops.nksr.setup_engine()
+    assert not addon.engine_link.private_env().exists()
