@@ -25,7 +25,7 @@ from .knn import PointTree
 from .memory import available_bytes, check_memory
 from .mesh import Mesh, vertex_normals
 from .meshing import candidate_cells, marching_cubes
-from .normals import estimate_oriented, sensor_rows
+from .normals import check_k, estimate_oriented, sensor_rows
 from .resolution import Resolution, choose_voxel_size
 from .solver import pcg
 from .system import Weights, assemble, point_weight
@@ -90,6 +90,11 @@ class Fit:
         return torch.from_numpy(canon / self.voxel_size).to(self.device, torch.float32)
 
 
+# Estimated normals are the points' own planes, smoothed over k neighbours: they add direction but
+# no independent information, so positions get 10x the weight they get beside given normals.
+# Measured on the bunny (100k points, Chamfer-L1 x1e-3 with estimated normals at 1x / 3x / 10x /
+# 30x): clean 0.060 / 0.050 / 0.043 / 0.039 (true normals: 0.044); 0.25% noise 0.64 / 0.55 /
+# 0.51 / 0.57; 0.5% noise 1.75 / 1.46 / 1.18 / 1.07 (two pieces at 30x).
 ESTIMATED_POINT_SCALE = 10.0
 DOUBTFUL_WARNING = 0.01  # share of points with doubtful orientation above which the stats carry a warning
 
@@ -137,6 +142,8 @@ def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: f
         if estimate_normals:
             cloud.normals_source = "forced"
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
+        if normal_k is not None:
+            check_k(normal_k)
     with run.stage("resolution"):
         res = choose_voxel_size(cloud.points, detail_level, voxel_size, cloud.scale)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))

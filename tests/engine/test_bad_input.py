@@ -74,7 +74,7 @@ def test_zero_normals_rows_are_dropped_and_counted() -> None:
 def test_missing_normals_are_estimated() -> None:
     mesh = reconstruct(P, None, device="cpu")
     assert mesh.stats["normals_estimated"] and mesh.stats["normals_source"] == "missing"
-    assert mesh.stats["normals_orientation"] == "propagation" and mesh.stats["normal_k"] == 16
+    assert mesh.stats["normals_orientation"] == "propagation" and mesh.stats["normal_k"] == 12
 
 
 def test_mismatched_lengths() -> None:

@@ -52,7 +52,7 @@ def test_estimated_normals_are_oriented_outward(name: str) -> None:
     assert est.shape == points.shape and est.dtype == np.float32
     assert agreement(est, true) >= 0.995, agreement(est, true)
     assert mean_angle(est, true) < (8.0 if name in ("box", "slab") else 3.0)  # PCA rounds sharp edges
-    assert stats["normals_orientation"] == "propagation" and stats["normal_k"] == 16
+    assert stats["normals_orientation"] == "propagation" and stats["normal_k"] == 12
     assert stats["normals_doubtful"] <= 0.005 * len(points)
     assert stats["normals_pieces"] == (2 if name == "two spheres" else 1)
 
@@ -72,22 +72,22 @@ def test_orientation_does_not_depend_on_position_scale_or_order() -> None:
 
 
 def test_noisy_scan_fits_planes_wider_than_the_noise() -> None:
-    """Noise of 1% of the radius: planes fitted on a subsample span several times the noise."""
+    """Noise of 2% of the radius: planes fitted on a subsample span several times the noise."""
     from engine.normals import estimate_oriented
     from engine.resolution import measure
 
     points, true = shapes.sphere(40_000)
-    noisy = points + np.random.default_rng(1).normal(scale=0.01, size=points.shape)
+    noisy = points + np.random.default_rng(1).normal(scale=0.02, size=points.shape)
     est, stats = estimate_normals(noisy, device="cpu")
     assert stats["normals_fit_fraction"] < 0.7  # planes fitted on a subsample, carried to every point
     assert agreement(est, true) >= 0.995
-    # the same k on all the points fits the noise: larger angles (about 12 against 8 degrees)
+    # k = 12 on all the points fits the noise: 35 degrees mean error (and 10% wrong signs) against 6
     scale = 1.0 / float(np.linalg.norm(noisy.max(0) - noisy.min(0)))
     canon = torch.from_numpy((noisy * scale).astype(np.float32))
     density, noise = measure(canon.numpy())
     assert estimate_oriented(canon, density=density, noise=noise).fraction < 0.7
     plain = estimate_oriented(canon).normals.numpy()  # no noise given: every point fits its own k neighbours
-    assert mean_angle(est, true) < 0.75 * mean_angle(plain, true)
+    assert mean_angle(est, true) < 0.5 * mean_angle(plain, true)
 
 
 def test_single_viewpoint_orients_towards_it() -> None:
@@ -215,3 +215,18 @@ def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
     np.testing.assert_allclose(dist.numpy(), ref_dist, rtol=1e-5, atol=1e-6)
     got = np.linalg.norm(points[idx.numpy()] - (points if q is None else q)[:, None, :], axis=2)
     np.testing.assert_allclose(got, ref_dist, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole estimate with the voxel-hash search (the CUDA path) instead of the k-d tree, run on the CPU."""
+    import engine.normals as normals_module
+    from engine.normals import estimate_oriented
+
+    points, true = shapes.blob(8000)
+    x = torch.from_numpy(points.astype(np.float32))
+    tree = estimate_oriented(x, sensor=None)
+    monkeypatch.setattr(normals_module, "neighbours",
+                        lambda p, k, check=None, queries=None: grid_knn(p, k, check, queries))
+    grid = estimate_oriented(x, sensor=None)
+    np.testing.assert_allclose(grid.normals.numpy(), tree.normals.numpy(), atol=1e-5)
+    assert agreement(grid.normals.numpy(), true) >= 0.995
