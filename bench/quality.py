@@ -48,19 +48,25 @@ def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int
     return specs
 
 
-def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path, out: Path) -> dict:
+def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path, out: Path,
+               extra: tuple[str, ...] = ()) -> dict:
     """Run run_method.py in a fresh process; returns the parsed JSON line or raises."""
     python = a.ours_python if method == "ours" else a.peer_python
-    cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail]
+    cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail, *extra]
     if depth is not None:
         cmd += ["--depth", str(depth)]
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(a.threads),
-               MKL_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
-    if method == "ours":
+    return run_json(cmd, a.threads, a.timeout, ours=method == "ours")
+
+
+def run_json(cmd: list[str], threads: int, timeout: float, ours: bool) -> dict:
+    """Run a worker command with the benchmark's thread settings; returns its last JSON line or raises."""
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    if ours:
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=a.timeout)
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip()[-2000:]}")
     for line in reversed(p.stdout.strip().splitlines()):

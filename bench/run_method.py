@@ -1,11 +1,13 @@
 """Worker: reconstruct one input with one method in a fresh process.
 
-    python run_method.py METHOD IN.npz OUT.ply [--depth D] [--detail auto]
+    python run_method.py METHOD IN.npz OUT.ply [--depth D] [--detail auto] [--normals given|none|FILE.npz]
 
 METHOD is ours | open3d | pymeshlab. Only the reconstruction call (including the
 conversion of the numpy input into the library's own structures) is timed. Peak
 memory is VmHWM of this process, read right after the reconstruction. Prints one
-JSON line on stdout (the last line). `ours` never imports open3d.
+JSON line on stdout (the last line). `ours` never imports open3d. `--normals none`
+drops the input's normals (ours then estimates them); `--normals FILE.npz` uses the
+`normals` array of that file instead (e.g. normals another method estimated).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def proc_status_mb(key: str) -> float:
     return -1.0
 
 
-def run_ours(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tuple:
+def run_ours(pts: np.ndarray, nrm: np.ndarray | None, a: argparse.Namespace) -> tuple:
     sys.path.insert(0, os.getcwd())
     from engine import reconstruct
 
@@ -83,9 +85,14 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--detail", default="auto")
+    ap.add_argument("--normals", default="given", help="given | none | FILE.npz with a `normals` array")
     a = ap.parse_args()
     data = np.load(a.inp)
     pts, nrm = data["points"], data["normals"]
+    if a.normals == "none":
+        nrm = None
+    elif a.normals != "given":
+        nrm = np.load(a.normals)["normals"]
     hwm_before = proc_status_mb("VmHWM")
     v, f, sec, cpu, stats = RUNNERS[a.method](pts, nrm, a)
     peak = proc_status_mb("VmHWM")

@@ -1,7 +1,8 @@
 """NKSR-style neural-kernel surface reconstruction engine (torch; never imports bpy).
 
-``reconstruct(points, normals, colors=None, ...) -> Mesh`` is the API; ``python
--m engine reconstruct IN OUT`` the command line.
+``reconstruct(points, normals=None, colors=None, ...) -> Mesh`` is the API
+(``estimate_normals(points, ...)`` gives the normals it would estimate);
+``python -m engine reconstruct IN OUT`` the command line.
 
 The package imports lazily (PEP 562): ``import engine`` and its light modules
 (the wire protocol, the client) need only the standard library and numpy, so the
@@ -19,12 +20,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",
-    "Mesh": ".mesh", "fit_field": ".pipeline", "reconstruct": ".pipeline",
+    "Mesh": ".mesh", "estimate_normals": ".normals", "fit_field": ".pipeline", "reconstruct": ".pipeline",
 }
 
 if TYPE_CHECKING:
     from .errors import Cancelled, EngineError, InputError
     from .mesh import Mesh
+    from .normals import estimate_normals
     from .pipeline import fit_field, reconstruct
 
 
@@ -34,4 +36,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "fit_field", "reconstruct", "__version__"]
+__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "estimate_normals", "fit_field", "reconstruct",
+           "__version__"]

@@ -9,11 +9,11 @@ results back to the caller's frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import DegenerateInputError, InputError, MissingNormalsError, ShapeMismatchError, TooFewPointsError
+from .errors import DegenerateInputError, InputError, ShapeMismatchError, TooFewPointsError
 
 MIN_POINTS = 10
 FLAT_RATIO = 1e-6  # thickness / extent below which a cloud counts as flat (or straight)
@@ -23,18 +23,30 @@ FLAT_RATIO = 1e-6  # thickness / extent below which a cloud counts as flat (or s
 class Cloud:
     """A cleaned cloud in the canonical frame (centred, diagonal 1).
 
-    points (N, 3) float32 canonical; normals (N, 3) float32 unit; colors (N, 4)
-    float32 RGBA in [0, 1] or None; kept (N,) int64 rows of the caller's arrays;
-    center (3,) float64 and scale (float) map canonical -> caller coordinates.
+    points (N, 3) float32 canonical; normals (N, 3) float32 unit, or None when
+    they must be estimated; colors (N, 4) float32 RGBA in [0, 1] or None; kept
+    (N,) int64 rows of the caller's arrays; center (3,) float64 and scale
+    (float) map canonical -> caller coordinates.  ``normals_source`` says
+    where normals come from: "given", "missing" (none passed) or "all zero"
+    (passed, but not one row was usable: some exporters write zeros for
+    "none"), the last two to be estimated.
     """
 
     points: np.ndarray
-    normals: np.ndarray
+    normals: np.ndarray | None
     colors: np.ndarray | None
     kept: np.ndarray
     center: np.ndarray
     scale: float
     dropped: int
+    normals_source: str = "given"
+
+    def subset(self, rows: np.ndarray, normals: np.ndarray | None = None) -> Cloud:
+        """The cloud restricted to ``rows`` (indices or mask), with new normals if given (for those rows)."""
+        return replace(self, points=self.points[rows], kept=self.kept[rows],
+                       colors=None if self.colors is None else self.colors[rows],
+                       normals=normals if normals is not None else
+                       (None if self.normals is None else self.normals[rows]))
 
 
 @dataclass
@@ -80,20 +92,23 @@ def normalize_colors(colors: np.ndarray) -> np.ndarray:
 
 
 def prepare_cloud(points: object, normals: object | None, colors: object | None = None) -> Cloud:
-    """Validate and normalise; raises a typed :class:`InputError` naming the problem and the fix."""
+    """Validate and normalise; raises a typed :class:`InputError` naming the problem and the fix.
+
+    ``normals`` None, or given with no usable row (all zero or NaN), leaves
+    ``Cloud.normals`` None for estimation.  Otherwise rows with NaN/Inf
+    coordinates or zero-length normals are dropped and counted.
+    """
     p = _as_rows("points", points, (3,))
     n_in = p.shape[0]
     if n_in == 0:
         raise TooFewPointsError("The point cloud is empty.", "Select or load an object that has points.")
-    if normals is None:
-        raise MissingNormalsError(
-            "The point cloud has no normals.",
-            "Give oriented normals (a 'normal' attribute or nx/ny/nz PLY properties); "
-            "normal estimation is not available yet.")
-    n = _as_rows("normals", normals, (3,))
-    if n.shape[0] != n_in:
-        raise ShapeMismatchError(f"normals has {n.shape[0]} rows but points has {n_in}.",
-                                 "Give exactly one normal per point.")
+    n64 = None
+    if normals is not None:
+        n = _as_rows("normals", normals, (3,))
+        if n.shape[0] != n_in:
+            raise ShapeMismatchError(f"normals has {n.shape[0]} rows but points has {n_in}.",
+                                     "Give exactly one normal per point.")
+        n64 = n.astype(np.float64)
     c = None
     if colors is not None:
         c = _as_rows("colors", colors, (3, 4))
@@ -102,9 +117,15 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
                                      "Give exactly one colour per point, or none.")
 
     p64 = p.astype(np.float64)
-    n64 = n.astype(np.float64)
-    length = np.linalg.norm(n64, axis=1)
-    good = np.isfinite(p64).all(axis=1) & np.isfinite(n64).all(axis=1) & (length > 1e-12)
+    good = np.isfinite(p64).all(axis=1)
+    source = "missing" if n64 is None else "given"
+    if n64 is not None:
+        length = np.linalg.norm(n64, axis=1)
+        usable = np.isfinite(n64).all(axis=1) & (length > 1e-12)
+        if good.any() and not (good & usable).any():
+            n64, source = None, "all zero"
+        else:
+            good &= usable
     kept = np.flatnonzero(good)
     if kept.size < MIN_POINTS:
         bad = n_in - kept.size
@@ -129,7 +150,10 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
         raise DegenerateInputError(
             "All points lie in one plane, so there is no volume to reconstruct.",
             "Give a cloud that samples a curved or closed surface; for a flat patch, use a plane mesh.")
-    unit = (n64[kept] / length[kept, None]).astype(np.float32)
+    unit = None
+    if n64 is not None:
+        nk = n64[kept]
+        unit = (nk / np.linalg.norm(nk, axis=1, keepdims=True)).astype(np.float32)
     return Cloud(points=canon.astype(np.float32), normals=unit,
                  colors=None if c is None else normalize_colors(c[kept]),
-                 kept=kept, center=center, scale=scale, dropped=int(n_in - kept.size))
+                 kept=kept, center=center, scale=scale, dropped=int(n_in - kept.size), normals_source=source)

@@ -38,6 +38,8 @@ class DegenerateInputError(InputError):
 
 
 class MissingNormalsError(InputError):
+    """Normals are required but absent (``reconstruct`` estimates them instead; kept for the protocol's codes)."""
+
     code = "missing_normals"
 
 

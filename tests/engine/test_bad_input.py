@@ -10,7 +10,6 @@ from engine.errors import (
     DegenerateInputError,
     InputError,
     MemoryLimitError,
-    MissingNormalsError,
     ShapeMismatchError,
     TooFewPointsError,
 )
@@ -61,13 +60,21 @@ def test_all_nan() -> None:
     assert "50 of them" in err.message
 
 
-def test_zero_normals() -> None:
-    err = expect(TooFewPointsError, "zero-length normals", P[:100], np.zeros((100, 3)))
+def test_zero_normals_rows_are_dropped_and_counted() -> None:
+    """Some zero (or NaN) normals: those rows are dropped; all of them zero means "no normals" (estimated)."""
+    n = N.copy()
+    n[:20] = 0.0
+    n[20:25, 2] = np.nan
+    mesh = reconstruct(P, n, device="cpu")
+    assert mesh.stats["points_dropped"] == 25 and not mesh.stats["normals_estimated"]
+    err = expect(TooFewPointsError, "zero-length normals", P[:100], np.r_[np.zeros((95, 3)), N[:5]])
     assert "NaN/Inf" in err.hint
 
 
-def test_missing_normals() -> None:
-    expect(MissingNormalsError, "no normals", P, None)
+def test_missing_normals_are_estimated() -> None:
+    mesh = reconstruct(P, None, device="cpu")
+    assert mesh.stats["normals_estimated"] and mesh.stats["normals_source"] == "missing"
+    assert mesh.stats["normals_orientation"] == "propagation" and mesh.stats["normal_k"] == 12
 
 
 def test_mismatched_lengths() -> None:

@@ -1,0 +1,232 @@
+"""Clouds without normals: estimated normals agree with the true ones, and so do the meshes made from them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from engine import Cancelled, estimate_normals, reconstruct
+from engine.errors import InputError, ShapeMismatchError
+from engine.knn import PointTree, grid_knn
+from tests import shapes
+from tests.meshcheck import signed_volume
+
+Sampler = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+def slab(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A thin box (thickness 0.1 of its width): the neighbour graph must not jump between its two sides."""
+    return shapes.box(n, half=(1.0, 1.0, 0.05), seed=seed)
+
+
+def two_spheres(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two separate closed pieces: each must come out facing outward on its own."""
+    p, nrm = shapes.sphere(n, seed=seed)
+    p[: n // 2, 0] += 3.0
+    return p, nrm
+
+
+CLOSED: dict[str, Sampler] = {"sphere": shapes.sphere, "torus": shapes.torus, "box": shapes.box,
+                              "blob": shapes.blob, "slab": slab, "two spheres": two_spheres}
+
+
+def agreement(est: np.ndarray, true: np.ndarray) -> float:
+    """Share of points whose estimated normal points to the same side as the true one (zero rows count as wrong)."""
+    return float(((est * true).sum(axis=1) > 0).mean())
+
+
+def mean_angle(est: np.ndarray, true: np.ndarray) -> float:
+    """Mean angle in degrees between the normal lines (orientation aside) over the estimated rows."""
+    ok = np.linalg.norm(est, axis=1) > 0
+    cos = np.abs((est[ok] * true[ok]).sum(axis=1))
+    return float(np.degrees(np.arccos(np.clip(cos, 0, 1))).mean())
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED))
+def test_estimated_normals_are_oriented_outward(name: str) -> None:
+    points, true = CLOSED[name](20_000)
+    est, stats = estimate_normals(points, device="cpu")
+    assert est.shape == points.shape and est.dtype == np.float32
+    assert agreement(est, true) >= 0.995, agreement(est, true)
+    assert mean_angle(est, true) < (8.0 if name in ("box", "slab") else 3.0)  # PCA rounds sharp edges
+    assert stats["normals_orientation"] == "propagation" and stats["normal_k"] == 12
+    assert stats["normals_doubtful"] <= 0.005 * len(points)
+    assert stats["normals_pieces"] == (2 if name == "two spheres" else 1)
+
+
+def test_open_terrain_faces_up() -> None:
+    points, true = shapes.terrain(20_000)
+    est, stats = estimate_normals(points, device="cpu")
+    assert agreement(est, true) >= 0.995
+    assert stats["normals_pieces"] == 1
+
+
+def test_orientation_does_not_depend_on_position_scale_or_order() -> None:
+    points, true = shapes.blob(10_000)
+    perm = np.random.default_rng(3).permutation(len(points))
+    est, _ = estimate_normals(points[perm] * 1e-3 + np.array([5e5, -2e5, 1e3]), device="cpu")
+    assert agreement(est, true[perm]) >= 0.995
+
+
+def test_noisy_scan_fits_planes_wider_than_the_noise() -> None:
+    """Noise of 2% of the radius: planes fitted on a subsample span several times the noise."""
+    from engine.normals import estimate_oriented
+    from engine.resolution import measure
+
+    points, true = shapes.sphere(40_000)
+    noisy = points + np.random.default_rng(1).normal(scale=0.02, size=points.shape)
+    est, stats = estimate_normals(noisy, device="cpu")
+    assert stats["normals_fit_fraction"] < 0.7  # planes fitted on a subsample, carried to every point
+    assert agreement(est, true) >= 0.995
+    # k = 12 on all the points fits the noise: 35 degrees mean error (and 10% wrong signs) against 6
+    scale = 1.0 / float(np.linalg.norm(noisy.max(0) - noisy.min(0)))
+    canon = torch.from_numpy((noisy * scale).astype(np.float32))
+    density, noise = measure(canon.numpy())
+    assert estimate_oriented(canon, density=density, noise=noise).fraction < 0.7
+    plain = estimate_oriented(canon).normals.numpy()  # no noise given: every point fits its own k neighbours
+    assert mean_angle(est, true) < 0.5 * mean_angle(plain, true)
+
+
+def test_single_viewpoint_orients_towards_it() -> None:
+    points, true = shapes.terrain(10_000)
+    up, _ = estimate_normals(points, sensor=[0.0, 0.0, 5.0], device="cpu")
+    down, stats = estimate_normals(points, sensor=np.array([0.0, 0.0, -5.0]), device="cpu")
+    assert agreement(up, true) >= 0.995 and agreement(down, -true) >= 0.995
+    assert stats["normals_orientation"] == "sensor"
+
+
+def test_per_point_sensors() -> None:
+    """Sensors on the outside of a thin slab, each seeing its point within 60 degrees of its normal."""
+    points, true = slab(20_000)
+    rng = np.random.default_rng(2)
+    tilt = rng.normal(size=points.shape)
+    tilt -= (tilt * true).sum(1, keepdims=True) * true
+    sensors = points + 3.0 * (true + 0.5 * tilt / np.linalg.norm(tilt, axis=1, keepdims=True))
+    est, stats = estimate_normals(points, sensor=sensors, device="cpu")
+    assert agreement(est, true) >= 0.995
+    assert stats["normals_orientation"] == "sensor"
+    inverted, _ = estimate_normals(points, sensor=points - (sensors - points), device="cpu")
+    assert agreement(inverted, -true) >= 0.995  # the sensor decides, even against "outward"
+
+
+def test_grazing_views_are_dropped_and_counted() -> None:
+    """Seen from far above, the sides of a box are edge-on: their sign is a guess, so they are left out."""
+    points, true = shapes.box(20_000)
+    sensor = np.array([0.0, 0.0, 100.0])
+    est, stats = estimate_normals(points, sensor=sensor, device="cpu")
+    side = np.abs(true[:, 2]) < 0.5
+    top = true[:, 2] > 0.5
+    left_out = np.linalg.norm(est, axis=1) == 0
+    assert stats["normals_grazing"] >= 0.9 * side.sum()
+    assert stats["normals_doubtful"] == left_out.sum() >= 0.5 * side.sum()
+    assert not left_out[top].any() and agreement(est[top], true[top]) == 1.0
+    mesh = reconstruct(points, None, sensor=sensor, device="cpu", trim=False)
+    assert mesh.stats["normals_doubtful"] == stats["normals_doubtful"]
+    assert mesh.stats["points_used"] == len(points) - stats["normals_doubtful"]
+    assert "doubtful" in mesh.stats["warnings"][0]
+
+
+def mesh_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and 99th percentile of the symmetric nearest-vertex distance between two vertex sets."""
+    d1, _ = PointTree(a).query(b, 1)
+    d2, _ = PointTree(b).query(a, 1)
+    d = np.concatenate([d1[:, 0], d2[:, 0]])
+    return float(d.mean()), float(np.quantile(d, 0.99))
+
+
+MESHES: dict[str, Sampler] = {"torus": shapes.torus, "box": shapes.box, "blob": shapes.blob,
+                              "terrain": shapes.terrain}
+
+
+@pytest.mark.parametrize("name", sorted(MESHES))
+def test_mesh_without_normals_matches_the_one_with_true_normals(name: str) -> None:
+    points, true = MESHES[name](8000)
+    ref = reconstruct(points, true, device="cpu")
+    mesh = reconstruct(points, device="cpu")
+    h = ref.stats["voxel_size"]
+    assert mesh.stats["voxel_size"] == h and mesh.stats["normals_estimated"]
+    assert mesh.stats["normals_source"] == "missing" and "normals" in mesh.stats["seconds"]
+    mean, p99 = mesh_gap(ref.vertices64, mesh.vertices64)
+    assert mean < 0.1 * h and p99 < 0.5 * h, (mean / h, p99 / h)  # box: PCA rounds the sharp edges a little
+    if name != "terrain":
+        assert signed_volume(mesh.vertices64, mesh.faces) > 0  # outward
+    else:
+        assert mesh.normals is not None and (mesh.normals[:, 2] > 0).mean() > 0.99  # up
+
+
+def test_inward_given_normals_give_the_same_surface_inside_out() -> None:
+    """Given normals are respected: pointing inward, the surface is the same and its faces wind the other way."""
+    points, true = shapes.sphere(5000)
+    out = reconstruct(points, true, device="cpu")
+    inward = reconstruct(points, -true, device="cpu")
+    h = out.stats["voxel_size"]
+    assert len(inward.vertices) == len(out.vertices)
+    assert np.abs(np.sort(inward.vertices64, axis=0) - np.sort(out.vertices64, axis=0)).max() < 1e-4 * h
+    assert signed_volume(out.vertices64, out.faces) > 0 > signed_volume(inward.vertices64, inward.faces)
+    assert not inward.stats["normals_estimated"]
+    # estimation forced: the inward normals are ignored and the result faces outward again
+    forced = reconstruct(points, -true, device="cpu", estimate_normals=True)
+    assert forced.stats["normals_source"] == "forced"
+    assert signed_volume(forced.vertices64, forced.faces) > 0
+    assert mesh_gap(out.vertices64, forced.vertices64)[0] < 0.1 * h
+
+
+def test_all_zero_normals_mean_none() -> None:
+    points, _ = shapes.sphere(3000)
+    mesh = reconstruct(points, np.zeros_like(points), device="cpu")
+    assert mesh.stats["normals_estimated"] and mesh.stats["normals_source"] == "all zero"
+    assert mesh.stats["points_used"] == len(points)
+
+
+def test_progress_has_a_normals_stage_and_cancel_stops_it() -> None:
+    points, _ = shapes.sphere(3000)
+    seen: list[tuple[str, float]] = []
+    reconstruct(points, device="cpu", progress=lambda stage, f, text: seen.append((stage, f)))
+    fractions = [f for stage, f in seen if stage == "normals"]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and len(fractions) > 4
+    with pytest.raises(Cancelled):
+        reconstruct(points, device="cpu", cancel=lambda: any(stage == "normals" for stage, _ in seen[-1:]),
+                    progress=lambda stage, f, text: seen.append((stage, f)))
+    assert seen[-1][0] == "normals"
+
+
+def test_bad_options() -> None:
+    points, _ = shapes.sphere(500)
+    with pytest.raises(InputError, match="normal_k"):
+        reconstruct(points, device="cpu", normal_k=2)
+    with pytest.raises(ShapeMismatchError, match="sensor must have shape"):
+        reconstruct(points, device="cpu", sensor=np.zeros((10, 3)))
+    with pytest.raises(InputError, match="NaN"):
+        estimate_normals(points, sensor=[0.0, np.nan, 1.0])
+
+
+@pytest.mark.parametrize("queries", [False, True])
+def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
+    """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too."""
+    rng = np.random.default_rng(4)
+    points, _ = shapes.torus(5000)
+    points = np.concatenate([points, points[:50], rng.uniform(-5, 5, size=(20, 3))]).astype(np.float32)
+    q = rng.uniform(-1.5, 1.5, size=(300, 3)).astype(np.float32) if queries else None
+    dist, idx = grid_knn(torch.from_numpy(points), 12, queries=None if q is None else torch.from_numpy(q))
+    ref_dist, _ = PointTree(points).query(points if q is None else q, 12)
+    np.testing.assert_allclose(dist.numpy(), ref_dist, rtol=1e-5, atol=1e-6)
+    got = np.linalg.norm(points[idx.numpy()] - (points if q is None else q)[:, None, :], axis=2)
+    np.testing.assert_allclose(got, ref_dist, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole estimate with the voxel-hash search (the CUDA path) instead of the k-d tree, run on the CPU."""
+    import engine.normals as normals_module
+    from engine.normals import estimate_oriented
+
+    points, true = shapes.blob(8000)
+    x = torch.from_numpy(points.astype(np.float32))
+    tree = estimate_oriented(x, sensor=None)
+    monkeypatch.setattr(normals_module, "neighbours",
+                        lambda p, k, check=None, queries=None: grid_knn(p, k, check, queries))
+    grid = estimate_oriented(x, sensor=None)
+    np.testing.assert_allclose(grid.normals.numpy(), tree.normals.numpy(), atol=1e-5)
+    assert agreement(grid.normals.numpy(), true) >= 0.995
