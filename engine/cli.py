@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from . import formats
-from .errors import EngineError, InputError, MissingNormalsError
+from .errors import EngineError, InputError
 from .mesh import Mesh
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
@@ -34,8 +34,8 @@ def _detail(text: str) -> float | str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Neural-kernel style surface reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("reconstruct", help="point cloud with normals -> triangle mesh")
-    r.add_argument("input", help=f"input point cloud with normals: {' '.join(formats.READERS)}")
+    r = sub.add_parser("reconstruct", help="point cloud -> triangle mesh")
+    r.add_argument("input", help=f"input point cloud, with or without normals: {' '.join(formats.READERS)}")
     r.add_argument("output", help=f"output mesh: {' '.join(formats.WRITERS)}")
     r.add_argument("--detail", type=_detail, default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
     r.add_argument("--voxel-size", type=float, default=None,
@@ -46,7 +46,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--solver-tol", type=float, default=1e-5, help="relative residual of the solver (default 1e-5)")
     r.add_argument("--solver-max-iter", type=int, default=2000, help="solver iterations per level (default 2000)")
     r.add_argument("--chunk-size", type=float, default=None, help="not available yet (large-scene chunking)")
-    r.add_argument("--estimate-normals", action="store_true", help="not available yet (normal estimation)")
+    r.add_argument("--estimate-normals", action="store_true",
+                   help="estimate normals even when the file has them (they are estimated when it has none)")
+    r.add_argument("--sensor", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="the scanner's position: estimated normals face it (default: outward/up by propagation)")
+    r.add_argument("--normal-k", type=int, default=None, help="neighbours per estimated normal (default: measured)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
     sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
@@ -56,8 +60,6 @@ def parser() -> argparse.ArgumentParser:
 NOT_YET = {
     "chunk_size": "--chunk-size is not available yet: chunking arrives with the large-scene work. "
                   "Run without it (memory is checked before solving; raise --voxel-size for large scenes).",
-    "estimate_normals": "--estimate-normals is not available yet: normal estimation is being built. "
-                        "Give a cloud with oriented normals for now.",
 }
 
 
@@ -75,7 +77,7 @@ class _Bar:
     def __call__(self, stage: str, fraction: float, text: str) -> None:
         if self.bar is None:
             return
-        order = ["clean", "resolution", "hierarchy", "system", "solve", "mesh", "trim", "colors"]
+        order = ["clean", "resolution", "normals", "hierarchy", "system", "solve", "mesh", "trim", "colors"]
         done = order.index(stage) if stage in order else 0
         self.bar.n = int(1000 * (done + fraction) / len(order))
         self.bar.set_description_str(text or stage, refresh=False)
@@ -111,10 +113,6 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         formats.check_output(args.output)
         cloud = formats.read_cloud(args.input)
         stages["read"] = time.perf_counter() - t0
-        if cloud.normals is None:
-            raise MissingNormalsError(f"{args.input}: the point cloud has no normals.",
-                                      f"Give oriented normals: {formats.normals_hint(args.input)} "
-                                      "Normal estimation is not available yet.")
         t = time.perf_counter()
         from .pipeline import reconstruct  # torch loads only once the input is known to be good
 
@@ -122,7 +120,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, detail_level=args.detail,
                            voxel_size=args.voxel_size, mise_iter=args.mise_iter, trim=not args.no_trim,
                            solver_tol=args.solver_tol, solver_max_iter=args.solver_max_iter,
-                           device=args.device, progress=bar)
+                           device=args.device, progress=bar, estimate_normals=args.estimate_normals,
+                           sensor=args.sensor, normal_k=args.normal_k)
         stages.update(mesh.stats.get("seconds", {}))
         t = time.perf_counter()
         formats.write_mesh(args.output, mesh)

@@ -427,10 +427,12 @@ class EngineClient:
 
     # -- jobs ------------------------------------------------------------------------------------------------------
 
-    def submit(self, points: Any, normals: Any, colors: Any = None, **options: Any) -> Job:
+    def submit(self, points: Any, normals: Any = None, colors: Any = None, *, sensor: Any = None,
+               **options: Any) -> Job:
         """Send a request (starting or restarting the engine first) and return its job at once.
 
-        points, normals (N, 3), colors (N, 3|4) or None; options as for
+        points (N, 3); normals (N, 3) or None (the engine estimates them, facing
+        ``sensor`` when given: (3,) or (N, 3)); colors (N, 3|4) or None; options as for
         ``engine.reconstruct`` (:data:`engine.protocol.OPTIONS`).  Writing the
         request blocks while the engine reads it (about 40 MB for 1M points).
         """
@@ -440,9 +442,13 @@ class EngineClient:
             opts = protocol.check_options(options)
         except protocol.OptionsError as exc:
             raise InvalidRequest(exc.message, exc.hint) from None
-        arrays = {"points": _rows("points", points), "normals": _rows("normals", normals)}
+        arrays = {"points": _rows("points", points)}
+        if normals is not None:  # without them the engine estimates normals
+            arrays["normals"] = _rows("normals", normals)
         if colors is not None:
             arrays["colors"] = _rows("colors", colors)
+        if sensor is not None:  # where the scanner was: (3,) one viewpoint, or (N, 3) one per point
+            arrays["sensors"] = _rows("sensors", np.asarray(sensor, dtype=np.float64).reshape(-1, 3))
         self.start()
         job = Job(self)
         self._job = job
@@ -457,7 +463,7 @@ class EngineClient:
             raise job.error from None  # type: ignore[misc]
         return job
 
-    def reconstruct(self, points: Any, normals: Any, colors: Any = None, *, timeout: float | None = None,
+    def reconstruct(self, points: Any, normals: Any = None, colors: Any = None, *, timeout: float | None = None,
                     on_progress: ProgressFn | None = None, **options: Any) -> Result:
         """Blocking: submit and wait.  An interrupt (Ctrl-C) cancels the job before it propagates."""
         job = self.submit(points, normals, colors, **options)

@@ -60,7 +60,7 @@ DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "<u2", "<u4"})
 # type -> (required fields and their JSON types, required arrays, optional arrays)
 _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], frozenset[str]]] = {
     "hello": ({"engine_version": str, "protocol_version": int}, frozenset(), frozenset()),
-    "reconstruct": ({"options": dict}, frozenset({"points", "normals"}), frozenset({"colors"})),
+    "reconstruct": ({"options": dict}, frozenset({"points"}), frozenset({"normals", "colors", "sensors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
     "result": ({"stats": dict, "origin": list}, frozenset({"vertices", "faces"}),
@@ -85,6 +85,8 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], tuple[object, ...]]] = {
     "device": (str, ()),
     "depth": (int, ()),
     "memory_limit_gb": (_NUMBER, (None,)),
+    "estimate_normals": (bool, ()),
+    "normal_k": (int, (None,)),
     "mesh_edges": (bool, ()),
     "_benchmark_echo_faces": (int, ()),
 }

@@ -178,7 +178,10 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
         options = protocol.check_options(request["options"])
         echo = options.pop("_benchmark_echo_faces", None)
         with_edges = options.pop("mesh_edges", False)
-        pts, nrm, col = request.arrays["points"], request.arrays["normals"], request.arrays.get("colors")
+        pts, nrm, col = request.arrays["points"], request.arrays.get("normals"), request.arrays.get("colors")
+        sensors = request.arrays.get("sensors")
+        if sensors is not None:  # one viewpoint (1, 3) or one per point (N, 3)
+            options["sensor"] = sensors[0] if len(sensors) == 1 else sensors
         log.info("job %d: %d points, options %s", job, len(pts), options)
         if echo is not None:
             if echo < 0:

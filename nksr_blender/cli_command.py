@@ -42,13 +42,15 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="blender --background --command nksr",
                 description="Reconstruct a surface from a point cloud file with NKSR and write the mesh.")
-    p.add_argument("input", help=f"point cloud ({', '.join(IMPORTERS)}) with normals (and colours)")
+    p.add_argument("input", help=f"point cloud ({', '.join(IMPORTERS)}), with or without normals and colours")
     p.add_argument("output", help=f"mesh file ({', '.join(EXPORTERS)})")
     p.add_argument("--detail", default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
     p.add_argument("--voxel-size", type=float, default=0.0, help="finest voxel size in scene units (0: from detail)")
     p.add_argument("--mise-iter", type=int, default=1, help="refinement rounds below the finest voxel")
     p.add_argument("--no-trim", action="store_true", help="keep surface far from the points")
     p.add_argument("--no-colors", action="store_true", help="do not carry colours onto the mesh")
+    p.add_argument("--estimate-normals", action="store_true",
+                   help="estimate normals even when the file has them (they are estimated when it has none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
 
@@ -84,7 +86,8 @@ def run(argv: list[str]) -> int:
         obj.select_set(obj in imported)
     view_layer.objects.active = imported[0]
     options: dict[str, Any] = {"voxel_size": args.voxel_size, "mise_iter": args.mise_iter, "trim": not args.no_trim,
-                               "keep_colors": not args.no_colors, "device": args.device.upper()}
+                               "keep_colors": not args.no_colors, "device": args.device.upper(),
+                               "estimate_normals": args.estimate_normals}
     if detail is not None:
         options["detail_level"] = detail
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import bpy
+import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 
 from . import engine_link, scene_io, settings
@@ -41,6 +42,7 @@ class Run:
     objects: list[bpy.types.Object]
     inputs: list[scene_io.PointSet]
     options: dict[str, Any]
+    viewpoint: np.ndarray | None = None  # world space; estimated normals face it
     results: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     client: Any = None
@@ -69,7 +71,8 @@ class Run:
 
     def _submit(self) -> None:
         points = self.inputs[self.index]
-        self.job = self.client.submit(points.points, points.normals, points.colors, **self.options)
+        sensor = None if self.viewpoint is None else self.viewpoint - points.center  # the points' frame
+        self.job = self.client.submit(points.points, points.normals, points.colors, sensor=sensor, **self.options)
 
     def tick(self) -> bool:
         """Read what the engine sent, without blocking; True once every input has its result.
@@ -164,6 +167,8 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     mise_iter: IntProperty(name="Refinement", default=1, min=0, max=3)  # type: ignore[valid-type]
     trim: BoolProperty(name="Trim", default=True)  # type: ignore[valid-type]
     keep_colors: BoolProperty(name="Keep Colours", default=True)  # type: ignore[valid-type]
+    estimate_normals: BoolProperty(name="Estimate Normals", default=False)  # type: ignore[valid-type]
+    viewpoint: EnumProperty(name="Viewpoint", items=settings.VIEWPOINTS, default="AUTO")  # type: ignore[valid-type]
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device", items=[("PREFERENCES", "Default", ""), *settings.DEVICES], default="PREFERENCES")
 
@@ -179,7 +184,8 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     def _resolve(self, context: bpy.types.Context) -> dict[str, Any]:
         """Options a script did not set come from the panel's scene settings."""
         panel = settings.panel_settings(context)
-        for name in ("auto_detail", "detail_level", "voxel_size", "mise_iter", "trim", "keep_colors", "device"):
+        for name in ("auto_detail", "detail_level", "voxel_size", "mise_iter", "trim", "keep_colors", "device",
+                     "estimate_normals", "viewpoint"):
             if not self.properties.is_property_set(name):
                 setattr(self, name, getattr(panel, name))
         if self.properties.is_property_set("detail_level") and not self.properties.is_property_set("auto_detail"):
@@ -194,6 +200,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             "mise_iter": int(self.mise_iter),
             "trim": bool(self.trim),
             "device": device.lower(),
+            "estimate_normals": bool(self.estimate_normals),
             "mesh_edges": True,
         }
 
@@ -213,7 +220,18 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             inputs = [scene_io.read_point_set(o, depsgraph, self.keep_colors) for o in usable]
         except scene_io.SceneInputError as exc:
             raise RunError(str(exc)) from exc
-        return Run(usable, inputs, options)
+        return Run(usable, inputs, options, viewpoint=self._viewpoint(context))
+
+    def _viewpoint(self, context: bpy.types.Context) -> np.ndarray | None:
+        """Where estimated normals should face, in world space (None: outward/up by propagation)."""
+        if self.viewpoint == "CURSOR":
+            return np.array(context.scene.cursor.location, dtype=np.float64)
+        if self.viewpoint == "CAMERA":
+            if context.scene.camera is None:
+                raise RunError("Viewpoint is Active Camera, but the scene has no camera. Add one where the scan "
+                               "was taken from, or choose the 3D Cursor or Automatic.")
+            return np.array(context.scene.camera.matrix_world.translation, dtype=np.float64)
+        return None
 
     def _client(self, context: bpy.types.Context) -> Any:
         prefs = settings.preferences(context)

@@ -30,6 +30,8 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         col.prop(panel, "mise_iter")
         col.prop(panel, "trim")
         col.prop(panel, "keep_colors")
+        col.prop(panel, "estimate_normals")
+        col.prop(panel, "viewpoint")
         col.prop(panel, "device")
 
         row = layout.row()

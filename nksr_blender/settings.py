@@ -9,6 +9,11 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 
 from . import engine_link
 
+VIEWPOINTS = [
+    ("AUTO", "Automatic", "Estimated normals face outward on closed shapes and up on open patches"),
+    ("CAMERA", "Active Camera", "Estimated normals face the scene's camera (where the scan was taken from)"),
+    ("CURSOR", "3D Cursor", "Estimated normals face the 3D cursor (put it where the scanner stood)"),
+]
 DEVICES = [
     ("AUTO", "Auto", "CUDA when the engine sees a GPU, else the CPU"),
     ("CPU", "CPU", "Always the CPU"),
@@ -35,6 +40,11 @@ class NKSR_Settings(bpy.types.PropertyGroup):
         name="Trim", default=True, description="Cut away surface far from the points (off closes holes)")
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
+    estimate_normals: BoolProperty(  # type: ignore[valid-type]
+        name="Estimate Normals", default=False,
+        description="Ignore the points' normals and estimate them (clouds without normals are always estimated)")
+    viewpoint: EnumProperty(  # type: ignore[valid-type]
+        name="Viewpoint", items=VIEWPOINTS, default="AUTO", description="Which way estimated normals face")
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device", items=[("PREFERENCES", "Default", "The device set in the add-on preferences"), *DEVICES],
         default="PREFERENCES")

@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 
 from tests.meshcheck import boundary_edges, non_manifold_edges
-from tests.shapes import sphere
+from tests.shapes import hemisphere, sphere
 
 from .scenes import TRANSFORM, color_of, import_sphere_ply, mesh_arrays, snapshot, srgb_to_linear
 
@@ -117,3 +117,41 @@ def test_several_selected_clouds_give_one_mesh_each(scene: bpy.types.Scene, tmp_
     assert bpy.ops.nksr.reconstruct(mise_iter=0) == {"FINISHED"}
     new = [o for o in bpy.data.objects if o not in before]
     assert sorted(o.name for o in new) == sorted(f"{s.name}_nksr" for s in sources)
+
+
+def _loose_vertices(name: str, points: np.ndarray) -> bpy.types.Object:
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(points))
+    mesh.attributes["position"].data.foreach_set("vector", points.astype(np.float32).ravel())
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    return obj
+
+
+def test_points_without_normals_get_estimated_ones(scene: bpy.types.Scene, addon: ModuleType) -> None:
+    points, _ = sphere(3000, seed=7)
+    source = _loose_vertices("bare", points)
+    assert "normal" not in source.data.attributes
+    before = set(bpy.data.objects)
+    assert bpy.ops.nksr.reconstruct(mise_iter=0) == {"FINISHED"}
+    verts, faces = mesh_arrays(_only_new_object(before))
+    assert boundary_edges(faces) == 0
+    voxel = bpy.context.window_manager.nksr_run.voxel_size
+    assert np.abs(np.linalg.norm(verts, axis=1) - 1).max() < 0.5 * voxel
+
+
+def test_viewpoint_at_the_cursor_orients_an_open_scan(scene: bpy.types.Scene, addon: ModuleType) -> None:
+    """A dome scanned from above, no normals: they must face the cursor, so the surface's normals point up."""
+    points, _ = hemisphere(3000)
+    _loose_vertices("dome", points)
+    scene.cursor.location = (0.0, 0.0, 6.0)
+    before = set(bpy.data.objects)
+    assert bpy.ops.nksr.reconstruct(viewpoint="CURSOR", mise_iter=0) == {"FINISHED"}
+    result = _only_new_object(before)
+    verts, _ = mesh_arrays(result)
+    normals = np.empty(len(verts) * 3, dtype=np.float32)
+    result.data.attributes["custom_normal"].data.foreach_get("vector", normals)
+    outward = np.einsum("ij,ij->i", normals.reshape(-1, 3), verts / np.linalg.norm(verts, axis=1, keepdims=True))
+    assert np.median(outward) > 0.95

@@ -30,7 +30,7 @@ def in_process() -> Mesh:
 
 
 def expected_stages(levels: int) -> list[str]:
-    return ["clean", "resolution", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "colors"]
+    return ["clean", "resolution", "normals", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "colors"]
 
 
 def collapse(stages: list[str]) -> list[str]:

@@ -44,7 +44,7 @@ RECOVERABLE: dict[str, bytes] = {
     "shape not a list": request({**PTS, "shape": "4x3"}, NRM),
     "negative dimension": request({**PTS, "shape": [-4, -3]}, NRM),
     "too many dimensions": request({**PTS, "shape": [1, 1, 1, 1, 4, 3]}, NRM),
-    "missing normals array": request(PTS),
+    "missing points array": request(NRM),
     "unexpected array": request(PTS, NRM, spec("weights", "<f4", [4])),
     "duplicate array": request(PTS, NRM, NRM),
     "array name not a string": request(PTS, NRM, {**NRM, "name": 3}),

@@ -25,6 +25,7 @@ from engine.client import (
     Job,
     RemoteError,
 )
+from engine.server import synthetic_mesh
 from tests.engine.engines import (
     COLORS,
     ENV,
@@ -132,12 +133,12 @@ def test_large_arrays_cross_the_pipes_intact(client: EngineClient) -> None:
     rng = np.random.default_rng(1)
     points = rng.normal(size=(300_000, 3)).astype(np.float32)
     result = client.reconstruct(points, points, rng.integers(0, 255, (300_000, 3), np.uint8),
-                                _benchmark_echo_faces=600_000, timeout=60)
-    n = 600_000 // 2 + 2
+                                _benchmark_echo_faces=600_000, mesh_edges=True, timeout=60)
+    sent = synthetic_mesh(600_000, colors=True, edges=True)
     assert result.stats["points_in"] == 300_000
-    assert np.array_equal(result.faces, (np.arange(3 * 600_000) % n).reshape(-1, 3))
-    assert np.array_equal(result.local_vertices, np.linspace(0.0, 1.0, 3 * n, dtype=np.float32).reshape(n, 3))
-    assert result.colors is not None and result.colors.shape == (n, 4)
+    for name in ("faces", "colors", "normals", "edges", "corner_edges"):
+        assert np.array_equal(getattr(result, name), sent[name]), name
+    assert np.array_equal(result.local_vertices, sent["vertices"])
 
 
 def test_engine_killed_mid_job_then_a_fresh_engine(client: EngineClient) -> None:
@@ -291,3 +292,15 @@ def test_no_engine_outlives_its_parent(tmp_path: Path) -> None:
     parents[1].wait()
     assert gone_within(pids[1], 10)
 
+
+
+def test_points_alone_get_estimated_normals_facing_the_sensor(client: EngineClient) -> None:
+    centre = POINTS.mean(axis=0)
+    plain = client.reconstruct(POINTS, device="cpu", mise_iter=0)
+    assert plain.stats["normals_estimated"] and plain.stats["normals_orientation"] != "sensor"
+    # One scanner position per point (as merged multi-view scans carry), all outside: the same sphere.
+    seen = client.reconstruct(POINTS, sensor=POINTS + 5 * NORMALS, device="cpu", mise_iter=0)
+    assert seen.stats["normals_orientation"] == "sensor"
+    for result in (plain, seen):
+        radius = np.linalg.norm(result.vertices64 - centre, axis=1)
+        assert np.abs(radius - 2.0).max() < 0.5 * result.stats["voxel_size"]
