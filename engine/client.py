@@ -22,13 +22,13 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import protocol
+from .mesh import Mesh
 from .protocol import Message, ProtocolError
 
 ProgressFn = Callable[[str, float, str], None]
@@ -82,37 +82,13 @@ class Progress(NamedTuple):
     text: str
 
 
-@dataclass
-class Result:
-    """A reconstructed mesh: ``origin`` (3,) float64 + ``local_vertices`` (V, 3) float32 = caller coordinates.
+Result = Mesh  # the engine's own result type (engine/mesh.py needs only numpy)
 
-    ``faces`` (F, 3) int32; ``colors`` (V, 4) float32 RGBA or None; ``normals``
-    (V, 3) float32 or None; ``stats`` the engine's figures (JSON types).
-    """
 
-    local_vertices: np.ndarray
-    faces: np.ndarray
-    origin: np.ndarray
-    colors: np.ndarray | None = None
-    normals: np.ndarray | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    edges: np.ndarray | None = None  # (E, 2) int32, with the option mesh_edges
-    corner_edges: np.ndarray | None = None  # (3F,) int32, with the option mesh_edges
-
-    @property
-    def vertices(self) -> np.ndarray:
-        """(V, 3) float32 in caller coordinates (loses precision far from the origin; see ``vertices64``)."""
-        return self.vertices64.astype(np.float32)
-
-    @property
-    def vertices64(self) -> np.ndarray:
-        return self.local_vertices.astype(np.float64) + self.origin
-
-    @classmethod
-    def from_message(cls, msg: Message) -> Result:
-        a = msg.arrays
-        return cls(a["vertices"], a["faces"], np.asarray(msg["origin"], np.float64).reshape(3),
-                   a.get("colors"), a.get("normals"), msg["stats"], a.get("edges"), a.get("corner_edges"))
+def _result(msg: Message) -> Mesh:
+    a = msg.arrays
+    return Mesh(a["vertices"], a["faces"], np.asarray(msg["origin"], np.float64).reshape(3), a.get("colors"),
+                a.get("normals"), msg["stats"], a.get("edges"), a.get("corner_edges"))
 
 
 # -- non-blocking pipe reads, per platform -----------------------------------------------------------------------------
@@ -324,7 +300,7 @@ class Job:
             self.logs.append((msg["level"], msg["text"]))
         elif msg.type == "result":
             try:
-                result = Result.from_message(msg)
+                result = _result(msg)
             except ValueError:
                 self._client._kill()
                 self._fail(EngineCrashed("The engine sent a result with a malformed origin.", "Reinstall the add-on."))

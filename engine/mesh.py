@@ -28,9 +28,12 @@ class Mesh:
     colors: np.ndarray | None = None
     normals: np.ndarray | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    edges: np.ndarray | None = None
+    corner_edges: np.ndarray | None = None
 
     @property
     def vertices(self) -> np.ndarray:
+        """(V, 3) float32 in caller coordinates (loses precision far from the origin; see ``vertices64``)."""
         return (self.local_vertices.astype(np.float64) + self.origin).astype(np.float32)
 
     @property
