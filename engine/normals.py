@@ -94,8 +94,9 @@ def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = 
     """Distances and indices (M, k) of the k nearest points (N, 3) to each query (default: the points).
 
     On the CPU SciPy's k-d tree, queried in the tree's own (spatial) order,
-    beat the voxel-hash search 3x at 100k points (1.4 s against 4.1 s on 2
-    cores); the hash search is vectorised torch and runs on CUDA.
+    beat the voxel-hash search of :func:`engine.knn.grid_knn` 5-9x (bunny, 2
+    cores, k = 12: 0.20 s against 1.8 s at 100k points, 2.5 s against 12.5 s
+    at 1M); the hash search is vectorised torch and runs on CUDA.
     """
     if points.device.type != "cpu":
         return grid_knn(points, k, check, queries)
