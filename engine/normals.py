@@ -342,6 +342,7 @@ def _fit_and_orient(points: torch.Tensor, k: int, sensor: torch.Tensor | None, r
     else:
         sign, doubtful, pieces = orient_by_propagation(points, normals, dist, edges, report)
         grazing, orientation = 0, "propagation"
+    doubtful |= normals.norm(dim=1) < 0.5  # no plane at all: k duplicates of one position
     normals = torch.where(doubtful[:, None], 0.0, sign[:, None] * normals)
     out_normals, out_doubtful = torch.empty_like(normals), torch.empty_like(doubtful)
     out_normals[order], out_doubtful[order] = normals, doubtful
@@ -369,7 +370,7 @@ def _transfer(points: torch.Tensor, base: torch.Tensor, est: NormalEstimate, sen
         by_vote = cos.abs() < GRAZING_COS
         v = torch.where(by_vote, v, torch.sign(cos))
     normals = torch.where((v < 0)[:, None], -normals, normals)
-    doubtful = by_vote & (v.abs() < VOTE_MIN)
+    doubtful = (by_vote & (v.abs() < VOTE_MIN)) | (normals.norm(dim=1) < 0.5)
     grazing = int(by_vote.sum()) if sensor is not None else 0
     return torch.where(doubtful[:, None], 0.0, normals), doubtful, grazing
 
