@@ -141,10 +141,15 @@ def smallest_eigenvectors(cov: torch.Tensor) -> torch.Tensor:
     return best / best.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
-def pca_normals(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Unoriented unit normals (M, 3): the direction of least spread of each row's neighbours points[idx] (M, k)."""
+def pca_normals(points: torch.Tensor, idx: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+    """Unoriented unit normals (M, 3): the direction of least spread of each row's neighbours points[idx] (M, k).
+
+    ``check`` is called between chunks, for cancellation.
+    """
     out = torch.empty((idx.shape[0], 3), dtype=points.dtype, device=points.device)
     for start in range(0, idx.shape[0], CHUNK):
+        if check is not None:
+            check()
         nb = points[idx[start:start + CHUNK]]  # (C, k, 3); offsets from the mean lose nothing in float32
         nb = nb - nb.mean(dim=1, keepdim=True)
         out[start:start + CHUNK] = smallest_eigenvectors((nb.transpose(1, 2) @ nb).double()).to(points.dtype)
@@ -333,7 +338,7 @@ def _fit_and_orient(points: torch.Tensor, k: int, sensor: torch.Tensor | None, r
     report(0.05, f"neighbours (k={k})")
     dist, idx = neighbours(points, k, lambda: report(0.05, f"neighbours (k={k})"))
     report(0.4, "fitting planes")
-    normals = pca_normals(points, idx)
+    normals = pca_normals(points, idx, lambda: report(0.4, "fitting planes"))
     report(0.5, "orienting")
     edges = Edges.build(normals, idx)
     if sensor is not None:
@@ -360,7 +365,7 @@ def _transfer(points: torch.Tensor, base: torch.Tensor, est: NormalEstimate, sen
     """
     report(0.85, "normals of all points")
     _, idx = neighbours(base, est.k, lambda: report(0.85, "normals of all points"), queries=points)
-    normals = pca_normals(base, idx)
+    normals = pca_normals(base, idx, lambda: report(0.85, "normals of all points"))
     dots = (est.normals[idx] * normals[:, None, :]).sum(dim=-1)
     v = dots.sum(dim=1) / dots.abs().sum(dim=1).clamp_min(1e-12)
     by_vote = torch.ones_like(v, dtype=torch.bool)
