@@ -10,9 +10,11 @@ For each input (the pymeshlab bunny, sampled with exact normals as quality.py do
    its default 30 neighbours, then orient_normals_consistent_tangent_plane(10)), each
    in a fresh process: share of correctly oriented normals (n . n_true > 0; rows left
    out as doubtful count as not correct), mean angle to the true normal line, time;
-2. meshes: our reconstruction with the true normals, without normals (the pipeline
-   estimates them) and (``--mesh-open3d``) with Open3D's normals: Chamfer-L1 and
-   normal consistency against the ground truth, and their ratio to the true-normals run.
+2. meshes, each method's own pipeline with the true normals and with its estimated
+   ones: ours = reconstruct(points, normals) against reconstruct(points) (which
+   estimates them itself); Open3D = screened Poisson depth 8 on the true normals
+   against Poisson depth 8 on Open3D's normals from step 1.  Chamfer-L1 and normal
+   consistency against the ground truth, and the ratio estimated / true.
 Every worker gets OMP_NUM_THREADS / OMP_WAIT_POLICY=PASSIVE like quality.py.
 """
 from __future__ import annotations
@@ -50,32 +52,30 @@ def table(key: str, rec: dict) -> str:
     """One input's side-by-side table and goal lines."""
     nr, ms = rec["normals"], rec["meshes"]
     o3d_sec = nr.get("open3d", {}).get("seconds")
-    true = ms.get("true", {}).get("metrics")
     lines = [f"== {key}  ({rec['n']} pts)",
-             f"{'normals':<8} {'correct%':>9} {'wrong':>6} {'left out':>8} {'angle°':>7} {'sec':>7} {'/o3d':>6}"
-             f"   {'mesh from':<10} {'Ch-L1e-3':>8} {'NC':>6} {'Ch/true':>7} {'NC/true':>7} {'mesh s':>7}"]
-    for label in ("true", "ours", "open3d"):
-        n = nr.get(label)
+             f"{'normals':<7} {'correct%':>9} {'wrong':>6} {'left out':>8} {'angle°':>7} {'sec':>7} {'/o3d':>5}"
+             f"   {'mesher':<10} {'Ch-L1e-3':>8} {'(true)':>7} {'ratio':>6} {'NC':>6} {'(true)':>6} {'ratio':>6}"]
+    for method, mesher in (("ours", "ours"), ("open3d", "poisson-d8")):
+        n = nr.get(method)
         left = "-" if n is None else (
             f"{100 * n['correct']:9.3f} {n['wrong']:6d} {n['left_out']:8d} {n['angle_deg']:7.2f} "
-            f"{n['seconds']:7.2f} {n['seconds'] / o3d_sec if o3d_sec else float('nan'):6.2f}")
-        if label == "true":
-            left = f"{'-':>9} {'-':>6} {'-':>8} {'-':>7} {'-':>7} {'-':>6}"
-        m = ms.get(label, {}).get("metrics")
+            f"{n['seconds']:7.2f} {n['seconds'] / o3d_sec if o3d_sec else float('nan'):5.2f}")
+        est, true = ms.get(f"{method}-est", {}).get("metrics"), ms.get(f"{method}-true", {}).get("metrics")
         right = ""
-        if m is not None and true is not None:
-            right = (f"{m['chamfer_l1'] * 1e3:8.3f} {m['nc']:6.3f} {m['chamfer_l1'] / true['chamfer_l1']:7.3f} "
-                     f"{m['nc'] / true['nc']:7.4f} {ms[label]['worker']['seconds']:7.1f}")
-        lines.append(f"{label:<8} {left:<53}   {label if m is not None else '':<10} {right}")
+        if est and true:
+            right = (f"{mesher:<10} {est['chamfer_l1'] * 1e3:8.3f} {true['chamfer_l1'] * 1e3:7.3f} "
+                     f"{est['chamfer_l1'] / true['chamfer_l1']:6.3f} {est['nc']:6.3f} {true['nc']:6.3f} "
+                     f"{est['nc'] / true['nc']:6.4f}")
+        lines.append(f"{method:<7} {left:<52}   {right}")
     ours, o3d = nr.get("ours"), nr.get("open3d")
     if ours and o3d:
         lines.append(f"time ours/open3d = {ours['seconds'] / o3d['seconds']:.2f} (same run; goal <= 1)")
     if ours and rec["case"] == "clean":
         lines.append(f"correct {100 * ours['correct']:.3f}% (goal >= {100 * GOAL_CORRECT:.1f}% on clean input)")
-    m, t = ms.get("ours", {}).get("metrics"), true
-    if m and t:
-        lines.append(f"mesh with estimated normals: Chamfer x{m['chamfer_l1'] / t['chamfer_l1']:.3f}, "
-                     f"NC x{m['nc'] / t['nc']:.4f} of the true-normals run (goal within {GOAL_MESH:.0%})")
+    est, true = ms.get("ours-est", {}).get("metrics"), ms.get("ours-true", {}).get("metrics")
+    if est and true:
+        lines.append(f"our mesh from estimated normals: Chamfer x{est['chamfer_l1'] / true['chamfer_l1']:.3f}, "
+                     f"NC x{est['nc'] / true['nc']:.4f} of the true-normals run (goal within {GOAL_MESH:.0%})")
     return "\n".join(lines)
 
 
@@ -89,7 +89,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--no-meshes", action="store_true", help="only the normals, no reconstructions")
-    ap.add_argument("--mesh-open3d", action="store_true", help="also reconstruct (ours) from Open3D's normals")
+    ap.add_argument("--poisson-depth", type=int, default=8, help="Open3D's mesher for its two mesh runs")
     ap.add_argument("--eval-samples", type=int, default=100_000)
     ap.add_argument("--work", default=str(HERE / "_work"))
     ap.add_argument("--out", default=None, help="results JSON (default WORK/normals.json)")
@@ -135,17 +135,19 @@ def main() -> None:
                 rec["normals"][method] = {**normal_figures(np.load(out)["normals"], true), **w}
                 log(f"{key} normals {method}: {w['seconds']:.2f}s, correct {rec['normals'][method]['correct']:.5f}")
                 save(results, out_path)
-            meshes = [] if a.no_meshes else [("true", ()), ("ours", ("--normals", "none"))]
-            if a.mesh_open3d and not a.no_meshes:
-                meshes.append(("open3d", ("--normals", str(work / f"normals_{a.shape}_{n}_{cname}_open3d.npz"))))
-            for label, extra in meshes:
+            o3d_normals = work / f"normals_{a.shape}_{n}_{cname}_open3d.npz"
+            meshes = [] if a.no_meshes else [
+                ("ours-true", "ours", None, ()), ("ours-est", "ours", None, ("--normals", "none")),
+                ("open3d-true", "open3d", a.poisson_depth, ()),
+                ("open3d-est", "open3d", a.poisson_depth, ("--normals", str(o3d_normals)))]
+            for label, method, depth, extra in meshes:
                 mesh = work / f"normals_mesh_{a.shape}_{n}_{cname}_{label}.ply"
-                log(f"{key} mesh from {label} normals: running")
-                w = run_worker(a, "ours", None, inp, mesh, extra)
+                log(f"{key} mesh {label}: running")
+                w = run_worker(a, method, depth, inp, mesh, extra)
                 m = metrics.evaluate(*read_ply(mesh), gt_q, (gp, gn), diag, n_samples=a.eval_samples)
                 mesh.unlink()
                 rec["meshes"][label] = {"worker": w, "metrics": m}
-                log(f"{key} mesh from {label} normals: {w['seconds']:.1f}s chamfer {m['chamfer_l1'] * 1e3:.3f}e-3")
+                log(f"{key} mesh {label}: {w['seconds']:.1f}s chamfer {m['chamfer_l1'] * 1e3:.3f}e-3")
                 save(results, out_path)
             print(table(key, rec), end="\n\n", flush=True)
     log(f"results saved to {out_path}")

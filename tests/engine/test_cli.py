@@ -70,12 +70,13 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no such file" in done.stderr
 
 
-def test_cloud_without_normals_is_a_usage_error(tmp_path: Path) -> None:
+def test_cloud_without_normals_gets_estimated_normals(tmp_path: Path) -> None:
     src = tmp_path / "in.ply"
     write_cloud(src, False, "f4", normals=False)
-    done = engine_cli("reconstruct", str(src), str(tmp_path / "out.ply"))
-    assert done.returncode == 2 and "no normals" in done.stderr and "hint:" in done.stderr
-    assert not (tmp_path / "out.ply").exists()
+    done = engine_cli("reconstruct", str(src), str(tmp_path / "out.ply"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["normals_estimated"] is True
+    assert (tmp_path / "out.ply").exists()
 
 
 def test_bad_arguments() -> None:

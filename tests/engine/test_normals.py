@@ -174,6 +174,16 @@ def test_inward_given_normals_give_the_same_surface_inside_out() -> None:
     assert mesh_gap(out.vertices64, forced.vertices64)[0] < 0.1 * h
 
 
+def test_stacked_duplicates_have_no_plane_and_are_left_out() -> None:
+    points, true = shapes.sphere(5000)
+    points = np.concatenate([points, np.repeat(points[:1], 30, axis=0)])
+    est, stats = estimate_normals(points, device="cpu")
+    assert np.isfinite(est).all()
+    left_out = np.linalg.norm(est, axis=1) == 0
+    assert stats["normals_doubtful"] == left_out.sum() and left_out[5000:].all()
+    assert agreement(est[1:5000], true[1:5000]) >= 0.995
+
+
 def test_all_zero_normals_mean_none() -> None:
     points, _ = shapes.sphere(3000)
     mesh = reconstruct(points, np.zeros_like(points), device="cpu")
