@@ -354,6 +354,7 @@ class EngineClient:
         self._eof = False
         self._log_offset = 0
         self._job: Job | None = None
+        self._start_deadline = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -366,15 +367,40 @@ class EngineClient:
         """True while a started engine process is alive."""
         return self._proc is not None and self.hello is not None and self._proc.poll() is None
 
-    def start(self) -> dict[str, Any]:
-        """Start the engine unless it runs, and return its ``hello`` (versions, devices, fvdb, pid)."""
+    def start(self, wait: bool = True) -> dict[str, Any] | None:
+        """Start the engine unless it runs, and return its ``hello`` (versions, devices, fvdb, pid).
+
+        ``wait=False`` spawns it and returns None at once (torch takes seconds to
+        import); a UI timer then calls :meth:`poll_start` until the hello is there.
+        """
         if self.running:
-            assert self.hello is not None
             return self.hello
-        self._kill()
-        self._spawn()
+        if not self.starting:
+            self._kill()
+            self._spawn()
+            self._start_deadline = time.monotonic() + self.start_timeout
+        if not wait:
+            return None
         try:
-            self.hello = self._handshake(time.monotonic() + self.start_timeout)
+            self.hello = self._handshake(self._start_deadline)
+        except BaseException:
+            self._kill()
+            raise
+        return self.hello
+
+    @property
+    def starting(self) -> bool:
+        """True between a spawn and the engine's hello."""
+        return self._proc is not None and self.hello is None and self._proc.poll() is None
+
+    def poll_start(self) -> dict[str, Any] | None:
+        """Never blocks: the hello once the engine has sent it, else None; EngineUnavailable if the start failed."""
+        if self.running:
+            return self.hello
+        if self._proc is None:
+            self.start(wait=False)
+        try:
+            self.hello = self._handshake_step(self._start_deadline, budget=0.02)
         except BaseException:
             self._kill()
             raise
@@ -484,33 +510,38 @@ class EngineClient:
                 pass
 
     def _handshake(self, deadline: float) -> dict[str, Any]:
-        while True:
-            msgs, failure = self._receive(1.0)
-            if msgs:
-                first = msgs[0]
-                if first.type == "error":
-                    raise EngineUnavailable(f"{first['message']}{self._tail()}", first["hint"])
-                if first.type != "hello":
-                    raise EngineUnavailable(f"The engine answered {first.type!r} instead of 'hello'.",
-                                            "Reinstall the add-on.")
-                version = first["protocol_version"]
-                if version != protocol.PROTOCOL_VERSION:
-                    raise EngineUnavailable(
-                        f"The engine speaks protocol {version}, the add-on {protocol.PROTOCOL_VERSION}.",
-                        "Reinstall the add-on so that both come from the same version.")
-                return dict(first.fields)
-            if failure is not None:
-                raise EngineUnavailable(f"The engine's first answer is not a valid frame: {failure.message}"
-                                        f"{self._tail()}", _HINT_PYTHON)
-            if self._gone():
-                code = self._reap()
-                raise EngineUnavailable(f"The engine's Python {self.python!r} stopped during start "
-                                        f"({_describe_exit(code)}).{self._tail()}", f"{_HINT_PYTHON}  "
-                                        f"Log: {self.log_path}")
-            if time.monotonic() > deadline:
-                raise EngineUnavailable(f"The engine did not start within {self.start_timeout:g} s.{self._tail()}",
-                                        f"The machine may be busy; try again.  Log: {self.log_path}")
+        while (hello := self._handshake_step(deadline, budget=1.0)) is None:
             self._wait_readable(_WAIT_SLICE)
+        return hello
+
+    def _handshake_step(self, deadline: float, budget: float) -> dict[str, Any] | None:
+        """One look at the pipe during the start: the hello, None if not there yet, or EngineUnavailable."""
+        msgs, failure = self._receive(budget)
+        if msgs:
+            first = msgs[0]
+            if first.type == "error":
+                raise EngineUnavailable(f"{first['message']}{self._tail()}", first["hint"])
+            if first.type != "hello":
+                raise EngineUnavailable(f"The engine answered {first.type!r} instead of 'hello'.",
+                                        "Reinstall the add-on.")
+            version = first["protocol_version"]
+            if version != protocol.PROTOCOL_VERSION:
+                raise EngineUnavailable(
+                    f"The engine speaks protocol {version}, the add-on {protocol.PROTOCOL_VERSION}.",
+                    "Reinstall the add-on so that both come from the same version.")
+            return dict(first.fields)
+        if failure is not None:
+            raise EngineUnavailable(f"The engine's first answer is not a valid frame: {failure.message}"
+                                    f"{self._tail()}", _HINT_PYTHON)
+        if self._gone():
+            code = self._reap()
+            raise EngineUnavailable(f"The engine's Python {self.python!r} stopped during start "
+                                    f"({_describe_exit(code)}).{self._tail()}", f"{_HINT_PYTHON}  "
+                                    f"Log: {self.log_path}")
+        if time.monotonic() > deadline:
+            raise EngineUnavailable(f"The engine did not start within {self.start_timeout:g} s.{self._tail()}",
+                                    f"The machine may be busy; try again.  Log: {self.log_path}")
+        return None
 
     def _send(self, msg: Message) -> None:
         if self._proc is None or self._proc.stdin is None:

@@ -160,6 +160,29 @@ class _Session:
         raise EngineSetupError("No engine interpreter works. Tried, in order:\n" + "\n".join(problems)
                                + f"\nThe engine log is {log_path()}.")
 
+    def begin(self, preference: str) -> Any:
+        """The kept engine if it runs (or is starting), else the first usable interpreter's, spawned without waiting.
+
+        The UI path polls the start (``client.poll_start``) from its timer instead
+        of freezing Blender for the seconds torch takes to import.  When that
+        start fails, :meth:`client_for` tries every candidate and explains.
+        """
+        usable = [c.python for c in candidates(preference) if c.python and Path(c.python).is_file()]
+        if not usable:
+            return self.client_for(preference)  # raises EngineSetupError naming every candidate
+        client = self.client
+        if client is not None and (client.running or client.starting) and self.python == usable[0]:
+            return client
+        self.shutdown()
+        client = client_api().EngineClient(usable[0], engine_dir=engine_root(), log_path=log_path())
+        try:
+            client.start(wait=False)
+        except client_api().ClientError:
+            client.close()
+            return self.client_for(preference)
+        self.client, self.python = client, usable[0]
+        return client
+
     def shutdown(self) -> None:
         if self.client is not None:
             self.client.close()

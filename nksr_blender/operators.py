@@ -47,6 +47,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     client: Any = None
     job: Any = None
+    cancelled: bool = False
 
     @property
     def index(self) -> int:
@@ -62,12 +63,16 @@ class Run:
         return f"NKSR{count} {prefix}{stage} {100 * fraction:.0f}%"
 
     def status(self) -> tuple[str, float]:
-        progress = self.job.progress if self.job is not None else None
-        return (progress.stage, progress.fraction) if progress is not None else ("starting", 0.0)
+        if self.job is None:
+            return "starting the engine", 0.0
+        progress = self.job.progress
+        return (progress.stage, progress.fraction) if progress is not None else ("sending", 0.0)
 
     def start(self, client: Any) -> None:
+        """Submit the first input, or wait (in :meth:`tick`) for an engine that is still starting."""
         self.client = client
-        self._submit()
+        if client.running:
+            self._submit()
 
     def _submit(self) -> None:
         points = self.inputs[self.index]
@@ -77,8 +82,12 @@ class Run:
     def tick(self) -> bool:
         """Read what the engine sent, without blocking; True once every input has its result.
 
-        Raises the engine's error (a ClientError) when a job failed.
+        Raises the engine's error (a ClientError) when a job failed or the engine did not start.
         """
+        if self.job is None:
+            if self.client.poll_start() is None:
+                return False
+            self._submit()
         self.job.poll()
         if not self.job.done:
             return False
@@ -87,10 +96,21 @@ class Run:
             self._submit()
         return self.done
 
-    def cancel(self) -> None:
-        """Stop the engine's job (Esc); the engine stays usable, or is replaced if it does not stop."""
+    def cancel(self, wait: bool = True) -> None:
+        """Stop the engine's job (Esc); the engine stays usable, or is replaced if it does not stop in 3 s.
+
+        ``wait=False`` returns at once: later ticks see the job end (the UI path).
+        """
         if self.job is not None:
-            self.job.cancel(grace=3.0)
+            self.job.cancel(grace=3.0, wait=wait)
+        elif self.client is not None and not self.client.running:
+            self.client.close()  # still starting: nothing to cancel, the next run starts a fresh engine
+        self.cancelled = True
+
+    @property
+    def stopped(self) -> bool:
+        """After cancel(): True once nothing runs any more."""
+        return self.job is None or self.job.done
 
     def run_blocking(self, client: Any) -> None:
         """Every input, one after the other, printing each stage (scripts and background mode)."""
@@ -266,8 +286,11 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         api = engine_link.client_api()
         try:
             self._run = self._prepare(context)
-            context.workspace.status_text_set("NKSR: starting the engine...")
-            self._run.start(self._client(context))
+            prefs = settings.preferences(context)
+            self._run.start(engine_link.session.begin(prefs.engine_python if prefs is not None else ""))
+        except engine_link.EngineSetupError as exc:
+            self._cleanup(context)
+            return self._fail(str(exc))
         except (RunError, api.ClientError) as exc:
             self._cleanup(context)
             return self._fail(_error_text(exc))
@@ -280,19 +303,28 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
         assert self._run is not None
-        if event.type == "ESC":
-            self._run.cancel()
+        if event.type == "ESC" and not self._run.cancelled:
+            self._run.cancel(wait=False)  # the engine stops within a second, or is killed after 3 s
+            context.workspace.status_text_set("NKSR: cancelling...")
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if self._run.cancelled:
+            if self._run.job is not None:
+                self._run.job.poll()
+            if not self._run.stopped:
+                return {"PASS_THROUGH"}
             self._cleanup(context)
             self.report({"WARNING"}, "NKSR: cancelled; the scene is unchanged.")
             return {"CANCELLED"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
         api = engine_link.client_api()
         try:
             if not self._run.tick():
                 self._show(context)
                 return {"PASS_THROUGH"}
             self._run.finish(context)
+        except api.EngineUnavailable:
+            return self._restart(context)
         except (RunError, api.ClientError) as exc:
             self._cleanup(context)
             return self._fail(_error_text(exc))
@@ -300,6 +332,16 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         self._cleanup(context)
         self.report({"INFO"}, f"NKSR: {summary}")
         return {"FINISHED"}
+
+    def _restart(self, context: bpy.types.Context) -> Result:
+        """The engine did not start: try every interpreter candidate (blocking), or say what each lacks."""
+        assert self._run is not None
+        try:
+            self._run.start(self._client(context))
+        except (RunError, engine_link.client_api().ClientError) as exc:
+            self._cleanup(context)
+            return self._fail(_error_text(exc))
+        return {"PASS_THROUGH"}
 
     def _show(self, context: bpy.types.Context) -> None:
         assert self._run is not None

@@ -242,6 +242,29 @@ def test_interpreter_without_torch(tmp_path: Path) -> None:
     assert "pip install torch" in info.value.hint
 
 
+def test_start_without_waiting_is_polled_to_its_hello_or_its_failure(tmp_path: Path) -> None:
+    """The UI's start: spawn, then look at the pipe from a timer; never a call that waits for torch's import."""
+    good = EngineClient(PYTHON, log_path=tmp_path / "good", env=ENV)
+    try:
+        t0 = time.perf_counter()
+        assert good.start(wait=False) is None and good.starting and not good.running
+        polls = 0
+        while (hello := good.poll_start()) is None:
+            polls += 1
+            assert time.perf_counter() - t0 < 120
+            time.sleep(0.05)
+        assert hello["pid"] == good.pid and good.running and polls > 0
+        assert good.reconstruct(POINTS[:5], NORMALS[:5], _benchmark_echo_faces=4).faces.shape == (4, 3)
+    finally:
+        good.close()
+    bare = EngineClient(python_wrapper(tmp_path, "bare-python", f'exec "{PYTHON}" -S "$@"'), log_path=tmp_path / "l")
+    bare.start(wait=False)
+    with pytest.raises(EngineUnavailable, match="No module named 'numpy'"):
+        while bare.poll_start() is None:
+            time.sleep(0.05)
+    assert not bare.starting and not bare.running
+
+
 def test_missing_engine_files(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="engine's files are missing"):
         EngineClient(PYTHON, engine_dir=tmp_path).start()
