@@ -415,3 +415,37 @@ def test_output_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingPackageError, match="pygltflib") as missing:
         formats.check_output(tmp_path / "m.glb")
     assert "pip install pygltflib" in missing.value.hint
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])  # float32 and float64 coordinates
+@pytest.mark.parametrize("extras", [False, True])  # with and without normals and colours
+def test_fast_ply_mesh_writer_matches_plyfile_byte_for_byte(tmp_path: Path, offset: float, extras: bool) -> None:
+    from plyfile import PlyData, PlyElement
+
+    from engine.mesh import Mesh
+    from engine.ply import write_mesh
+
+    rng = np.random.default_rng(3)
+    verts = rng.normal(size=(50, 3)) + offset
+    faces = rng.integers(0, 50, size=(80, 3)).astype(np.int32)
+    normals = rng.normal(size=(50, 3)).astype(np.float32) if extras else None
+    colors = rng.uniform(size=(50, 4)).astype(np.float32) if extras else None
+    mesh = Mesh((verts - offset).astype(np.float32), faces, np.full(3, offset), colors, normals)
+    write_mesh(tmp_path / "fast.ply", mesh)
+    # The reference: the same records written by plyfile itself.
+    coord = "f8" if offset else "f4"
+    fields = [(n, coord) for n in "xyz"] + ([(n, "f4") for n in ("nx", "ny", "nz")] +
+                                           [(n, "u1") for n in ("red", "green", "blue", "alpha")] if extras else [])
+    v = np.empty(50, dtype=fields)
+    for i, n in enumerate("xyz"):
+        v[n] = mesh.vertices64[:, i]
+    if extras:
+        for i, n in enumerate(("nx", "ny", "nz")):
+            v[n] = normals[:, i]
+        c8 = np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
+        for i, n in enumerate(("red", "green", "blue", "alpha")):
+            v[n] = c8[:, i]
+    f = np.empty(80, dtype=[("vertex_indices", "i4", (3,))])
+    f["vertex_indices"] = faces
+    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(tmp_path / "ref.ply"))
+    assert (tmp_path / "fast.ply").read_bytes() == (tmp_path / "ref.ply").read_bytes()
