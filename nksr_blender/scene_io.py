@@ -186,7 +186,7 @@ def _set_custom_normals(mesh: Any, normals: np.ndarray) -> None:
     if bpy.app.version >= (4, 5, 0):
         attr = mesh.attributes.new("custom_normal", "FLOAT_VECTOR", "POINT")
         attr.data.foreach_set("vector", normals.ravel())
-    else:  # pragma: no cover - Blender 4.2 to 4.4
+    else:  # Blender 4.2 to 4.4 (tested in .venv-blender-4.2)
         mesh.normals_split_custom_set_from_vertices(normals.tolist())
 
 

@@ -7,11 +7,12 @@ from types import ModuleType
 
 import bpy
 import numpy as np
+import pytest
 
 from tests.meshcheck import boundary_edges, non_manifold_edges
 from tests.shapes import hemisphere, sphere
 
-from .scenes import TRANSFORM, color_of, import_sphere_ply, mesh_arrays, snapshot, srgb_to_linear
+from .scenes import TRANSFORM, color_of, corner_normals, import_sphere_ply, mesh_arrays, snapshot, srgb_to_linear
 
 
 def _only_new_object(before: set[bpy.types.Object]) -> bpy.types.Object:
@@ -37,10 +38,8 @@ def _check_sphere_result(source: bpy.types.Object, result: bpy.types.Object, vox
     assert np.abs(radius - 1).max() < 0.5 * voxel, (np.abs(radius - 1).max(), voxel)
     mesh = result.data
     assert mesh.has_custom_normals
-    normals = np.empty(len(verts) * 3, dtype=np.float32)
-    mesh.attributes["custom_normal"].data.foreach_get("vector", normals)
     radial = verts / radius[:, None]
-    assert np.median(np.einsum("ij,ij->i", normals.reshape(-1, 3), radial)) > 0.98
+    assert np.median(np.einsum("ij,ij->i", corner_normals(result), radial[faces.reshape(-1)])) > 0.98
     if with_colors:
         color = mesh.color_attributes.active_color
         assert color is not None and color.data_type == "FLOAT_COLOR" and color.domain == "POINT"
@@ -65,6 +64,8 @@ def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.S
     assert result.select_get() and bpy.context.view_layer.objects.active == result
 
 
+@pytest.mark.skipif(bpy.app.version < (4, 5, 0), reason="Blender before 4.5 cannot make a point cloud object "
+                    "from Python (no convert target), so this input cannot be built here")
 def test_point_cloud_object_and_script_options(scene: bpy.types.Scene, addon: ModuleType) -> None:
     points, normals = sphere(3000, seed=3)
     mesh = bpy.data.meshes.new("cloud")
@@ -150,8 +151,7 @@ def test_viewpoint_at_the_cursor_orients_an_open_scan(scene: bpy.types.Scene, ad
     before = set(bpy.data.objects)
     assert bpy.ops.nksr.reconstruct(viewpoint="CURSOR", mise_iter=0) == {"FINISHED"}
     result = _only_new_object(before)
-    verts, _ = mesh_arrays(result)
-    normals = np.empty(len(verts) * 3, dtype=np.float32)
-    result.data.attributes["custom_normal"].data.foreach_get("vector", normals)
-    outward = np.einsum("ij,ij->i", normals.reshape(-1, 3), verts / np.linalg.norm(verts, axis=1, keepdims=True))
+    verts, faces = mesh_arrays(result)
+    corners = verts[faces.reshape(-1)]
+    outward = np.einsum("ij,ij->i", corner_normals(result), corners / np.linalg.norm(corners, axis=1, keepdims=True))
     assert np.median(outward) > 0.95
