@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 
 from . import engine_link, scene_io, settings
 
@@ -166,31 +165,12 @@ class Run:
         return state.last_summary
 
 
-def _error_text(exc: BaseException) -> str:
-    hint = getattr(exc, "hint", "")
-    return f"{exc} {hint}".strip() if hint and hint not in str(exc) else str(exc)
-
-
-class NKSR_OT_reconstruct(bpy.types.Operator):
+class NKSR_OT_reconstruct(settings.ReconstructOptions, bpy.types.Operator):
     """Reconstruct a surface mesh from each selected point cloud (a mesh of loose vertices or a point cloud)"""
 
     bl_idname = "nksr.reconstruct"
     bl_label = "Reconstruct Surface (NKSR)"
     bl_options = {"REGISTER", "UNDO"}
-
-    auto_detail: BoolProperty(  # type: ignore[valid-type]
-        name="Automatic Detail", default=True, description="Choose the voxel size from point spacing and noise")
-    detail_level: FloatProperty(  # type: ignore[valid-type]
-        name="Detail", default=0.75, min=0.0, max=1.0, description="0 smooth .. 1 finest (turns Automatic off)")
-    voxel_size: FloatProperty(  # type: ignore[valid-type]
-        name="Voxel Size", default=0.0, min=0.0, subtype="DISTANCE", description="World units; 0 = from Detail")
-    mise_iter: IntProperty(name="Refinement", default=1, min=0, max=3)  # type: ignore[valid-type]
-    trim: BoolProperty(name="Trim", default=True)  # type: ignore[valid-type]
-    keep_colors: BoolProperty(name="Keep Colours", default=True)  # type: ignore[valid-type]
-    estimate_normals: BoolProperty(name="Estimate Normals", default=False)  # type: ignore[valid-type]
-    viewpoint: EnumProperty(name="Viewpoint", items=settings.VIEWPOINTS, default="AUTO")  # type: ignore[valid-type]
-    device: EnumProperty(  # type: ignore[valid-type]
-        name="Device", items=[("PREFERENCES", "Default", ""), *settings.DEVICES], default="PREFERENCES")
 
     _run: Run | None = None
     _timer: Any = None
@@ -204,8 +184,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
     def _resolve(self, context: bpy.types.Context) -> dict[str, Any]:
         """Options a script did not set come from the panel's scene settings."""
         panel = settings.panel_settings(context)
-        for name in ("auto_detail", "detail_level", "voxel_size", "mise_iter", "trim", "keep_colors", "device",
-                     "estimate_normals", "viewpoint"):
+        for name in settings.OPTION_NAMES:
             if not self.properties.is_property_set(name):
                 setattr(self, name, getattr(panel, name))
         if self.properties.is_property_set("detail_level") and not self.properties.is_property_set("auto_detail"):
@@ -254,9 +233,8 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         return None
 
     def _client(self, context: bpy.types.Context) -> Any:
-        prefs = settings.preferences(context)
         try:
-            return engine_link.session.client_for(prefs.engine_python if prefs is not None else "")
+            return engine_link.session.client_for(settings.engine_python(context))
         except engine_link.EngineSetupError as exc:
             raise RunError(str(exc)) from exc
 
@@ -273,7 +251,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             run.run_blocking(self._client(context))
             run.finish(context)
         except (RunError, api.ClientError) as exc:
-            return self._fail(_error_text(exc))
+            return self._fail(str(exc))
         summary = run.record(context)
         self.report({"INFO"}, f"NKSR: {summary}")
         return {"FINISHED"}
@@ -286,14 +264,10 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
         api = engine_link.client_api()
         try:
             self._run = self._prepare(context)
-            prefs = settings.preferences(context)
-            self._run.start(engine_link.session.begin(prefs.engine_python if prefs is not None else ""))
-        except engine_link.EngineSetupError as exc:
+            self._run.start(engine_link.session.begin(settings.engine_python(context)))
+        except (RunError, engine_link.EngineSetupError, api.ClientError) as exc:
             self._cleanup(context)
             return self._fail(str(exc))
-        except (RunError, api.ClientError) as exc:
-            self._cleanup(context)
-            return self._fail(_error_text(exc))
         state = settings.run_state(context)
         state.running, state.stage, state.fraction = True, "starting", 0.0
         context.window_manager.progress_begin(0, 1)
@@ -327,7 +301,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             return self._restart(context)
         except (RunError, api.ClientError) as exc:
             self._cleanup(context)
-            return self._fail(_error_text(exc))
+            return self._fail(str(exc))
         summary = self._run.record(context)
         self._cleanup(context)
         self.report({"INFO"}, f"NKSR: {summary}")
@@ -340,7 +314,7 @@ class NKSR_OT_reconstruct(bpy.types.Operator):
             self._run.start(self._client(context))
         except (RunError, engine_link.client_api().ClientError) as exc:
             self._cleanup(context)
-            return self._fail(_error_text(exc))
+            return self._fail(str(exc))
         return {"PASS_THROUGH"}
 
     def _show(self, context: bpy.types.Context) -> None:
@@ -376,7 +350,7 @@ class NKSR_OT_check_engine(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> Result:
         prefs = settings.preferences(context)
         try:
-            client = engine_link.session.client_for(prefs.engine_python if prefs is not None else "")
+            client = engine_link.session.client_for(settings.engine_python(context))
         except engine_link.EngineSetupError as exc:
             if prefs is not None:
                 prefs.engine_info = "Engine not working: see the message."

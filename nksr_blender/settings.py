@@ -21,8 +21,11 @@ DEVICES = [
 ]
 
 
-class NKSR_Settings(bpy.types.PropertyGroup):
-    """What the sidebar panel edits; the operator takes these for every option a script did not set."""
+class ReconstructOptions:
+    """The reconstruction options, defined once: the panel's settings and the operator's properties.
+
+    The operator takes the panel's value for every one a script did not set.
+    """
 
     auto_detail: BoolProperty(  # type: ignore[valid-type]
         name="Automatic Detail", default=True,
@@ -48,6 +51,13 @@ class NKSR_Settings(bpy.types.PropertyGroup):
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device", items=[("PREFERENCES", "Default", "The device set in the add-on preferences"), *DEVICES],
         default="PREFERENCES")
+
+
+class NKSR_Settings(ReconstructOptions, bpy.types.PropertyGroup):
+    """What the sidebar panel edits (one per scene)."""
+
+
+OPTION_NAMES = tuple(ReconstructOptions.__annotations__)
 
 
 class NKSR_RunState(bpy.types.PropertyGroup):
@@ -93,6 +103,12 @@ def preferences(context: Any = None) -> Any:
     context = context or bpy.context
     addon = context.preferences.addons.get(__package__)
     return addon.preferences if addon is not None else None
+
+
+def engine_python(context: Any = None) -> str:
+    """The Engine Python preference ('' when unset, or when not enabled as an add-on)."""
+    prefs = preferences(context)
+    return prefs.engine_python if prefs is not None else ""
 
 
 def panel_settings(context: bpy.types.Context) -> NKSR_Settings:
