@@ -126,6 +126,16 @@ def bpy_path(path: str) -> str:
         return path
 
 
+def usable_pythons(preference: str) -> list[str]:
+    """The candidates' interpreters that are set and exist, in the order they are tried."""
+    return [c.python for c in candidates(preference) if c.python and Path(c.python).is_file()]
+
+
+def new_client(python: str) -> Any:
+    """An engine client (not started) for ``python``, on the bundled engine, logging to the add-on's log."""
+    return client_api().EngineClient(python, engine_dir=engine_root(), log_path=log_path())
+
+
 class _Session:
     """The engine process we keep between runs (starting one imports torch: seconds)."""
 
@@ -135,7 +145,7 @@ class _Session:
 
     def client_for(self, preference: str) -> Any:
         """A started client, trying each interpreter candidate in order; EngineSetupError when none works."""
-        usable = [c.python for c in candidates(preference) if c.python and Path(c.python).is_file()]
+        usable = usable_pythons(preference)
         if self.client is not None and self.client.running and usable and usable[0] == self.python:
             return self.client
         api = client_api()
@@ -147,7 +157,7 @@ class _Session:
             if not Path(cand.python).is_file():
                 problems.append(f"- {cand.source}: {cand.python} does not exist. Fix: {cand.fix}.")
                 continue
-            client = api.EngineClient(cand.python, engine_dir=engine_root(), log_path=log_path())
+            client = new_client(cand.python)
             try:
                 client.start()
             except api.ClientError as exc:
@@ -167,14 +177,14 @@ class _Session:
         of freezing Blender for the seconds torch takes to import.  When that
         start fails, :meth:`client_for` tries every candidate and explains.
         """
-        usable = [c.python for c in candidates(preference) if c.python and Path(c.python).is_file()]
+        usable = usable_pythons(preference)
         if not usable:
             return self.client_for(preference)  # raises EngineSetupError naming every candidate
         client = self.client
         if client is not None and (client.running or client.starting) and self.python == usable[0]:
             return client
         self.shutdown()
-        client = client_api().EngineClient(usable[0], engine_dir=engine_root(), log_path=log_path())
+        client = new_client(usable[0])
         try:
             client.start(wait=False)
         except client_api().ClientError:

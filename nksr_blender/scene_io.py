@@ -73,6 +73,32 @@ def _point_colors(geometry: Any, count: int, corner_verts: np.ndarray | None) ->
     return None
 
 
+def _read_geometry(geometry: Any, with_colors: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Positions, normals and colours of an evaluated mesh or point cloud, in its local frame.
+
+    The ``normal`` attribute wins; a mesh with faces falls back to its vertex normals.
+    """
+    is_mesh = isinstance(geometry, bpy.types.Mesh)
+    count = len(geometry.vertices) if is_mesh else len(geometry.points)
+    local = _read_vectors(geometry.attributes["position"], count) if count else np.zeros((0, 3), np.float32)
+    normal_attr = _attribute(geometry.attributes, "normal", "FLOAT_VECTOR")
+    normals: np.ndarray | None = None
+    if normal_attr is not None:
+        normals = _read_vectors(normal_attr, count)
+    elif is_mesh and len(geometry.polygons):
+        flat = np.empty(count * 3, dtype=np.float32)
+        geometry.vertex_normals.foreach_get("vector", flat)
+        normals = flat.reshape(count, 3)
+    colors = None
+    if with_colors:
+        corner_verts = None
+        if is_mesh and len(geometry.loops):
+            corner_verts = np.empty(len(geometry.loops), dtype=np.int32)
+            geometry.attributes[".corner_vert"].data.foreach_get("value", corner_verts)
+        colors = _point_colors(geometry, count, corner_verts)
+    return local, normals, colors
+
+
 def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_colors: bool = True) -> PointSet:
     """Positions, normals and colours of ``obj`` as evaluated (modifiers applied), without modifying it.
 
@@ -83,36 +109,14 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
         raise SceneInputError(f"'{obj.name}' is a {obj.type.lower()}, which holds no points. "
                               "Select a mesh of loose vertices or a point cloud object.")
     evaluated = obj.evaluated_get(depsgraph)
-    geometry: Any
-    normals: np.ndarray | None
     if obj.type == "MESH":
-        geometry = evaluated.to_mesh()
         try:
-            count = len(geometry.vertices)
-            local = _read_vectors(geometry.attributes["position"], count) if count else np.zeros((0, 3), np.float32)
-            normal_attr = _attribute(geometry.attributes, "normal", "FLOAT_VECTOR")
-            if normal_attr is not None:
-                normals = _read_vectors(normal_attr, count)
-            elif len(geometry.polygons):
-                flat = np.empty(count * 3, dtype=np.float32)
-                geometry.vertex_normals.foreach_get("vector", flat)
-                normals = flat.reshape(count, 3)
-            else:
-                normals = None
-            corner_verts = None
-            if with_colors and len(geometry.loops):
-                corner_verts = np.empty(len(geometry.loops), dtype=np.int32)
-                geometry.attributes[".corner_vert"].data.foreach_get("value", corner_verts)
-            colors = _point_colors(geometry, count, corner_verts) if with_colors else None
+            local, normals, colors = _read_geometry(evaluated.to_mesh(), with_colors)
         finally:
             evaluated.to_mesh_clear()
     else:
-        geometry = evaluated.data
-        count = len(geometry.points)
-        local = _read_vectors(geometry.attributes["position"], count) if count else np.zeros((0, 3), np.float32)
-        normal_attr = _attribute(geometry.attributes, "normal", "FLOAT_VECTOR")
-        normals = _read_vectors(normal_attr, count) if normal_attr is not None else None
-        colors = _point_colors(geometry, count, None) if with_colors else None
+        local, normals, colors = _read_geometry(evaluated.data, with_colors)
+    count = len(local)
     if count == 0:
         raise SceneInputError(f"'{obj.name}' has no points. Select an object with vertices or points.")
 
