@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from quality import log, run_json, run_worker, save  # noqa: E402
+from quality import GroundTruth, log, run_json, run_worker, save  # noqa: E402
 
 GOAL_CORRECT = 0.995  # clean input
 GOAL_MESH = 0.10  # Chamfer-L1 and NC within 10% of the true-normals run
@@ -103,10 +103,8 @@ def main() -> None:
         for key, rec in json.loads(Path(a.reprint).read_text())["inputs"].items():
             print(table(key, rec), end="\n\n")
         return
-    import metrics
     import numpy as np
     import shapes
-    from plyio import read_ply
 
     a.detail = "auto"
     work = Path(a.work)
@@ -114,10 +112,7 @@ def main() -> None:
     out_path = Path(a.out) if a.out else work / "normals.json"
     results: dict = {"meta": {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv,
                               "threads": a.threads}, "inputs": {}}
-    gv, gf = shapes.gt_mesh(a.shape, work)
-    diag = float(np.linalg.norm(gv.max(0).astype(np.float64) - gv.min(0)))
-    gt_q = metrics.SurfaceQuery(gv, gf)
-    gp, gn, _ = shapes.sample_surface(gv, gf, a.eval_samples, np.random.default_rng(7))
+    truth = GroundTruth(a.shape, work, a.eval_samples)
     for size in a.sizes.split(","):
         n = shapes.parse_size(size)
         for cname in a.cases.split(","):
@@ -144,7 +139,7 @@ def main() -> None:
                 mesh = work / f"normals_mesh_{a.shape}_{n}_{cname}_{label}.ply"
                 log(f"{key} mesh {label}: running")
                 w = run_worker(a, method, depth, inp, mesh, extra)
-                m = metrics.evaluate(*read_ply(mesh), gt_q, (gp, gn), diag, n_samples=a.eval_samples)
+                m = truth.evaluate(mesh)
                 mesh.unlink()
                 rec["meshes"][label] = {"worker": w, "metrics": m}
                 log(f"{key} mesh {label}: {w['seconds']:.1f}s chamfer {m['chamfer_l1'] * 1e3:.3f}e-3")

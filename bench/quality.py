@@ -78,6 +78,28 @@ def run_json(cmd: list[str], threads: int, timeout: float, ours: bool) -> dict:
     raise RuntimeError(f"no JSON line in worker output: {p.stdout[-500:]} {p.stderr[-1500:]}")
 
 
+class GroundTruth:
+    """A shape's reference surface and its fixed evaluation samples (seed 7), for scoring meshes against it."""
+
+    def __init__(self, shape: str, work: Path, n_samples: int) -> None:
+        import metrics
+        import numpy as np
+        import shapes
+
+        gv, gf = shapes.gt_mesh(shape, work)
+        self.diag = float(np.linalg.norm(gv.max(0).astype(np.float64) - gv.min(0)))
+        self.query = metrics.SurfaceQuery(gv, gf)
+        gp, gn, _ = shapes.sample_surface(gv, gf, n_samples, np.random.default_rng(7))
+        self.samples, self.n_samples = (gp, gn), n_samples
+
+    def evaluate(self, mesh: Path) -> dict:
+        """Chamfer-L1, F-scores, normal consistency, pieces, ... of the PLY mesh at ``mesh``."""
+        import metrics
+        from plyio import read_ply
+
+        return metrics.evaluate(*read_ply(mesh), self.query, self.samples, self.diag, n_samples=self.n_samples)
+
+
 def save(results: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
@@ -115,10 +137,7 @@ def main() -> None:
     if a.reprint:
         report.print_all(json.loads(Path(a.reprint).read_text()), a.best_pool)
         return
-    import metrics
-    import numpy as np
     import shapes
-    from plyio import read_ply
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -134,10 +153,7 @@ def main() -> None:
     specs = method_specs(a.methods.split(","), ints(a.open3d_depths), ints(a.pymeshlab_depths))
     keys = []
     for shape in a.shapes.split(","):
-        gv, gf = shapes.gt_mesh(shape, work)
-        diag = float(np.linalg.norm(gv.max(0).astype(np.float64) - gv.min(0)))
-        gt_q = metrics.SurfaceQuery(gv, gf)
-        gp, gn, _ = shapes.sample_surface(gv, gf, a.eval_samples, np.random.default_rng(7))
+        truth = GroundTruth(shape, work, a.eval_samples)
         for size in a.sizes.split(","):
             n = shapes.parse_size(size)
             for cname in a.cases.split(","):
@@ -147,7 +163,7 @@ def main() -> None:
                 log(f"input {key}: preparing")
                 inp = shapes.make_input(shape, n, case, work)
                 results["inputs"][key] = {"key": key, "shape": shape, "n": n, "case": cname,
-                                          "diag": diag, "pos_sigma": case.pos_sigma,
+                                          "diag": truth.diag, "pos_sigma": case.pos_sigma,
                                           "ang_deg": case.ang_deg, "file": str(inp)}
                 for label, method, depth in specs:
                     old = [r for r in results["runs"] if r["input"] == key and r["label"] == label]
@@ -164,8 +180,7 @@ def main() -> None:
                         rec["worker"]["all_seconds"] = [w["seconds"] for w in tries]
                         log(f"  {label}: {rec['worker']['seconds']:.2f}s, "
                             f"{rec['worker']['peak_rss_mb']:.0f} MiB, evaluating")
-                        rec["metrics"] = metrics.evaluate(*read_ply(mesh), gt_q, (gp, gn), diag,
-                                                          n_samples=a.eval_samples)
+                        rec["metrics"] = truth.evaluate(mesh)
                         rec["ok"] = "error" not in rec["metrics"]
                         if rec["ok"]:
                             m = rec["metrics"]
