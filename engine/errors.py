@@ -37,12 +37,6 @@ class DegenerateInputError(InputError):
     code = "degenerate_input"
 
 
-class MissingNormalsError(InputError):
-    """Normals are required but absent (``reconstruct`` estimates them instead; kept for the protocol's codes)."""
-
-    code = "missing_normals"
-
-
 class ShapeMismatchError(InputError):
     code = "shape_mismatch"
 

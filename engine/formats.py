@@ -24,7 +24,6 @@ from .optional import import_optional
 class Reader:
     name: str
     read: Callable[[Path], PointCloud]
-    normals: str  # where this format keeps normals, for the hint when they are missing
 
 
 @dataclass(frozen=True)
@@ -34,16 +33,15 @@ class Writer:
     package: str | None = None  # optional package the writer imports
 
 
-_TEXT = Reader("XYZ/PTS/TXT/CSV text", columns.read_text,
-               "columns 4-6 (x y z nx ny nz), or a header line naming nx ny nz")
+_TEXT = Reader("XYZ/PTS/TXT/CSV text", columns.read_text)
 READERS: dict[str, Reader] = {
-    ".ply": Reader("PLY", ply.read_points, "vertex properties nx, ny, nz"),
-    ".pcd": Reader("PCD", pcd.read_pcd, "fields normal_x, normal_y, normal_z"),
+    ".ply": Reader("PLY", ply.read_points),
+    ".pcd": Reader("PCD", pcd.read_pcd),
     ".xyz": _TEXT, ".pts": _TEXT, ".txt": _TEXT, ".csv": _TEXT,
-    ".npy": Reader("NPY", columns.read_npy, "columns 4-6 of an (N, 6) or (N, 9) array"),
-    ".npz": Reader("NPZ", columns.read_npz, "an (N, 3) array named 'normals'"),
-    ".las": Reader("LAS", las.read_las, "extra dimensions NormalX, NormalY, NormalZ"),
-    ".laz": Reader("LAZ", las.read_las, "extra dimensions NormalX, NormalY, NormalZ"),
+    ".npy": Reader("NPY", columns.read_npy),
+    ".npz": Reader("NPZ", columns.read_npz),
+    ".las": Reader("LAS", las.read_las),
+    ".laz": Reader("LAZ", las.read_las),
 }
 WRITERS: dict[str, Writer] = {
     ".ply": Writer("PLY", ply.write_mesh),
@@ -66,12 +64,6 @@ def _writer(path: Path) -> Writer:
         raise InputError(f"{path}: cannot write '{path.suffix or 'no extension'}' meshes.",
                          f"Supported outputs: {', '.join(WRITERS)}.")
     return found
-
-
-def normals_hint(path: str | Path) -> str:
-    """Where the input's format keeps normals, for the message when a cloud has none."""
-    found = READERS.get(Path(path).suffix.lower())
-    return f"{found.name} files keep them in {found.normals}." if found else ""
 
 
 def read_cloud(path: str | Path) -> PointCloud:
