@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
+from .chunks import ChunkedCloud, ChunkGrid, make_grid
 from .errors import MemoryLimitError
 from .voxels import unique_voxels
 
@@ -11,6 +16,11 @@ BYTES_PER_UNKNOWN = 3000  # measured peak (bunny, 100k points, 300k unknowns): C
 BYTES_PER_POINT = 700  # tap weights and indices in assembly chunks, targets
 BASE_BYTES = 400 << 20  # the interpreter, torch and the input
 MAX_AXIS_VOXELS = 1 << 20
+# What a chunked run keeps in the engine's own process besides the chunk being solved: the cleaned
+# cloud, its sorted copy in voxel units, every chunk's compact field, and the welded output mesh
+# (about 6 triangles per point at the default refinement) with its temporaries.
+MAIN_BYTES_PER_POINT = 900
+SAMPLED_CHUNKS = 3  # the most populated chunks whose memory is estimated when choosing a chunk size
 
 
 def available_bytes(device: torch.device) -> int:
@@ -48,21 +58,87 @@ def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> in
     return int(total)
 
 
-def check_memory(points: torch.Tensor, voxel_size: float, limit_bytes: int, voxel_size_world: float,
-                 depth: int) -> int:
-    """Estimated peak bytes of the job; raises :class:`MemoryLimitError` when above ``limit_bytes``.
+def job_bytes(points: torch.Tensor, voxel_size: float, depth: int) -> int:
+    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece."""
+    unknowns = estimate_unknowns(points, voxel_size, depth)
+    return int(BASE_BYTES + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT)
 
-    ``points`` are canonical (diagonal 1); ``voxel_size`` canonical, ``voxel_size_world`` for the message.
+
+@dataclass
+class MemoryPlan:
+    """How a job fits its memory budget: in one piece (``grid`` None) or in chunks, and the estimates."""
+
+    estimate: int  # peak bytes of the whole job as planned
+    grid: ChunkGrid | None
+    chunk_estimate: int = 0  # peak bytes of the largest sampled chunk
+    automatic: bool = False  # chunking chosen by the guard, not asked for
+
+
+def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, scale: float, *,
+                chunk_size: float | None = None, overlap_ratio: float = 0.1, auto_chunk: bool = True,
+                concurrent: int = 1) -> MemoryPlan:
+    """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
+
+    ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``scale`` maps to
+    the caller's units for the messages and ``chunk_size`` (caller's units, None:
+    whole when it fits).  With ``auto_chunk`` a job over the limit is split in
+    chunks, halving their size until the largest fits next to what the engine
+    itself keeps (``concurrent`` chunks at once); otherwise, or when even the
+    smallest chunks do not fit, :class:`MemoryLimitError` names the setting to change.
     """
+    h_world = voxel_size * scale
     hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
     if 1.0 / voxel_size > MAX_AXIS_VOXELS:
         raise MemoryLimitError(
-            f"voxel size {voxel_size_world:.4g} would need over {MAX_AXIS_VOXELS} voxels along the cloud's diagonal.",
-            hint)
-    unknowns = estimate_unknowns(points, voxel_size, depth)
-    estimate = int(BASE_BYTES + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT)
-    if estimate > limit_bytes:
+            f"voxel size {h_world:.4g} would need over {MAX_AXIS_VOXELS} voxels along the cloud's diagonal.", hint)
+    pts = torch.from_numpy(points)
+    if chunk_size is None:
+        whole = job_bytes(pts, voxel_size, depth)
+        if whole <= limit_bytes:
+            return MemoryPlan(whole, None)
+        if not auto_chunk:
+            raise MemoryLimitError(
+                f"voxel size {h_world:.4g} would need about {whole / 2**30:.1f} GiB, "
+                f"more than the limit of {limit_bytes / 2**30:.1f} GiB.",
+                "Turn on automatic chunking or set a chunk size, use a larger voxel size or a lower detail level, "
+                "or raise the memory limit.")
+    main = BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
+    budget = (limit_bytes - main) // max(1, concurrent)
+    if budget <= BASE_BYTES:
         raise MemoryLimitError(
-            f"voxel size {voxel_size_world:.4g} would need about {estimate / 2**30:.1f} GiB, "
-            f"more than the limit of {limit_bytes / 2**30:.1f} GiB.", hint)
-    return estimate
+            f"{points.shape[0]:,} points need about {main / 2**30:.1f} GiB in the engine besides the chunks, "
+            f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows.",
+            "Raise the memory limit, or thin the cloud.")
+    x = points.astype(np.float64) / voxel_size
+    extent = float((x.max(axis=0) - x.min(axis=0)).max())
+    size = None if chunk_size is None else chunk_size / h_world
+    automatic = chunk_size is None
+    if automatic:  # start from half the scene and halve
+        size = 2.0 ** math.floor(math.log2(max(extent, 1.0)))
+    while True:
+        grid = make_grid(extent, depth, size, overlap_ratio)
+        peak = largest_chunk_bytes(x, grid, voxel_size, depth)
+        smallest = grid.size == make_grid(extent, depth, 1.0, overlap_ratio).size
+        if peak <= budget:
+            return MemoryPlan(main + peak * max(1, concurrent), grid, peak, automatic)
+        if not automatic or smallest:
+            what = "a smaller chunk size" if not automatic and not smallest else "a larger voxel size"
+            raise MemoryLimitError(
+                f"chunks of {grid.size * h_world:.4g} would need about {peak / 2**30:.1f} GiB each, "
+                f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows"
+                f"{f' for {concurrent} at once' if concurrent > 1 else ''}.",
+                f"Use {what} or a lower detail level, fewer workers, or raise the memory limit.")
+        assert size is not None
+        size = grid.size / 2.0
+
+
+def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int) -> int:
+    """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units)."""
+    cc = ChunkedCloud(x, grid)
+    counts = np.array([cc.core_points(c) for c in cc.cells])
+    peak = 0
+    for i in np.argsort(counts)[::-1][:SAMPLED_CHUNKS]:
+        rows = cc.rows(cc.cells[i], grid.margin)
+        pts = torch.from_numpy((x[rows] * voxel_size).astype(np.float32))
+        peak = max(peak, job_bytes(pts, voxel_size, depth))
+    return peak

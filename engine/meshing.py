@@ -82,14 +82,19 @@ def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: 
     return cells, size, values
 
 
-def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triangles of the zero level in ``cells`` (M, 3) of edge ``size`` with corner values v (M, 8).
 
-    Returns vertices (V, 3) and faces (F, 3) int64; vertices are shared through global edge keys.
+    Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
+    edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
+    through those edges, so meshes of neighbouring cell sets can be welded on them
+    (:mod:`engine.chunks`).
     """
     device = cells.device
     if cells.shape[0] == 0:
-        return torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device)
+        return (torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
+                torch.zeros(0, 4, dtype=torch.int64, device=device))
     corners, ids = unique_voxels_inverse((cells[:, None, :] + torch.from_numpy(CORNERS).to(device)).reshape(-1, 3))
     ids = ids.reshape(-1, 8)
     values = torch.empty(corners.shape[0], dtype=v.dtype, device=device)
@@ -103,7 +108,8 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor) -> tuple[t
     edges = torch.from_numpy(EDGES).to(device)
     start_corner = ids[cell_of[:, None], edges[local_edges, 0]]  # (F, 3) global corner id
     end_corner = ids[cell_of[:, None], edges[local_edges, 1]]
-    key = start_corner * 3 + torch.from_numpy(EDGE_AXIS).to(device)[local_edges]
+    axis = torch.from_numpy(EDGE_AXIS).to(device)[local_edges]
+    key = start_corner * 3 + axis
     ukey, faces = torch.unique(key.reshape(-1), return_inverse=True)
     first = torch.full((ukey.shape[0],), key.numel(), dtype=torch.int64, device=device)
     first.scatter_reduce_(0, faces, torch.arange(key.numel(), device=device), reduce="amin")
@@ -112,4 +118,5 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor) -> tuple[t
     fa, fb = values[a], values[b]
     t = (fa / (fa - fb)).clamp(0.0, 1.0)[:, None]
     pa, pb = corners[a].to(torch.float32) * size, corners[b].to(torch.float32) * size
-    return pa + t * (pb - pa), faces.reshape(-1, 3)
+    edge = torch.cat((corners[a], axis.reshape(-1)[first, None]), dim=1)
+    return pa + t * (pb - pa), faces.reshape(-1, 3), edge

@@ -7,8 +7,7 @@ reports progress and checks for cancellation between and inside stages.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,57 +15,30 @@ import numpy as np
 import torch
 
 from . import __version__
+from .chunks import DEFAULT_OVERLAP, ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
 from .cloud import MIN_POINTS, Cloud, prepare_cloud
 from .colors import interpolate_colors
 from .device import select_device
-from .errors import Cancelled, TooFewPointsError
-from .hierarchy import Level, build_levels, evaluate, evaluate_level
+from .errors import InputError, TooFewPointsError
+from .executors import Executor, make_executor
+from .fitting import solve_levels
+from .hierarchy import Level, build_levels, evaluate
 from .knn import PointTree
-from .memory import available_bytes, check_memory
+from .memory import MemoryPlan, available_bytes, plan_memory
 from .mesh import Mesh, vertex_normals
 from .meshing import candidate_cells, marching_cubes
 from .normals import check_k, estimate_oriented, sensor_rows
+from .progress import CancelFn, ProgressFn, Run
 from .resolution import Resolution, choose_voxel_size
-from .solver import pcg
-from .system import Weights, assemble, point_weight
+from .system import Weights, point_weight
 from .trimming import compact, trim_distance, trim_far
-
-ProgressFn = Callable[[str, float, str], None]
-CancelFn = Callable[[], bool]
 
 # The design brief suggests 4 levels.  Measured on the bunny (100k points, clean
 # and 0.5% noise): 2, 3 and 4 levels give the same Chamfer and normal
 # consistency (0.0445e-3 / 0.370e-3), while the 4th level costs 20% more time.
 # Three keep a coarsest voxel of 4h, which still bridges gaps of several voxels.
 DEFAULT_DEPTH = 3
-COARSE_TOL = 1e-3
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
-
-
-class _Run:
-    """Progress, cancellation and per-stage timing of one reconstruction."""
-
-    def __init__(self, progress: ProgressFn | None, cancel: CancelFn | None) -> None:
-        self.progress = progress
-        self.cancel = cancel
-        self.seconds: dict[str, float] = {}
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled()
-
-    def report(self, stage: str, fraction: float, text: str = "") -> None:
-        if self.progress is not None:
-            self.progress(stage, float(min(max(fraction, 0.0), 1.0)), text)
-        self.check()
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.report(name, 0.0)
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        self.report(name, 1.0)
 
 
 @dataclass
@@ -99,7 +71,7 @@ ESTIMATED_POINT_SCALE = 10.0
 DOUBTFUL_WARNING = 0.01  # share of points with doubtful orientation above which the stats carry a warning
 
 
-def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: _Run, k: int | None,
+def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k: int | None,
                    sensor: np.ndarray | None) -> tuple[Cloud, dict[str, Any]]:
     """The cloud with oriented normals (step 10): estimated when missing, doubtful points dropped; and stats.
 
@@ -129,13 +101,29 @@ def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: _Run, 
     return cloud, stats
 
 
-def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
-        voxel_size: float | None = None, solver_tol: float = 1e-5, solver_max_iter: int = 2000,
-        device: str = "auto", depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
-        estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None,
-        run: _Run | None = None) -> Fit:
-    """Clean, choose the resolution, estimate normals if needed, build the hierarchy and solve it (steps 1-6)."""
-    run = run or _Run(None, None)
+@dataclass
+class Prepared:
+    """Steps 1, 2 and 10 done: the cleaned cloud with oriented normals, its resolution and memory plan."""
+
+    cloud: Cloud
+    res: Resolution
+    weights: Weights
+    device: torch.device
+    plan: MemoryPlan
+    stats: dict[str, Any]
+
+    @property
+    def voxel_size(self) -> float:
+        return self.res.voxel_size
+
+
+def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
+            voxel_size: float | None = None, device: str = "auto", depth: int = DEFAULT_DEPTH,
+            memory_limit_gb: float | None = None, estimate_normals: bool = False, sensor: Any = None,
+            normal_k: int | None = None, chunk_size: float | None = None, overlap_ratio: float = DEFAULT_OVERLAP,
+            auto_chunk: bool = True, concurrent: int = 1, run: Run | None = None) -> Prepared:
+    """Clean, choose the resolution and the memory plan, estimate normals if needed (steps 1, 2, 10)."""
+    run = run or Run(None, None)
     dev = select_device(device)
     with run.stage("clean"):
         cloud = prepare_cloud(points, None if estimate_normals else normals, colors)
@@ -144,47 +132,21 @@ def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: f
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
         if normal_k is not None:
             check_k(normal_k)
+        if chunk_size is not None and not (np.isfinite(chunk_size) and chunk_size > 0):
+            raise InputError(f"chunk_size must be a positive length; got {chunk_size}.",
+                             "Leave it unset to chunk only when the scene would not fit in memory.")
     with run.stage("resolution"):
         res = choose_voxel_size(cloud.points, detail_level, voxel_size, cloud.scale)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
-        h = res.voxel_size
         limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
-        estimate = check_memory(torch.from_numpy(cloud.points).to(dev), h, limit, h * cloud.scale,
-                                max(1, int(depth)))
+        plan = plan_memory(cloud.points, res.voxel_size, max(1, int(depth)), limit, cloud.scale,
+                           chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
+                           concurrent=concurrent)
     with run.stage("normals"):
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, normal_k, sensor)
         if normal_stats["normals_estimated"]:
             weights = replace(weights, point=weights.point * ESTIMATED_POINT_SCALE)
-        assert cloud.normals is not None
-        pts = torch.from_numpy(cloud.points).to(dev)
-    with run.stage("hierarchy"):
-        x = pts / h  # finest-voxel units
-        nrm = torch.from_numpy(cloud.normals).to(dev)
-        levels = build_levels(x, max(1, int(depth)))
-    fit_value = torch.zeros(x.shape[0], device=dev)
-    fit_grad = torch.zeros(x.shape[0], 3, device=dev)
-    iterations: list[int] = []
-    residuals: list[float] = []
-    for i, level in enumerate(reversed(levels)):
-        with run.stage("system"):
-            system = assemble(level, x, -fit_value, nrm - fit_grad, weights)
-        with run.stage("solve"):
-            def check(it: int, rel: float, i: int = i, depth: int = level.depth) -> None:
-                run.report("solve", (i + min(1.0, it / max(1, solver_max_iter))) / len(levels),
-                           f"level {depth}: iteration {it}, residual {rel:.2e}")
-
-            # Coarse levels only give the finer ones a start (they fit what is left), so a loose
-            # tolerance there costs no accuracy; the finest level is solved to solver_tol.
-            tol = solver_tol if level.depth == 0 else max(solver_tol, COARSE_TOL)
-            result = pcg(system.matvec, system.rhs, 1.0 / system.diagonal, tol, solver_max_iter, check)
-            level.set_coeffs(result.x)
-            iterations.append(result.iterations)
-            residuals.append(result.residual)
-            del system
-            value, grad = evaluate_level(level, x, with_grad=True)
-            fit_value += value
-            assert grad is not None
-            fit_grad += grad
+    h = res.voxel_size
     stats: dict[str, Any] = {
         "engine_version": __version__,
         "device": str(dev),
@@ -197,20 +159,45 @@ def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: f
         "noise": res.noise * cloud.scale,
         "point_weight": weights.point,
         "density": res.density / cloud.scale**2,
-        "levels": [len(lv) for lv in levels],
-        "unknowns": int(sum(len(lv) for lv in levels)),
-        "solver_iterations": iterations,
-        "solver_residual": residuals,
-        "memory_estimate_bytes": estimate,
+        "memory_limit_bytes": limit,
+        "memory_estimate_bytes": plan.estimate,
     }
-    return Fit(cloud, levels, h, res.noise, dev, stats)
+    return Prepared(cloud, res, weights, dev, plan, stats)
+
+
+def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
+        voxel_size: float | None = None, solver_tol: float = 1e-5, solver_max_iter: int = 2000,
+        device: str = "auto", depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
+        estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None,
+        run: Run | None = None, prepared: Prepared | None = None) -> Fit:
+    """Clean, choose the resolution, estimate normals if needed, build the hierarchy and solve it (steps 1-6).
+
+    The whole scene in one piece: with ``memory_limit_gb`` too small for it,
+    :class:`MemoryLimitError` (chunked fitting is :func:`reconstruct`'s).
+    """
+    run = run or Run(None, None)
+    if prepared is None:
+        prepared = prepare(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size,
+                           device=device, depth=depth, memory_limit_gb=memory_limit_gb,
+                           estimate_normals=estimate_normals, sensor=sensor, normal_k=normal_k,
+                           auto_chunk=False, run=run)
+    cloud, h, dev = prepared.cloud, prepared.voxel_size, prepared.device
+    assert cloud.normals is not None
+    with run.stage("hierarchy"):
+        x = torch.from_numpy(cloud.points).to(dev) / h  # finest-voxel units
+        nrm = torch.from_numpy(cloud.normals).to(dev)
+        levels = build_levels(x, max(1, int(depth)))
+    iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, solver_tol, solver_max_iter, run)
+    stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
+             "solver_iterations": iterations, "solver_residual": residuals}
+    return Fit(cloud, levels, h, prepared.res.noise, dev, stats)
 
 
 def fit_field(points: Any, normals: Any = None, **options: Any) -> Callable[[np.ndarray], np.ndarray]:
     """The fitted implicit function in the caller's coordinates: (M, 3) -> (M,) float32, negative inside.
 
     Values are roughly signed distances in units of the finest voxel.  Normals
-    and options as for :func:`reconstruct`.
+    and options as for :func:`reconstruct` (without chunking).
     """
     f = fit(points, normals, **options)
     return lambda world: f.field(f.to_voxels(world)).cpu().numpy()
@@ -221,7 +208,9 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
                 solver_tol: float = 1e-5, solver_max_iter: int = 2000, device: str = "auto",
                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                 depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
-                estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None) -> Mesh:
+                estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None,
+                chunk_size: float | None = None, overlap_ratio: float = DEFAULT_OVERLAP, auto_chunk: bool = True,
+                executor: str | Executor = "inprocess", workers: int | None = None) -> Mesh:
     """Reconstruct a triangle mesh from a point cloud.
 
     points (N, 3); normals (N, 3) oriented (any length > 0; faces wind
@@ -235,16 +224,53 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
     (``stats["normals_doubtful"]``).  ``detail_level`` "auto" or 0..1,
     ``voxel_size`` (caller's units) overrides it.  ``mise_iter`` refinement
     rounds below the finest voxel; ``trim`` removes surface farther than 1.5
-    voxels plus twice the measured noise from every point.  ``progress(stage, fraction, text)`` is called
-    often; ``cancel()`` returning True stops the run with
-    :class:`engine.errors.Cancelled`.  Raises :class:`engine.errors.InputError`
-    subclasses for bad input, each naming the problem and the fix.
+    voxels plus twice the measured noise from every point.
+
+    Large scenes: ``chunk_size`` (caller's units) solves cubes of that edge
+    independently, each with ``overlap_ratio`` of its size of data around it,
+    and blends their fields before meshing once (no seams).  Unset, the scene
+    is chunked only when it would not fit ``memory_limit_gb`` (default: 3/4
+    of the free memory of the device), unless ``auto_chunk`` is False, which
+    raises :class:`engine.errors.MemoryLimitError` instead.  Chunks run on
+    ``executor``: "inprocess", "processes" (a local pool of ``workers``),
+    "dask" or "dask://host:port" (Dask distributed), or an
+    :class:`engine.executors.Executor`.
+
+    ``progress(stage, fraction, text)`` is called often; ``cancel()``
+    returning True stops the run with :class:`engine.errors.Cancelled`.
+    Raises :class:`engine.errors.InputError` subclasses for bad input, each
+    naming the problem and the fix.
     """
-    run = _Run(progress, cancel)
+    run = Run(progress, cancel)
     t0 = time.perf_counter()
-    f = fit(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size, solver_tol=solver_tol,
-            solver_max_iter=solver_max_iter, device=device, depth=depth, memory_limit_gb=memory_limit_gb,
-            estimate_normals=estimate_normals, sensor=sensor, normal_k=normal_k, run=run)
+    pool = make_executor(executor, workers)
+    prep = prepare(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size, device=device,
+                   depth=depth, memory_limit_gb=memory_limit_gb, estimate_normals=estimate_normals, sensor=sensor,
+                   normal_k=normal_k, chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
+                   concurrent=pool.concurrent, run=run)
+    if prep.plan.grid is not None:
+        verts, faces, vcolors, stats = reconstruct_chunked(prep, prep.plan.grid, pool, run, depth=depth,
+                                                           mise_iter=mise_iter, trim=trim, solver_tol=solver_tol,
+                                                           solver_max_iter=solver_max_iter)
+    else:
+        verts, faces, vcolors, stats = reconstruct_whole(prep, run, depth=depth, mise_iter=mise_iter, trim=trim,
+                                                         solver_tol=solver_tol, solver_max_iter=solver_max_iter)
+    cloud = prep.cloud
+    with run.stage("colors"):
+        vnormals = vertex_normals(verts, faces)
+    stats = {**stats, "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]), "seconds": run.seconds,
+             "total_seconds": time.perf_counter() - t0}
+    return Mesh(local_vertices=(verts * cloud.scale).astype(np.float32), faces=faces.astype(np.int32),
+                origin=cloud.center.copy(), colors=vcolors, normals=vnormals, stats=stats)
+
+
+MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
+
+
+def reconstruct_whole(prep: Prepared, run: Run, *, depth: int, mise_iter: int, trim: bool, solver_tol: float,
+                      solver_max_iter: int) -> MeshArrays:
+    """The scene in one piece: fit, mesh, trim, colour; canonical vertices, faces, colours, stats."""
+    f = fit(None, depth=depth, solver_tol=solver_tol, solver_max_iter=solver_max_iter, run=run, prepared=prep)
     levels, h, cloud = f.levels, f.voxel_size, f.cloud
     with run.stage("mesh"):
         def field(p: torch.Tensor) -> torch.Tensor:
@@ -256,7 +282,7 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
         start = levels[0] if trim else levels[-1]
         cells, size, corner_values = candidate_cells(start.ijk, start.scale, start.depth + max(0, int(mise_iter)),
                                                      field)
-        verts_t, faces_t = marching_cubes(cells, size, corner_values)
+        verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = (verts_t.double() * h).cpu().numpy()  # canonical
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
@@ -267,8 +293,46 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
             verts, faces, _ = compact(verts, faces)
     with run.stage("colors"):
         vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
-        vnormals = vertex_normals(verts, faces)
-    stats = {**f.stats, "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]), "seconds": run.seconds,
-             "total_seconds": time.perf_counter() - t0}
-    return Mesh(local_vertices=(verts * cloud.scale).astype(np.float32), faces=faces.astype(np.int32),
-                origin=cloud.center.copy(), colors=vcolors, normals=vnormals, stats=stats)
+    return verts, faces, vcolors, f.stats
+
+
+def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, run: Run, *, depth: int, mise_iter: int,
+                        trim: bool, solver_tol: float, solver_max_iter: int) -> MeshArrays:
+    """The scene in overlapping chunks (step 11): solve each on ``pool``, blend, mesh core by core, weld."""
+    cloud, h, dev = prep.cloud, prep.voxel_size, prep.device
+    assert cloud.normals is not None
+    with run.stage("hierarchy"):
+        cc = ChunkedCloud(cloud.points.astype(np.float64) / h, grid)
+    count = cc.cells.shape[0]
+    fields: dict[tuple[int, int, int], ChunkField] = {}
+    with run.stage("chunks"):
+        run.report("chunks", 0.0, f"{count} chunks of {grid.size * h * cloud.scale:.4g} on {pool.name}")
+        todo = tasks(cc, cloud.normals, depth=max(1, int(depth)), weights=prep.weights, solver_tol=solver_tol,
+                     solver_max_iter=solver_max_iter, device=str(dev))
+        for done in pool.map(todo, count, run):
+            fields[done.cell] = done
+            run.report("chunks", len(fields) / count,
+                       f"chunk {done.index + 1}/{count} solved: {done.points:,} points, {done.unknowns:,} unknowns, "
+                       f"{done.seconds:.1f} s")
+    final = 0.5 ** max(0, int(mise_iter))
+    frame = key_frame(cc, final)
+    blocks = []
+    with run.stage("mesh"):
+        for i, cell in enumerate(cc.cells):
+            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=max(0, int(mise_iter)), trim=trim,
+                                     trim_distance=trim_distance(h, prep.res.noise), cloud_points=cloud.points,
+                                     colors=cloud.colors, device=dev, run=run, key_frame=frame))
+            run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")
+    with run.stage("trim"):
+        verts, faces, vcolors = weld(blocks)
+    ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
+    stats = {**prep.stats, "chunks": count, "chunk_size": grid.size * h * cloud.scale,
+             "chunk_origin": cloud.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
+             "chunk_overlap": grid.margin * h * cloud.scale, "chunking": "auto" if prep.plan.automatic else "set",
+             "executor": pool.name, "chunk_memory_estimate_bytes": prep.plan.chunk_estimate,
+             "levels": [sum(f.levels[d][1].shape[0] for f in ordered) for d in range(max(1, int(depth)))],
+             "unknowns": sum(f.unknowns for f in ordered),
+             "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(max(1, int(depth)))],
+             "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(max(1, int(depth)))],
+             "chunk_seconds": [round(f.seconds, 3) for f in ordered]}
+    return verts, faces, vcolors, stats

@@ -89,8 +89,15 @@ def test_wrong_shape() -> None:
 
 def test_voxel_size_over_memory_cap() -> None:
     p, n = shapes.sphere(100_000)
-    err = expect(MemoryLimitError, "GiB, more than the limit of 1.0 GiB", p, n, voxel_size=0.002, memory_limit_gb=1.0)
-    assert "voxel size" in err.hint
+    err = expect(MemoryLimitError, "GiB, more than the limit of 1.0 GiB", p, n, voxel_size=0.002, memory_limit_gb=1.0,
+                 auto_chunk=False)
+    assert "chunk" in err.hint and "voxel size" in err.hint
+
+
+def test_memory_cap_below_what_the_engine_itself_needs() -> None:
+    err = expect(MemoryLimitError, "more than the limit of 0.1 GiB allows", P, N, voxel_size=0.002,
+                 memory_limit_gb=0.1)
+    assert "Raise the memory limit" in err.hint
 
 
 def test_memory_estimate_is_not_below_the_real_size() -> None:

@@ -30,7 +30,7 @@ def test_sphere_field_meshes_closed() -> None:
     cells, size, values = candidate_cells(start, 4.0, 3, field)
     assert size == 0.5
     assert torch.allclose(values, field((cells[:, None, :] + torch.tensor(CORNERS)).reshape(-1, 3) * size).view(-1, 8))
-    verts, faces = marching_cubes(cells, size, values)
+    verts, faces, _ = marching_cubes(cells, size, values)
     v, f = verts.double().numpy(), faces.numpy()
     assert boundary_edges(f) == 0 and non_manifold_edges(f) == 0 and inconsistent_edges(f) == 0
     assert components(len(v), f) == 1
@@ -48,7 +48,7 @@ def test_two_close_spheres_stay_separate() -> None:
 
     start = torch.stack(torch.meshgrid(*[torch.arange(-2, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
     cells, size, values = candidate_cells(start, 4.0, 3, field)
-    verts, faces = marching_cubes(cells, size, values)
+    verts, faces, _ = marching_cubes(cells, size, values)
     assert components(len(verts), faces.numpy()) == 2
     assert boundary_edges(faces.numpy()) == 0
 

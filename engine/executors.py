@@ -1,0 +1,265 @@
+"""Where a large scene's chunks are solved: in this process, a local process pool, or a Dask cluster.
+
+An executor takes the chunk tasks of :mod:`engine.chunks` (plain, picklable
+data) and yields their solved fields as they finish, in any order.  It keeps
+only a few tasks in flight, since each holds a copy of its points, and stops
+for the run's cancel check between chunks; inside a chunk, a worker in another
+process watches a cancel token (a file for local processes, a Dask ``Event``
+on a cluster), so cancel interrupts a running chunk within one solver
+iteration there too.  Nothing here listens on a network port: the Dask
+executor connects to a scheduler the user started, or runs an in-process
+cluster with in-memory transport.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Protocol
+
+from .chunks import ChunkField, ChunkTask, solve_chunk
+from .errors import InputError
+from .optional import import_optional
+from .progress import Run
+
+CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed
+TOKEN_POLL = 0.2  # seconds between two looks at a cancel token from a worker
+POLL = 0.1  # seconds between two cancel checks while waiting for chunks
+EXECUTORS = "'inprocess', 'processes', 'dask' or a Dask scheduler address such as 'tcp://host:8786'"
+
+
+class Executor(Protocol):
+    """Runs chunk tasks and yields their fields as they finish."""
+
+    name: str
+    concurrent: int  # chunks held in this machine's memory at once (the memory guard divides its budget)
+
+    def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]: ...
+
+
+class InProcess:
+    """One chunk after the other in the engine's own process: the default, with progress inside chunks."""
+
+    name = "inprocess"
+    concurrent = 1
+
+    def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
+        for task in tasks:
+            yield solve_chunk(task, run.progress, run.cancel)
+
+
+class FileToken:
+    """A cancel flag that processes on this machine see: the file exists once cancel is asked."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="nksr-cancel-")
+        os.close(fd)
+        os.unlink(self.path)
+        self._checked = 0.0
+        self._set = False
+
+    def set(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._set and now - self._checked >= TOKEN_POLL:
+            self._checked = now
+            self._set = os.path.exists(self.path)
+        return self._set
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self._checked, self._set = state["path"], 0.0, False
+
+
+def _start_worker(threads: int) -> None:
+    """A pool worker: its stdout is the engine's protocol stream, so anything printed goes to stderr."""
+    import sys
+
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Processes:
+    """A pool of ``workers`` local processes (spawned, each with its share of the CPU threads)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.concurrent = max(1, workers or min(4, os.cpu_count() or 1))
+        self.name = f"processes ({self.concurrent})"
+
+    def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
+        import multiprocessing
+
+        token = FileToken()
+        threads = max(1, (os.cpu_count() or 1) // self.concurrent)
+        pool = ProcessPoolExecutor(self.concurrent, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(threads,))
+        pending: set[Future[ChunkField]] = set()
+        try:
+            yield from _pump(tasks, self.concurrent, run, lambda t: pool.submit(solve_chunk, t), token, pending,
+                             lambda futures: wait(futures, timeout=POLL, return_when=FIRST_COMPLETED))
+        except BaseException:
+            token.set()
+            for f in pending:
+                f.cancel()
+            _, late = wait(pending, timeout=CANCEL_GRACE)
+            if late:  # a chunk that did not stop: its process goes
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            token.remove()
+
+
+def _pump(tasks: Iterator[ChunkTask], in_flight: int, run: Run, submit: Any, token: Any, pending: set[Any],
+          wait_some: Any) -> Iterator[ChunkField]:
+    """Keep ``in_flight`` tasks submitted, yield results as they finish, check cancel every ``POLL`` s.
+
+    ``pending`` is the caller's, so that on an exception it can cancel what is still running;
+    a chunk's own exception (a :class:`Cancelled`, a memory error) comes back through ``result()``.
+    """
+    queue = iter(tasks)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight:
+            task = next(queue, None)
+            if task is None:
+                exhausted = True
+                break
+            task.cancel_token = token
+            pending.add(submit(task))
+        if not pending:
+            return
+        done, rest = wait_some(pending)
+        pending.clear()
+        pending.update(rest)
+        run.check()
+        for f in done:
+            yield f.result()
+
+
+class DaskToken:
+    """A cancel flag on a Dask cluster: a named ``distributed.Event``, looked at every ``TOKEN_POLL`` s."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._checked = 0.0
+        self._set = False
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._set and now - self._checked >= TOKEN_POLL:
+            from distributed import Event
+
+            self._checked = now
+            self._set = bool(Event(self.name).is_set())
+        return self._set
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self._checked, self._set = state["name"], 0.0, False
+
+
+class Dask:
+    """Chunks as tasks on Dask distributed: a scheduler at ``address``, or an in-process cluster.
+
+    With an address the engine is only a client of a cluster the user runs
+    (``dask scheduler`` and ``dask worker`` with this engine installed); its
+    workers' memory is theirs to limit (``--memory-limit``).  Without one, a
+    cluster of ``workers`` threads in this process, without network ports.
+    """
+
+    concurrent = 1  # chunks live on the workers; the engine holds only their results
+
+    def __init__(self, address: str | None = None, workers: int | None = None, client: Any = None) -> None:
+        self.address = address
+        self.workers = max(1, workers or 2)
+        self.client = client
+        self.name = f"dask ({address})" if address else f"dask (in-process, {self.workers} threads)"
+
+    def _connect(self) -> tuple[Any, Any]:
+        distributed = import_optional("distributed", "The Dask executor", "distributed")
+        if self.client is not None:
+            return self.client, None
+        if self.address:
+            try:
+                return distributed.Client(self.address, timeout="10s"), None
+            except OSError as exc:
+                raise InputError(f"Cannot reach the Dask scheduler at {self.address}: {exc}.",
+                                 "Start it (dask scheduler, then dask worker ADDRESS on each machine), "
+                                 "check the address, or use the 'processes' executor.") from None
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
+                                           dashboard_address=None)
+        return distributed.Client(cluster), cluster
+
+    def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
+        import distributed
+
+        client, cluster = self._connect()
+        name = f"nksr-cancel-{uuid.uuid4().hex}"
+        event = distributed.Event(name, client=client)
+        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or self.workers)
+        pending: set[Any] = set()
+
+        def submit(task: ChunkTask) -> Any:
+            return client.submit(solve_chunk, task, key=f"nksr-chunk-{name}-{task.index}", pure=False)
+
+        try:
+            def wait_some(futures: set[Any]) -> tuple[set[Any], set[Any]]:
+                try:
+                    done, rest = distributed.wait(list(futures), timeout=POLL, return_when="FIRST_COMPLETED")
+                    return set(done), set(rest)
+                except (TimeoutError, distributed.TimeoutError):  # Dask's wait raises where the standard one returns
+                    return set(), set(futures)
+
+            yield from _pump(tasks, in_flight, run, submit, DaskToken(name), pending, wait_some)
+        except BaseException:
+            event.set()
+            client.cancel(list(pending))
+            raise
+        finally:
+            if cluster is not None:
+                client.close()
+                cluster.close()
+            elif self.client is None:
+                client.close()
+
+
+def make_executor(spec: str | Executor, workers: int | None = None) -> Executor:
+    """The executor a name (or Dask scheduler address) stands for; an :class:`Executor` is used as is."""
+    if not isinstance(spec, str):
+        return spec
+    name = spec.strip()
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1; got {workers}.", "Leave it unset for the default.")
+    if name in ("", "inprocess"):
+        return InProcess()
+    if name == "processes":
+        return Processes(workers)
+    if name == "dask":
+        return Dask(None, workers)
+    if name.startswith("dask://"):
+        return Dask("tcp://" + name[len("dask://"):], workers)
+    if "://" in name and name.split("://")[0] in ("tcp", "tls", "ucx", "inproc"):
+        return Dask(name, workers)
+    raise InputError(f"Unknown executor {spec!r}.", f"Use {EXECUTORS}.")
