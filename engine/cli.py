@@ -45,7 +45,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     r.add_argument("--solver-tol", type=float, default=1e-5, help="relative residual of the solver (default 1e-5)")
     r.add_argument("--solver-max-iter", type=int, default=2000, help="solver iterations per level (default 2000)")
-    r.add_argument("--chunk-size", type=float, default=None, help="not available yet (large-scene chunking)")
+    r.add_argument("--memory-limit", type=float, default=None, metavar="GB",
+                   help="memory the run may use (default: 3/4 of the free memory of the device)")
+    r.add_argument("--chunk-size", type=float, default=None,
+                   help="solve in overlapping cubes of this edge, input units (default: only when over the limit)")
+    r.add_argument("--overlap-ratio", type=float, default=None,
+                   help="data each chunk sees around it, as a share of its size (default 0.1)")
+    r.add_argument("--no-auto-chunk", action="store_true",
+                   help="fail instead of chunking when the scene would not fit the memory limit")
+    r.add_argument("--executor", default="inprocess",
+                   help="where chunks run: inprocess (default), processes, dask, or a Dask scheduler address")
+    r.add_argument("--workers", type=int, default=None, help="processes (or Dask threads) for chunks")
     r.add_argument("--estimate-normals", action="store_true",
                    help="estimate normals even when the file has them (they are estimated when it has none)")
     r.add_argument("--sensor", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
@@ -54,13 +64,6 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
     sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
-
-
-# Options the parser knows so that scripts written for later releases get a clear refusal, not "unrecognised".
-NOT_YET = {
-    "chunk_size": "--chunk-size is not available yet: chunking arrives with the large-scene work. "
-                  "Run without it (memory is checked before solving; raise --voxel-size for large scenes).",
-}
 
 
 class _Bar:
@@ -77,7 +80,7 @@ class _Bar:
     def __call__(self, stage: str, fraction: float, text: str) -> None:
         if self.bar is None:
             return
-        order = ["clean", "resolution", "normals", "hierarchy", "system", "solve", "mesh", "trim", "colors"]
+        order = ["clean", "resolution", "normals", "hierarchy", "chunks", "system", "solve", "mesh", "trim", "colors"]
         done = order.index(stage) if stage in order else 0
         self.bar.n = int(1000 * (done + fraction) / len(order))
         self.bar.set_description_str(text or stage, refresh=False)
@@ -103,9 +106,6 @@ def _fail(code: int, message: str, hint: str = "") -> int:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """The ``reconstruct`` command: read, reconstruct, write, report; returns the exit code."""
-    for option, message in NOT_YET.items():
-        if getattr(args, option, None) not in (None, False):
-            return _fail(EXIT_USAGE, message)
     t0 = time.perf_counter()
     bar = _Bar(sys.stderr.isatty())
     stages: dict[str, float] = {}
@@ -121,7 +121,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                            voxel_size=args.voxel_size, mise_iter=args.mise_iter, trim=not args.no_trim,
                            solver_tol=args.solver_tol, solver_max_iter=args.solver_max_iter,
                            device=args.device, progress=bar, estimate_normals=args.estimate_normals,
-                           sensor=args.sensor, normal_k=args.normal_k)
+                           sensor=args.sensor, normal_k=args.normal_k, memory_limit_gb=args.memory_limit,
+                           chunk_size=args.chunk_size, auto_chunk=not args.no_auto_chunk, executor=args.executor,
+                           workers=args.workers,
+                           **({} if args.overlap_ratio is None else {"overlap_ratio": args.overlap_ratio}))
         stages.update(mesh.stats.get("seconds", {}))
         t = time.perf_counter()
         formats.write_mesh(args.output, mesh)
@@ -141,7 +144,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     s = mesh.stats
     print(f"{args.output}: {s['vertices']} vertices, {s['faces']} faces from {s['points_used']} points, "
-          f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {total:.2f} s on {s['device']}")
+          f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {total:.2f} s on {s['device']}"
+          + (f", {s['chunks']} chunks of {s['chunk_size']:.4g} on {s['executor']}" if "chunks" in s else ""))
     if args.json:
         print(json.dumps(_summary(args, mesh, stages, total)))
     return EXIT_OK

@@ -49,7 +49,11 @@ class InProcess:
 
     def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
         for task in tasks:
-            yield solve_chunk(task, run.progress, run.cancel)
+            def inner(stage: str, fraction: float, text: str, i: int = task.index) -> None:
+                if stage == "solve" and text:  # the chunk's solver iterations, as a share of all chunks
+                    run.report("chunks", (i + fraction) / count, text)
+
+            yield solve_chunk(task, inner, run.cancel)
 
 
 class FileToken:
@@ -203,7 +207,7 @@ class Dask:
             return self.client, None
         if self.address:
             try:
-                return distributed.Client(self.address, timeout="10s"), None
+                return distributed.Client(self.address, timeout="5s"), None
             except OSError as exc:
                 raise InputError(f"Cannot reach the Dask scheduler at {self.address}: {exc}.",
                                  "Start it (dask scheduler, then dask worker ADDRESS on each machine), "

@@ -88,6 +88,11 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], tuple[object, ...]]] = {
     "estimate_normals": (bool, ()),
     "normal_k": (int, (None,)),
     "mesh_edges": (bool, ()),
+    "chunk_size": (_NUMBER, (None,)),
+    "overlap_ratio": (_NUMBER, ()),
+    "auto_chunk": (bool, ()),
+    "executor": (str, ()),
+    "workers": (int, (None,)),
     "_benchmark_echo_faces": (int, ()),
 }
 

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate-normals", action="store_true",
                    help="estimate normals even when the file has them (they are estimated when it has none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--chunk-size", type=float, default=0.0,
+                   help="solve in overlapping cubes of this edge, scene units (0: only when over the memory limit)")
+    p.add_argument("--overlap-ratio", type=float, default=0.1, help="data around each chunk, share of its size")
+    p.add_argument("--memory-limit", type=float, default=0.0, metavar="GB",
+                   help="memory the engine may use (0: 3/4 of the free memory)")
+    p.add_argument("--workers", type=int, default=1, help="chunks solved at once, each in its own process")
     return p
 
 
@@ -87,7 +93,9 @@ def run(argv: list[str]) -> int:
     view_layer.objects.active = imported[0]
     options: dict[str, Any] = {"voxel_size": args.voxel_size, "mise_iter": args.mise_iter, "trim": not args.no_trim,
                                "keep_colors": not args.no_colors, "device": args.device.upper(),
-                               "estimate_normals": args.estimate_normals}
+                               "estimate_normals": args.estimate_normals, "chunk_size": args.chunk_size,
+                               "overlap_ratio": args.overlap_ratio, "memory_limit_gb": args.memory_limit,
+                               "workers": args.workers}
     if detail is not None:
         options["detail_level"] = detail
     try:

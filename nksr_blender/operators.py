@@ -160,8 +160,10 @@ class Run:
         state.faces_out = int(sum(s.get("faces", 0) for s in stats))
         state.voxel_size = float(stats[-1].get("voxel_size", 0.0)) if stats else 0.0
         state.seconds = time.perf_counter() - self.started
+        state.chunks = int(sum(s.get("chunks", 0) for s in stats))
         state.last_summary = (f"{state.points_in:,} points -> {state.faces_out:,} faces, "
-                              f"voxel {state.voxel_size:.4g}, {state.seconds:.1f} s")
+                              f"voxel {state.voxel_size:.4g}, {state.seconds:.1f} s"
+                              + (f", {state.chunks} chunks" if state.chunks else ""))
         return state.last_summary
 
 
@@ -200,6 +202,11 @@ class NKSR_OT_reconstruct(settings.ReconstructOptions, bpy.types.Operator):
             "trim": bool(self.trim),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
+            "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,
+            "overlap_ratio": float(self.overlap_ratio),
+            "memory_limit_gb": float(self.memory_limit_gb) if self.memory_limit_gb > 0 else None,
+            "executor": "processes" if self.workers > 1 else "inprocess",
+            "workers": int(self.workers),
             "mesh_edges": True,
         }
 

@@ -34,6 +34,12 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         col.prop(panel, "viewpoint")
         col.prop(panel, "device")
 
+        col = layout.column(heading="Large Scenes")
+        col.prop(panel, "chunk_size")
+        col.prop(panel, "overlap_ratio", slider=True)
+        col.prop(panel, "memory_limit_gb")
+        col.prop(panel, "workers")
+
         row = layout.row()
         row.scale_y = 1.4
         row.enabled = not state.running
@@ -47,6 +53,8 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
             box.label(text=f"Faces out: {state.faces_out:,}")
             box.label(text=f"Voxel size: {state.voxel_size:.4g}")
             box.label(text=f"Time: {state.seconds:.1f} s")
+            if state.chunks:
+                box.label(text=f"Chunks: {state.chunks}")
 
 
 CLASSES = (NKSR_PT_reconstruct,)

@@ -51,6 +51,19 @@ class ReconstructOptions:
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device", items=[("PREFERENCES", "Default", "The device set in the add-on preferences"), *DEVICES],
         default="PREFERENCES")
+    chunk_size: FloatProperty(  # type: ignore[valid-type]
+        name="Chunk Size", default=0.0, min=0.0, subtype="DISTANCE", precision=2,
+        description="Solve large scenes in overlapping cubes of this edge (world units), blended without seams; "
+                    "0 splits only when the scene would not fit in the memory limit")
+    overlap_ratio: FloatProperty(  # type: ignore[valid-type]
+        name="Overlap", default=0.1, min=0.0, max=0.5, subtype="FACTOR",
+        description="Points each chunk also sees around it, as a share of the chunk size")
+    memory_limit_gb: FloatProperty(  # type: ignore[valid-type]
+        name="Memory Limit (GB)", default=0.0, min=0.0, precision=1,
+        description="Memory the engine may use; 0 takes 3/4 of the free memory (of the GPU on CUDA)")
+    workers: IntProperty(  # type: ignore[valid-type]
+        name="Parallel Chunks", default=1, min=1, max=64,
+        description="Chunks solved at once, each in its own engine process (1 solves them in the engine itself)")
 
 
 class NKSR_Settings(ReconstructOptions, bpy.types.PropertyGroup):
@@ -71,6 +84,7 @@ class NKSR_RunState(bpy.types.PropertyGroup):
     faces_out: IntProperty(default=0)  # type: ignore[valid-type]
     voxel_size: FloatProperty(default=0.0)  # type: ignore[valid-type]
     seconds: FloatProperty(default=0.0)  # type: ignore[valid-type]
+    chunks: IntProperty(default=0)  # type: ignore[valid-type]
 
 
 class NKSR_Preferences(bpy.types.AddonPreferences):

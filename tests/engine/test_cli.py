@@ -142,7 +142,7 @@ def test_npz_cloud_to_glb(tmp_path: Path) -> None:
 def no_traceback(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert "hint:" in done.stderr or "not available yet" in done.stderr
+    assert "hint:" in done.stderr
     assert all(w in done.stderr for w in words), done.stderr
 
 
@@ -162,10 +162,28 @@ def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "out.ply").exists()
 
 
-def test_chunk_size_not_available_yet(tmp_path: Path) -> None:
+def test_chunked(tmp_path: Path) -> None:
+    p, n = shapes.sphere(20_000)
+    np.savetxt(tmp_path / "in.xyz", np.hstack([p, n]), fmt="%.9g")
+    done = engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(tmp_path / "out.ply"), "--json",
+                      "--chunk-size", "0.8", "--overlap-ratio", "0.2", "--executor", "inprocess")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["chunks"] == 8 and stats["chunking"] == "set" and stats["executor"] == "inprocess"
+    assert "8 chunks of" in done.stdout
+    vertices, _ = read_mesh(tmp_path / "out.ply")
+    assert np.abs(np.linalg.norm(vertices, axis=1) - 1).max() < 0.5 * stats["voxel_size"]
+
+
+def test_chunk_options_refused_clearly(tmp_path: Path) -> None:
     write_sphere(tmp_path / "in.xyz", 50)
-    done = engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(tmp_path / "out.ply"), "--chunk-size", "50")
-    no_traceback(done, "--chunk-size", "not available yet")
+    out = str(tmp_path / "out.ply")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--chunk-size", "-2"),
+                 "chunk_size must be a positive length")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--executor", "mpi", "--chunk-size", "1"),
+                 "Unknown executor 'mpi'", "processes")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--memory-limit", "0.01",
+                            "--no-auto-chunk"), "more than the limit")
     assert not (tmp_path / "out.ply").exists()
 
 

@@ -1,0 +1,266 @@
+"""Large scenes in chunks (step 11): the blend, the memory guard, executors, progress and cancel.
+
+The headline test reconstructs a city block of two million points (terrain,
+buildings, thin poles) whole and, under a memory limit the whole job exceeds,
+in automatically chosen chunks, each through the CLI in its own process so
+that its peak memory can be measured; the two meshes must agree to a small
+fraction of a voxel, with no new boundary at chunk borders.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from engine import reconstruct
+from engine.chunks import ChunkGrid, make_grid
+from engine.errors import Cancelled, InputError
+from engine.ply import read_mesh, write_points
+from tests import shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The city: 2M points over 200 m x 200 m (17.6 cm spacing), reconstructed whole and in chunks.
+CITY_POINTS = 2_000_000
+CITY_LIMIT_GB = 4.0  # below the whole job's estimate, so the guard must chunk
+
+
+def boundary_edges(faces: np.ndarray) -> tuple[np.ndarray, int]:
+    """Edges (B, 2) used by one face, and the number used by more than two."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    u, count = np.unique(e, axis=0, return_counts=True)
+    return u[count == 1], int((count > 2).sum())
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+    """Symmetric mean nearest-vertex distance between two vertex sets, and b's distances to a."""
+    da, _ = cKDTree(b).query(a, workers=-1)
+    db, _ = cKDTree(a).query(b, workers=-1)
+    return float((da.mean() + db.mean()) / 2), db
+
+
+def border_distance(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """Distance from each point to the nearest plane between chunk cores."""
+    r = (x - np.asarray(stats["chunk_origin"])) / stats["chunk_size"]
+    return np.abs(r - np.round(r)).min(axis=1) * stats["chunk_size"]
+
+
+def new_boundary_at_borders(whole: tuple[np.ndarray, np.ndarray], chunked: tuple[np.ndarray, np.ndarray],
+                            stats: dict[str, Any], h: float) -> np.ndarray:
+    """Midpoints of the chunked mesh's boundary edges near a chunk border that the whole mesh does not have."""
+    bw, _ = boundary_edges(whole[1])
+    bc, _ = boundary_edges(chunked[1])
+    mid_c = chunked[0][bc].mean(axis=1)
+    near_border = mid_c[border_distance(mid_c, stats) < 2 * h]
+    if near_border.shape[0] == 0:
+        return near_border
+    mid_w = whole[0][bw].mean(axis=1)
+    d, _ = cKDTree(mid_w).query(near_border) if mid_w.shape[0] else (np.full(near_border.shape[0], np.inf), None)
+    return near_border[d > 1.5 * h]
+
+
+def run_cli(src: Path, dst: Path, *extra: str) -> tuple[dict[str, Any], int, float]:
+    """The CLI in its own process: its --json statistics, its peak RSS in bytes (from ``wait4``) and wall time."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = dst.with_suffix(".log")
+    start = time.perf_counter()
+    with open(dst.with_suffix(".json"), "w") as out, open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "reconstruct", str(src), str(dst), "--json",
+                                 "--device", "cpu", *extra], cwd=ROOT, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, log.read_text()
+    stats = json.loads(dst.with_suffix(".json").read_text().strip().splitlines()[-1])
+    return stats, usage.ru_maxrss * 1024, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The city reconstructed whole (limit raised) and chunked (under a limit the whole exceeds)."""
+    work = tmp_path_factory.mktemp("city")
+    p, n, c = shapes.city(CITY_POINTS)
+    write_points(work / "city.ply", p, n, c)
+    del p, n, c
+    out: dict[str, Any] = {}
+    for name, extra in [("chunked", ["--memory-limit", str(CITY_LIMIT_GB)]),
+                        ("whole", ["--memory-limit", "64", "--no-auto-chunk"])]:
+        stats, peak, seconds = run_cli(work / "city.ply", work / f"{name}.ply", *extra)
+        out[name] = {"stats": stats, "peak": peak, "seconds": seconds, "mesh": read_mesh(work / f"{name}.ply")}
+    return out
+
+
+def test_city_chunked_within_the_memory_limit(city: dict[str, Any]) -> None:
+    s = city["chunked"]["stats"]
+    assert s["chunking"] == "auto" and s["chunks"] > 1, "the guard chunks a job over the limit by itself"
+    assert city["whole"]["stats"]["memory_estimate_bytes"] > CITY_LIMIT_GB * 2**30, "the whole job is over the limit"
+    assert s["memory_estimate_bytes"] <= CITY_LIMIT_GB * 2**30
+    assert city["chunked"]["peak"] < CITY_LIMIT_GB * 2**30, city["chunked"]["peak"] / 2**30
+
+
+def test_city_chunked_matches_whole(city: dict[str, Any]) -> None:
+    whole, chunked = city["whole"]["mesh"], city["chunked"]["mesh"]
+    h = city["whole"]["stats"]["voxel_size"]
+    assert city["chunked"]["stats"]["voxel_size"] == pytest.approx(h)
+    distance, _ = chamfer(whole[0], chunked[0])
+    assert distance < 0.1 * h, distance / h
+    # no doubled sheets: as many faces, and no edge with three or more faces
+    assert abs(chunked[1].shape[0] - whole[1].shape[0]) < 1e-3 * whole[1].shape[0]
+    assert boundary_edges(chunked[1])[1] == 0
+
+
+def test_city_no_cracks_at_chunk_borders(city: dict[str, Any]) -> None:
+    h = city["whole"]["stats"]["voxel_size"]
+    extra = new_boundary_at_borders(city["whole"]["mesh"], city["chunked"]["mesh"], city["chunked"]["stats"], h)
+    assert extra.shape[0] == 0, extra[:10]
+
+
+def test_partition_of_unity() -> None:
+    grid = ChunkGrid(size=64, margin=16)
+    q = torch.rand(20_000, 3) * 3 * 64 - 64  # cores (-1..1)^3
+    total = sum(grid.weight(np.array(c), q) for c in np.ndindex(5, 5, 5) for c in [np.array(c) - 2])
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    w = grid.weight(np.zeros(3, dtype=np.int64), torch.tensor([[32.0, 32, 32], [8, 56, 32], [-8.0, 32, 32],
+                                                                [-9.0, 32, 32], [0, 32, 32]]))
+    assert w.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0, 0.5])
+
+
+def test_grid_sizes() -> None:
+    g = make_grid(1000.0, 3, 100.0, 0.1)
+    assert g.size % 4 == 0 and g.size >= 100 and g.margin == 16
+    g = make_grid(1000.0, 3, 400.0, 0.2)
+    assert g.margin == 80, "the overlap is a share of the chunk size"
+    assert make_grid(1000.0, 3, 1.0, 0.1).size == 64, "the smallest chunk"
+    assert make_grid(1000.0, 3, 64.0, 0.5).margin <= 32
+    with pytest.raises(InputError, match="overlap_ratio"):
+        make_grid(1000.0, 3, 100.0, 0.7)
+
+
+def small_city(n: int = 60_000, size: float = 40.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return shapes.city(n, size=size)
+
+
+@pytest.fixture(scope="module")
+def small() -> dict[str, Any]:
+    p, n, c = small_city()
+    progress: list[tuple[str, float, str]] = []
+    chunked = reconstruct(p, n, c, chunk_size=10.0, device="cpu", progress=lambda *a: progress.append(a))
+    whole = reconstruct(p, n, c, device="cpu")
+    return {"input": (p, n, c), "chunked": chunked, "whole": whole, "progress": progress}
+
+
+def test_small_chunked_matches_whole(small: dict[str, Any]) -> None:
+    whole, chunked = small["whole"], small["chunked"]
+    h = whole.stats["voxel_size"]
+    assert chunked.stats["chunks"] >= 8 and chunked.stats["chunking"] == "set"
+    distance, _ = chamfer(whole.vertices64, chunked.vertices64)
+    assert distance < 0.1 * h
+    extra = new_boundary_at_borders((whole.vertices64, whole.faces), (chunked.vertices64, chunked.faces),
+                                    chunked.stats, h)
+    assert extra.shape[0] == 0
+    assert chunked.colors is not None and chunked.colors.shape == (chunked.vertices.shape[0], 4)
+
+
+def test_progress_per_chunk(small: dict[str, Any]) -> None:
+    count = small["chunked"].stats["chunks"]
+    solved = [t for s, _, t in small["progress"] if s == "chunks" and " solved" in t]
+    assert [t.split(" solved")[0] for t in solved] == [f"chunk {i}/{count}" for i in range(1, count + 1)]
+    inside = [t for s, _, t in small["progress"] if s == "chunks" and "iteration" in t]
+    assert inside and inside[0].startswith("chunk 1/"), "solver progress inside a chunk is reported too"
+    fractions = [f for s, f, _ in small["progress"] if s == "chunks"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    meshed = [t for s, _, t in small["progress"] if s == "mesh" and "meshed" in t]
+    assert len(meshed) == count
+
+
+@pytest.mark.parametrize("executor", ["processes", "dask", "local-cluster"])
+def test_executors_agree(small: dict[str, Any], executor: str) -> None:
+    p, n, c = small["input"]
+    reference = small["chunked"]
+    if executor == "local-cluster":  # a real Dask cluster: a scheduler and two worker processes on this machine
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            mesh = reconstruct(p, n, c, chunk_size=10.0, device="cpu", executor=cluster.scheduler_address)
+    else:
+        mesh = reconstruct(p, n, c, chunk_size=10.0, device="cpu", executor=executor, workers=2)
+    assert mesh.stats["chunks"] == reference.stats["chunks"]
+    assert mesh.stats["executor"].startswith("dask" if executor != "processes" else "processes")
+    assert mesh.faces.shape == reference.faces.shape
+    distance, _ = chamfer(reference.vertices64, mesh.vertices64)
+    assert distance < 1e-4 * reference.stats["voxel_size"]
+    assert not multiprocessing.active_children()
+
+
+class CancelAfter:
+    """A cancel callback that says yes once ``when(stage, text)`` has been seen (or after ``delay`` s of it)."""
+
+    def __init__(self, when: Any, delay: float = 0.0) -> None:
+        self.when, self.delay = when, delay
+        self.seen: float | None = None
+        self.solved = 0
+
+    def progress(self, stage: str, fraction: float, text: str) -> None:
+        self.solved += stage == "chunks" and " solved" in text
+        if self.seen is None and self.when(stage, text):
+            self.seen = time.perf_counter()
+
+    def __call__(self) -> bool:
+        return self.seen is not None and time.perf_counter() - self.seen >= self.delay
+
+
+def test_cancel_between_chunks(small: dict[str, Any]) -> None:
+    p, n, c = small["input"]
+    cancel = CancelAfter(lambda stage, text: " solved" in text)
+    with pytest.raises(Cancelled):
+        reconstruct(p, n, c, chunk_size=10.0, device="cpu", progress=cancel.progress, cancel=cancel)
+    assert cancel.solved == 1
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "processes", "dask"])
+def test_cancel_inside_a_chunk(executor: str) -> None:
+    """Chunks of ~100k points take seconds each; cancel 1 s into the first must stop within about a second."""
+    p, n, c = shapes.city(300_000, size=80.0)
+    cancel = CancelAfter(lambda stage, text: stage == "chunks" and "chunks of" in text, delay=1.0)
+    start = time.perf_counter()
+    with pytest.raises(Cancelled):
+        reconstruct(p, n, c, chunk_size=40.0, device="cpu", executor=executor, workers=2, progress=cancel.progress,
+                    cancel=cancel)
+    assert cancel.seen is not None and cancel.solved == 0, "cancelled while the first chunks were running"
+    assert time.perf_counter() - cancel.seen < 1.0 + 3.0, time.perf_counter() - start
+    assert not multiprocessing.active_children()
+
+
+def test_auto_chunk_when_over_the_limit() -> None:
+    p, n, c = small_city(200_000, 60.0)
+    mesh = reconstruct(p, n, c, device="cpu", memory_limit_gb=1.5)
+    assert mesh.stats["chunking"] == "auto" and mesh.stats["chunks"] > 1
+    assert mesh.stats["memory_estimate_bytes"] <= 1.5 * 2**30
+    whole = reconstruct(p, n, c, device="cpu")
+    assert "chunks" not in whole.stats
+    distance, _ = chamfer(whole.vertices64, mesh.vertices64)
+    assert distance < 0.1 * whole.stats["voxel_size"]
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"chunk_size": -1.0}, "chunk_size must be a positive length"),
+    ({"chunk_size": 10.0, "overlap_ratio": 0.9}, "overlap_ratio must be between 0 and 0.5"),
+    ({"chunk_size": 10.0, "executor": "spark"}, "Unknown executor 'spark'"),
+    ({"chunk_size": 10.0, "executor": "processes", "workers": 0}, "workers must be at least 1"),
+    ({"chunk_size": 10.0, "executor": "tcp://127.0.0.1:9"}, "Cannot reach the Dask scheduler"),
+])
+def test_bad_chunk_options(options: dict[str, Any], match: str) -> None:
+    p, n, c = small_city(5_000, 40.0)
+    with pytest.raises(InputError, match=match) as info:
+        reconstruct(p, n, c, device="cpu", **options)
+    assert info.value.hint
