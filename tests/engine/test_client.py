@@ -26,6 +26,7 @@ from engine.client import (
     RemoteError,
 )
 from engine.server import synthetic_mesh
+from tests import shapes
 from tests.engine.engines import (
     COLORS,
     ENV,
@@ -327,3 +328,16 @@ def test_points_alone_get_estimated_normals_facing_the_sensor(client: EngineClie
     for result in (plain, seen):
         radius = np.linalg.norm(result.vertices64 - centre, axis=1)
         assert np.abs(radius - 2.0).max() < 0.5 * result.stats["voxel_size"]
+
+
+def test_chunked_job_on_worker_processes_keeps_the_stream_clean(client: EngineClient) -> None:
+    """Chunks solved by a process pool inside the engine: its workers must not write to the protocol's stdout."""
+    points, normals = shapes.sphere(20_000, radius=2.0)
+    stages: list[str] = []
+    result = client.reconstruct(points + 100.0, normals, device="cpu", chunk_size=1.0, executor="processes",
+                                workers=2, timeout=300, on_progress=lambda stage, fraction, text: stages.append(stage))
+    assert result.stats["chunks"] == 8 and result.stats["executor"] == "processes (2)"
+    assert "chunks" in stages
+    radius = np.linalg.norm(result.vertices64 - 100.0, axis=1)
+    assert np.abs(radius - 2.0).max() < 0.5 * result.stats["voxel_size"]
+    echo(client)  # the stream is still in step
