@@ -37,6 +37,7 @@ class Executor(Protocol):
 
     name: str
     concurrent: int  # chunks held in this machine's memory at once (the memory guard divides its budget)
+    worker_processes: bool  # each of them in a process of its own (which costs an interpreter and torch)
 
     def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]: ...
 
@@ -46,6 +47,7 @@ class InProcess:
 
     name = "inprocess"
     concurrent = 1
+    worker_processes = False
 
     def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
         for task in tasks:
@@ -106,6 +108,7 @@ class Processes:
 
     def __init__(self, workers: int | None = None) -> None:
         self.concurrent = max(1, workers or min(4, os.cpu_count() or 1))
+        self.worker_processes = True
         self.name = f"processes ({self.concurrent})"
 
     def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
@@ -193,13 +196,18 @@ class Dask:
     cluster of ``workers`` threads in this process, without network ports.
     """
 
-    concurrent = 1  # chunks live on the workers; the engine holds only their results
+    # On a cluster, chunks live on the workers and the engine holds only their results; the memory
+    # guard still sizes chunks as if one ran here (the workers' machines are not known to it).
+    concurrent = 1
+    worker_processes = True
 
     def __init__(self, address: str | None = None, workers: int | None = None, client: Any = None) -> None:
         self.address = address
         self.workers = max(1, workers or 2)
         self.client = client
         self.name = f"dask ({address})" if address else f"dask (in-process, {self.workers} threads)"
+        if address is None and client is None:  # the in-process cluster's threads solve chunks here
+            self.concurrent, self.worker_processes = self.workers, False
 
     def _connect(self) -> tuple[Any, Any]:
         distributed = import_optional("distributed", "The Dask executor", "distributed")

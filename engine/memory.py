@@ -12,13 +12,18 @@ from .chunks import ChunkedCloud, ChunkGrid, make_grid
 from .errors import MemoryLimitError
 from .voxels import unique_voxels
 
-BYTES_PER_UNKNOWN = 3000  # measured peak (bunny, 100k points, 300k unknowns): CSR, stencil, column table, meshing
-BYTES_PER_POINT = 700  # tap weights and indices in assembly chunks, targets
-BASE_BYTES = 400 << 20  # the interpreter, torch and the input
+# Peak = BASE + unknowns * BYTES_PER_UNKNOWN + points * BYTES_PER_POINT, with the unknowns of
+# estimate_unknowns.  Fitted to the peak RSS of CLI runs on this machine's CPU (2026-11, MiB peak against
+# the fit without margin): bunny 100k 1071 / 1123, sphere 100k 1018 / 1130, bunny 1M 3863 / 3930,
+# city 300k 1518 / 1510, city 2M 5601 / 5910 (fit: 800 MiB + 800 B per unknown + 500 B per point).
+# The per-unknown and per-point terms carry a 1.5x margin.
+BYTES_PER_UNKNOWN = 1200  # CSR, stencil, column table, solver vectors, meshing
+BYTES_PER_POINT = 750  # tap weights and indices in assembly chunks, targets, trimming and colour queries
+BASE_BYTES = 800 << 20  # the interpreter, torch and the input; also each worker process of a pool
 MAX_AXIS_VOXELS = 1 << 20
-# What a chunked run keeps in the engine's own process besides the chunk being solved: the cleaned
+# What a chunked run keeps in the engine's own process besides the chunks being solved: the cleaned
 # cloud, its sorted copy in voxel units, every chunk's compact field, and the welded output mesh
-# (about 6 triangles per point at the default refinement) with its temporaries.
+# (about 4 triangles per point at the default refinement) with its temporaries.
 MAIN_BYTES_PER_POINT = 900
 SAMPLED_CHUNKS = 3  # the most populated chunks whose memory is estimated when choosing a chunk size
 
@@ -58,10 +63,10 @@ def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> in
     return int(total)
 
 
-def job_bytes(points: torch.Tensor, voxel_size: float, depth: int) -> int:
-    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece."""
+def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, base: int = BASE_BYTES) -> int:
+    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``."""
     unknowns = estimate_unknowns(points, voxel_size, depth)
-    return int(BASE_BYTES + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT)
+    return int(base + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT)
 
 
 @dataclass
@@ -76,15 +81,16 @@ class MemoryPlan:
 
 def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, scale: float, *,
                 chunk_size: float | None = None, overlap_ratio: float = 0.1, auto_chunk: bool = True,
-                concurrent: int = 1) -> MemoryPlan:
+                concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
     """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
 
     ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``scale`` maps to
     the caller's units for the messages and ``chunk_size`` (caller's units, None:
     whole when it fits).  With ``auto_chunk`` a job over the limit is split in
     chunks, halving their size until the largest fits next to what the engine
-    itself keeps (``concurrent`` chunks at once); otherwise, or when even the
-    smallest chunks do not fit, :class:`MemoryLimitError` names the setting to change.
+    itself keeps (``concurrent`` chunks at once, each in a process of its own
+    with ``worker_processes``); otherwise, or when even the smallest chunks do
+    not fit, :class:`MemoryLimitError` names the setting to change.
     """
     h_world = voxel_size * scale
     hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
@@ -104,7 +110,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
                 "or raise the memory limit.")
     main = BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
     budget = (limit_bytes - main) // max(1, concurrent)
-    if budget <= BASE_BYTES:
+    base = BASE_BYTES if worker_processes else 0
+    if budget <= base:
         raise MemoryLimitError(
             f"{points.shape[0]:,} points need about {main / 2**30:.1f} GiB in the engine besides the chunks, "
             f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows.",
@@ -117,7 +124,7 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = 2.0 ** math.floor(math.log2(max(extent, 1.0)))
     while True:
         grid = make_grid(extent, depth, size, overlap_ratio)
-        peak = largest_chunk_bytes(x, grid, voxel_size, depth)
+        peak = largest_chunk_bytes(x, grid, voxel_size, depth, base)
         smallest = grid.size == make_grid(extent, depth, 1.0, overlap_ratio).size
         if peak <= budget:
             return MemoryPlan(main + peak * max(1, concurrent), grid, peak, automatic)
@@ -132,13 +139,16 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = grid.size / 2.0
 
 
-def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int) -> int:
-    """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units)."""
+def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, base: int) -> int:
+    """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units).
+
+    ``base``: what the chunk's process adds besides the chunk (0 in the engine's own process).
+    """
     cc = ChunkedCloud(x, grid)
     counts = np.array([cc.core_points(c) for c in cc.cells])
     peak = 0
     for i in np.argsort(counts)[::-1][:SAMPLED_CHUNKS]:
         rows = cc.rows(cc.cells[i], grid.margin)
         pts = torch.from_numpy((x[rows] * voxel_size).astype(np.float32))
-        peak = max(peak, job_bytes(pts, voxel_size, depth))
+        peak = max(peak, job_bytes(pts, voxel_size, depth, base))
     return peak

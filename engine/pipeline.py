@@ -121,7 +121,8 @@ def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_leve
             voxel_size: float | None = None, device: str = "auto", depth: int = DEFAULT_DEPTH,
             memory_limit_gb: float | None = None, estimate_normals: bool = False, sensor: Any = None,
             normal_k: int | None = None, chunk_size: float | None = None, overlap_ratio: float = DEFAULT_OVERLAP,
-            auto_chunk: bool = True, concurrent: int = 1, run: Run | None = None) -> Prepared:
+            auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False,
+            run: Run | None = None) -> Prepared:
     """Clean, choose the resolution and the memory plan, estimate normals if needed (steps 1, 2, 10)."""
     run = run or Run(None, None)
     dev = select_device(device)
@@ -141,7 +142,7 @@ def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_leve
         limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
         plan = plan_memory(cloud.points, res.voxel_size, max(1, int(depth)), limit, cloud.scale,
                            chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
-                           concurrent=concurrent)
+                           concurrent=concurrent, worker_processes=worker_processes)
     with run.stage("normals"):
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, normal_k, sensor)
         if normal_stats["normals_estimated"]:
@@ -247,7 +248,7 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
     prep = prepare(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size, device=device,
                    depth=depth, memory_limit_gb=memory_limit_gb, estimate_normals=estimate_normals, sensor=sensor,
                    normal_k=normal_k, chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
-                   concurrent=pool.concurrent, run=run)
+                   concurrent=pool.concurrent, worker_processes=pool.worker_processes, run=run)
     if prep.plan.grid is not None:
         verts, faces, vcolors, stats = reconstruct_chunked(prep, prep.plan.grid, pool, run, depth=depth,
                                                            mise_iter=mise_iter, trim=trim, solver_tol=solver_tol,
