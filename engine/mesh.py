@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 FLOAT32_SAFE = 1e4
+FACE_BLOCK = 1 << 21
 
 
 @dataclass
@@ -47,11 +48,19 @@ def needs_float64(vertices: np.ndarray) -> bool:
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (V, 3) float32 of a counter-clockwise mesh."""
-    tri = vertices[faces].astype(np.float64)
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    idx = faces.reshape(-1)
-    vn = np.stack([np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0]) for c in range(3)], 1)
+    """Area-weighted unit vertex normals (V, 3) float32 of a counter-clockwise mesh.
+
+    Faces go through in blocks of ``FACE_BLOCK``, so a scene of tens of millions of
+    triangles needs no (F, 3, 3) float64 copy of its corners.
+    """
+    vn = np.zeros((vertices.shape[0], 3))
+    for start in range(0, faces.shape[0], FACE_BLOCK):
+        f = faces[start:start + FACE_BLOCK]
+        tri = vertices[f].astype(np.float64)
+        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        idx = f.reshape(-1)
+        for c in range(3):
+            vn[:, c] += np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0])
     length = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.maximum(length, 1e-30)).astype(np.float32)
 
