@@ -170,6 +170,9 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
                       time.perf_counter() - start)
 
 
+_OFFSETS = np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T
+
+
 class ChunkedCloud:
     """A cloud (global voxel units) sorted by core, so each chunk's points are a few slices away."""
 
@@ -185,8 +188,22 @@ class ChunkedCloud:
         ukeys, starts = np.unique(skey, return_index=True)
         ends = [*starts[1:].tolist(), skey.size]
         self.ranges = {k: (a, b) for k, a, b in zip(ukeys.tolist(), starts.tolist(), ends, strict=True)}
-        self.cells = self._unkey(ukeys)  # occupied cores, in key order
         self.x = x
+        # Cores with points, and empty cores with points within the margin of their faces: surface
+        # near a core face may cross it, and only a core's own chunk meshes the cells inside it.
+        near = [ukeys]
+        frac = x - cell * grid.size
+        low, high = frac < grid.margin, frac >= grid.size - grid.margin
+        for off in _OFFSETS:
+            if not off.any():
+                continue
+            mask = np.ones(x.shape[0], dtype=bool)
+            for axis in range(3):
+                if off[axis]:
+                    mask &= low[:, axis] if off[axis] < 0 else high[:, axis]
+            if mask.any():
+                near.append(np.unique(key[mask] + int(self._key(self.cmin + off) - self._key(self.cmin))))
+        self.cells = self._unkey(np.unique(np.concatenate(near)))  # in key order
 
     def _key(self, cell: np.ndarray) -> np.ndarray:
         rel = cell - self.cmin
@@ -205,8 +222,8 @@ class ChunkedCloud:
     def rows(self, cell: np.ndarray, grow: float) -> np.ndarray:
         """Rows of the points in the core of ``cell`` grown by ``grow`` voxels (grow <= size)."""
         lo, hi = self.grid.bounds(cell)
-        parts = []
-        for off in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
+        parts = [np.zeros(0, dtype=np.int64)]
+        for off in _OFFSETS:
             r = self.ranges.get(int(self._key(np.asarray(cell) + off)))
             if r is not None:
                 parts.append(self.order[r[0]:r[1]])
@@ -218,7 +235,7 @@ class ChunkedCloud:
 
 def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights, solver_tol: float,
           solver_max_iter: int, device: str, cancel_token: Any = None) -> Iterator[ChunkTask]:
-    """One task per occupied core, built lazily (each holds a copy of its points)."""
+    """One task per core with points in or near it, built lazily (each holds a copy of its points)."""
     count = cc.cells.shape[0]
     for i, cell in enumerate(cc.cells):
         rows = cc.rows(cell, cc.grid.margin)
@@ -305,14 +322,19 @@ def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField],
     verts = (verts_t.double() * voxel_size).cpu().numpy()  # canonical
     faces = faces_t.cpu().numpy()
     keys = edge_keys(edges_t, *key_frame)
-    rows = cc.rows(cell, grid.margin)
+    # Points up to the trim distance beyond the core decide its vertices' trim (and colours): the
+    # neighbour meshing the other side of a shared face then decides the same.
+    rows = cc.rows(cell, min(grid.size, max(grid.margin, math.ceil(trim_distance / voxel_size) + 2)))
     tree = PointTree(cloud_points[rows])
     if trim:
         verts, faces, kept = trim_far(verts, faces, tree, trim_distance)
     else:
         verts, faces, kept = compact(verts, faces)
     keys = keys[kept]
-    vcolors = interpolate_colors(verts, tree, colors[rows]) if colors is not None and verts.shape[0] else None
+    vcolors = None
+    if colors is not None:
+        vcolors = (interpolate_colors(verts, tree, colors[rows]) if verts.shape[0]
+                   else np.zeros((0, 4), dtype=np.float32))
     return BlockMesh(verts, faces, keys, vcolors)
 
 

@@ -14,6 +14,7 @@ cluster with in-memory transport.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -62,9 +63,8 @@ class FileToken:
     """A cancel flag that processes on this machine see: the file exists once cancel is asked."""
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="nksr-cancel-")
-        os.close(fd)
-        os.unlink(self.path)
+        self.folder = tempfile.mkdtemp(prefix="nksr-cancel-")  # private (0700), so the name cannot be taken
+        self.path = os.path.join(self.folder, "cancel")
         self._checked = 0.0
         self._set = False
 
@@ -80,16 +80,13 @@ class FileToken:
         return self._set
 
     def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"folder": self.folder, "path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self._checked, self._set = state["path"], 0.0, False
+        self.folder, self.path, self._checked, self._set = state["folder"], state["path"], 0.0, False
 
 
 def _start_worker(threads: int) -> None:
@@ -222,21 +219,26 @@ class Dask:
                                  "check the address, or use the 'processes' executor.") from None
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
                                            dashboard_address=None)
-        return distributed.Client(cluster), cluster
+        try:
+            return distributed.Client(cluster), cluster
+        except BaseException:
+            cluster.close()
+            raise
 
     def map(self, tasks: Iterator[ChunkTask], count: int, run: Run) -> Iterator[ChunkField]:
         import distributed
 
         client, cluster = self._connect()
         name = f"nksr-cancel-{uuid.uuid4().hex}"
-        event = distributed.Event(name, client=client)
-        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or self.workers)
         pending: set[Any] = set()
-
-        def submit(task: ChunkTask) -> Any:
-            return client.submit(solve_chunk, task, key=f"nksr-chunk-{name}-{task.index}", pure=False)
-
         try:
+            event = distributed.Event(name, client=client)
+            workers = len(client.scheduler_info().get("workers", {}))
+            in_flight = self.workers if cluster is not None else max(2, 2 * workers)
+
+            def submit(task: ChunkTask) -> Any:
+                return client.submit(solve_chunk, task, key=f"nksr-chunk-{name}-{task.index}", pure=False)
+
             def wait_some(futures: set[Any]) -> tuple[set[Any], set[Any]]:
                 try:
                     done, rest = distributed.wait(list(futures), timeout=POLL, return_when="FIRST_COMPLETED")
@@ -244,11 +246,16 @@ class Dask:
                 except (TimeoutError, distributed.TimeoutError):  # Dask's wait raises where the standard one returns
                     return set(), set(futures)
 
-            yield from _pump(tasks, in_flight, run, submit, DaskToken(name), pending, wait_some)
-        except BaseException:
-            event.set()
-            client.cancel(list(pending))
-            raise
+            try:
+                yield from _pump(tasks, in_flight, run, submit, DaskToken(name), pending, wait_some)
+            except BaseException:
+                event.set()  # running chunks stop within one solver iteration; pending ones never start
+                client.cancel(list(pending))
+                try:
+                    distributed.wait(list(pending), timeout=CANCEL_GRACE)
+                except (TimeoutError, distributed.TimeoutError):
+                    pass
+                raise
         finally:
             if cluster is not None:
                 client.close()
