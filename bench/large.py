@@ -132,9 +132,9 @@ def main() -> None:
         out, peak, wall = run([a.peer_python, "bench/run_method.py", "open3d", str(npz), str(a.work / "poisson.ply"),
                                "--depth", str(a.peer_depth)], a.work / "poisson.log")
         peer = json.loads(out.strip().splitlines()[-1])
-        report["open3d"] = {"depth": a.peer_depth, "seconds": peer.get("sec"), "peak_bytes": peak, "wall": wall,
+        report["open3d"] = {"depth": a.peer_depth, "seconds": peer.get("seconds"), "peak_bytes": peak, "wall": wall,
                             "faces": peer.get("faces")}
-        report["large"]["time_ratio_open3d"] = big["engine_seconds"] / max(peer.get("sec") or wall, 1e-9)
+        report["large"]["time_ratio_open3d"] = big["engine_seconds"] / max(peer.get("seconds") or wall, 1e-9)
         report["large"]["peak_ratio_open3d"] = big["peak_bytes"] / peak
 
     print(json.dumps(report, indent=1))
