@@ -187,16 +187,24 @@ def test_small_chunked_matches_whole(small: dict[str, Any]) -> None:
 
 
 def test_untrimmed_and_unrefined_chunked_matches_whole(small: dict[str, Any]) -> None:
-    """Without trimming the surface runs past the data, into cores without points; no refinement round."""
+    """Without trimming the surface runs past the data, into cores without points; no refinement round.
+
+    Far from the data the untrimmed surface is extrapolation, which chunks (that see less of the scene)
+    do differently; near the data it must agree as the trimmed one does.
+    """
     p, n, c = small["input"]
     whole = reconstruct(p, n, None, device="cpu", trim=False, mise_iter=0)
     chunked = reconstruct(p, n, None, device="cpu", trim=False, mise_iter=0, chunk_size=10.0)
     h = whole.stats["voxel_size"]
-    distance, _ = chamfer(whole.vertices64, chunked.vertices64)
-    assert distance < 0.1 * h
+    data = cKDTree(p)
+    near_w = whole.vertices64[data.query(whole.vertices64)[0] < 2 * h]
+    near_c = chunked.vertices64[data.query(chunked.vertices64)[0] < 2 * h]
+    distance, _ = chamfer(near_w, near_c)
+    assert distance < 0.1 * h, distance / h
     extra = new_boundary_at_borders((whole.vertices64, whole.faces), (chunked.vertices64, chunked.faces),
                                     chunked.stats, h)
-    assert extra.shape[0] == 0
+    # Extrapolated surface may stop at the face of a core with no points within its margin (16 voxels).
+    assert (data.query(extra)[0] > 8 * h).all(), np.sort(data.query(extra)[0] / h)
     assert boundary_edges(chunked.faces)[1] == 0
 
 
@@ -238,9 +246,12 @@ class CancelAfter:
         self.when, self.delay = when, delay
         self.seen: float | None = None
         self.solved = 0
+        self.count = 0
 
     def progress(self, stage: str, fraction: float, text: str) -> None:
         self.solved += stage == "chunks" and " solved" in text
+        if stage == "chunks" and " chunks of " in text:
+            self.count = int(text.split()[0])
         if self.seen is None and self.when(stage, text):
             self.seen = time.perf_counter()
 
@@ -258,16 +269,22 @@ def test_cancel_between_chunks(small: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("executor", ["inprocess", "processes", "dask"])
 def test_cancel_inside_a_chunk(executor: str) -> None:
-    """Chunks of ~100k points take 10 s or more each; cancel a few seconds into the first ones must stop them
-    within about a second (worker processes take a second or two to start and import torch)."""
+    """In process, cancel at a chunk's first solver iteration; with workers (which report only finished
+    chunks, and take a second or two to start and import torch), 4 s in, while chunks of ~100k points,
+    10 s or more each, run.  Either must stop within about a second."""
     p, n, c = shapes.city(300_000, size=80.0)
-    cancel = CancelAfter(lambda stage, text: stage == "chunks" and "chunks of" in text,
-                         delay=1.0 if executor == "inprocess" else 4.0)
+    if executor == "inprocess":
+        cancel = CancelAfter(lambda stage, text: "iteration" in text)
+    else:
+        cancel = CancelAfter(lambda stage, text: stage == "chunks" and "chunks of" in text, delay=4.0)
     start = time.perf_counter()
     with pytest.raises(Cancelled):
         reconstruct(p, n, c, chunk_size=40.0, device="cpu", executor=executor, workers=2, progress=cancel.progress,
                     cancel=cancel)
-    assert cancel.seen is not None and cancel.solved == 0, "cancelled while the first chunks were running"
+    assert cancel.seen is not None and cancel.count > 0
+    assert cancel.solved < cancel.count, "cancelled while chunks were running"
+    if executor == "inprocess":
+        assert cancel.solved == 0, "the first solver iteration was inside the first chunk"
     assert time.perf_counter() - cancel.seen < cancel.delay + 3.0, time.perf_counter() - start
     assert not multiprocessing.active_children()
 

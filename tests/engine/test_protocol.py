@@ -270,7 +270,7 @@ def test_options() -> None:
                       ({"solver_tol": float("nan")}, "finite"), ({"voxel_size": [1]}, "got list")]:
         with pytest.raises(protocol.OptionsError, match=text) as info:
             protocol.check_options(bad)
-        assert "Accepted options: depth, detail_level" in info.value.hint
+        assert "Accepted options: auto_chunk, chunk_size, depth, detail_level" in info.value.hint
 
 
 # -- fuzzing: anything fed to the decoder decodes or raises ProtocolError, and never hangs ---------------------------
