@@ -2,8 +2,9 @@
 
 Space (finest-voxel units, the global lattice every chunk shares) is cut into
 cubic cores of ``size`` voxels, a multiple of the coarsest voxel, so every
-level's voxels align with the cores.  A chunk is solved on the points of its
-core grown by ``margin`` voxels on every side, with bounded memory and no
+level's voxels align with the cores.  Every core with points in it or within
+``margin`` voxels of its faces is a chunk, solved on the points of its core
+grown by ``margin`` voxels on every side, with bounded memory and no
 knowledge of its neighbours (:func:`solve_chunk`, a picklable task for any
 :mod:`engine.executors` executor).
 
@@ -12,7 +13,7 @@ each axis a chunk's weight falls smoothly from 1 to 0 across a band of
 ``margin / 2`` voxels centred on its core's faces, so two neighbours' weights
 sum to 1 everywhere and each chunk is used only where it saw data at least
 ``3 margin / 4`` voxels further out.  The blended field is meshed once, core by
-core (:func:`mesh_blocks`): a core's cells are exactly the whole-scene cells
+core (:func:`mesh_block`, then :func:`weld`): a core's cells are exactly the whole-scene cells
 that lie in it, a vertex on a core's face is computed from the same field
 values by both neighbours, and the cores' meshes are welded on their shared
 cell edges, so there are no seams, no doubled sheets and no cracks.
