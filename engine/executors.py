@@ -5,8 +5,8 @@ data) and yields their solved fields as they finish, in any order.  It keeps
 only a few tasks in flight, since each holds a copy of its points, and stops
 for the run's cancel check between chunks; inside a chunk, a worker in another
 process watches a cancel token (a file for local processes, a Dask ``Event``
-on a cluster), so cancel interrupts a running chunk within one solver
-iteration there too.  Nothing here listens on a network port: the Dask
+on a cluster) at every solver iteration and stage, so cancel interrupts a
+running chunk there too.  Nothing here listens on a network port: the Dask
 executor connects to a scheduler the user started, or runs an in-process
 cluster with in-memory transport.
 """
@@ -249,7 +249,7 @@ class Dask:
             try:
                 yield from _pump(tasks, in_flight, run, submit, DaskToken(name), pending, wait_some)
             except BaseException:
-                event.set()  # running chunks stop within one solver iteration; pending ones never start
+                event.set()  # running chunks stop at their next check; pending ones never start
                 client.cancel(list(pending))
                 try:
                     distributed.wait(list(pending), timeout=CANCEL_GRACE)

@@ -269,9 +269,9 @@ def test_cancel_between_chunks(small: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("executor", ["inprocess", "processes", "dask"])
 def test_cancel_inside_a_chunk(executor: str) -> None:
-    """In process, cancel at a chunk's first solver iteration; with workers (which report only finished
-    chunks, and take a second or two to start and import torch), 4 s in, while chunks of ~100k points,
-    10 s or more each, run.  Either must stop within about a second."""
+    """In process, cancel at a chunk's first solver iteration: it must stop at once.  With workers (which
+    report only finished chunks, and take a second or two to start and import torch), 4 s in, while
+    chunks of ~100k points, 10 s or more each, run: they stop at their next check."""
     p, n, c = shapes.city(300_000, size=80.0)
     if executor == "inprocess":
         cancel = CancelAfter(lambda stage, text: "iteration" in text)
@@ -285,7 +285,10 @@ def test_cancel_inside_a_chunk(executor: str) -> None:
     assert cancel.solved < cancel.count, "cancelled while chunks were running"
     if executor == "inprocess":
         assert cancel.solved == 0, "the first solver iteration was inside the first chunk"
-    assert time.perf_counter() - cancel.seen < cancel.delay + 3.0, time.perf_counter() - start
+    # Workers look at the token at every solver iteration and stage; a level's assembly has no
+    # checkpoint inside, so a worker caught there finishes it first (a few seconds on one thread).
+    assert time.perf_counter() - cancel.seen < cancel.delay + (1.0 if executor == "inprocess" else 8.0), \
+        time.perf_counter() - start
     assert not multiprocessing.active_children()
 
 
