@@ -59,34 +59,45 @@ class InProcess:
             yield solve_chunk(task, inner, run.cancel)
 
 
-class FileToken:
-    """A cancel flag that processes on this machine see: the file exists once cancel is asked."""
+class PolledToken:
+    """A cancel flag a worker looks at no more often than every ``TOKEN_POLL`` s, and that stays set.
 
-    def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="nksr-cancel-")  # private (0700), so the name cannot be taken
-        self.path = os.path.join(self.folder, "cancel")
-        self._checked = 0.0
-        self._set = False
+    Subclasses say how to look (:meth:`_look`); only their own attributes travel to workers.
+    """
 
-    def set(self) -> None:
-        with open(self.path, "w"):
-            pass
+    _checked = 0.0
+    _set = False
 
     def is_set(self) -> bool:
         now = time.monotonic()
         if not self._set and now - self._checked >= TOKEN_POLL:
             self._checked = now
-            self._set = os.path.exists(self.path)
+            self._set = self._look()
         return self._set
+
+    def _look(self) -> bool:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k not in ("_checked", "_set")}
+
+
+class FileToken(PolledToken):
+    """A cancel flag that processes on this machine see: the file exists once cancel is asked."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="nksr-cancel-")  # private (0700), so the name cannot be taken
+        self.path = os.path.join(self.folder, "cancel")
+
+    def set(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def _look(self) -> bool:
+        return os.path.exists(self.path)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "path": self.path}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.folder, self.path, self._checked, self._set = state["folder"], state["path"], 0.0, False
 
 
 def _start_worker(threads: int) -> None:
@@ -160,28 +171,16 @@ def _pump(tasks: Iterator[ChunkTask], in_flight: int, run: Run, submit: Any, tok
             yield f.result()
 
 
-class DaskToken:
-    """A cancel flag on a Dask cluster: a named ``distributed.Event``, looked at every ``TOKEN_POLL`` s."""
+class DaskToken(PolledToken):
+    """A cancel flag on a Dask cluster: a named ``distributed.Event``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._checked = 0.0
-        self._set = False
 
-    def is_set(self) -> bool:
-        now = time.monotonic()
-        if not self._set and now - self._checked >= TOKEN_POLL:
-            from distributed import Event
+    def _look(self) -> bool:
+        from distributed import Event
 
-            self._checked = now
-            self._set = bool(Event(self.name).is_set())
-        return self._set
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.name, self._checked, self._set = state["name"], 0.0, False
+        return bool(Event(self.name).is_set())
 
 
 class Dask:
