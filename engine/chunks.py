@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .colors import interpolate_colors
+from .device import select_device
 from .errors import InputError, MemoryLimitError
 from .fitting import solve_levels
 from .hierarchy import Level, build_levels, evaluate
@@ -150,8 +151,6 @@ class ChunkField:
 
 def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> ChunkField:
     """Build and solve one chunk's hierarchy; runs in any process (imports nothing of the caller's)."""
-    from .device import select_device
-
     start = time.perf_counter()
     token = task.cancel_token
     if cancel is None and token is not None:
@@ -339,9 +338,9 @@ def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField],
     return BlockMesh(verts, faces, keys, vcolors)
 
 
-def key_frame(cc: ChunkedCloud, final_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Origin and dimensions of the final-cell lattice over every core, for :func:`edge_keys`."""
-    per = round(1.0 / final_size) if final_size < 1 else 1
+def key_frame(cc: ChunkedCloud, mise_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Origin and dimensions of the final-cell lattice (``mise_iter`` halvings of the voxel) over every core."""
+    per = 2**mise_iter  # final cells per finest voxel
     lo = cc.cells.min(axis=0) * cc.grid.size * per - 1
     hi = (cc.cells.max(axis=0) + 1) * cc.grid.size * per + 1
     dims = hi - lo + 1

@@ -302,25 +302,25 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, run: Ru
     """The scene in overlapping chunks (step 11): solve each on ``pool``, blend, mesh core by core, weld."""
     cloud, h, dev = prep.cloud, prep.voxel_size, prep.device
     assert cloud.normals is not None
+    depth, mise_iter = max(1, int(depth)), max(0, int(mise_iter))
     with run.stage("hierarchy"):
         cc = ChunkedCloud(cloud.points.astype(np.float64) / h, grid)
     count = cc.cells.shape[0]
     fields: dict[tuple[int, int, int], ChunkField] = {}
     with run.stage("chunks"):
         run.report("chunks", 0.0, f"{count} chunks of {grid.size * h * cloud.scale:.4g} on {pool.name}")
-        todo = tasks(cc, cloud.normals, depth=max(1, int(depth)), weights=prep.weights, solver_tol=solver_tol,
+        todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=solver_tol,
                      solver_max_iter=solver_max_iter, device=str(dev))
         for done in pool.map(todo, count, run):
             fields[done.cell] = done
             run.report("chunks", len(fields) / count,
                        f"chunk {done.index + 1}/{count} solved: {done.points:,} points, {done.unknowns:,} unknowns, "
                        f"{done.seconds:.1f} s")
-    final = 0.5 ** max(0, int(mise_iter))
-    frame = key_frame(cc, final)
+    frame = key_frame(cc, mise_iter)
     blocks = []
     with run.stage("mesh"):
         for i, cell in enumerate(cc.cells):
-            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=max(0, int(mise_iter)), trim=trim,
+            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=mise_iter, trim=trim,
                                      trim_distance=trim_distance(h, prep.res.noise), cloud_points=cloud.points,
                                      colors=cloud.colors, device=dev, run=run, key_frame=frame))
             run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")
@@ -331,9 +331,9 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, run: Ru
              "chunk_origin": cloud.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
              "chunk_overlap": grid.margin * h * cloud.scale, "chunking": "auto" if prep.plan.automatic else "set",
              "executor": pool.name, "chunk_memory_estimate_bytes": prep.plan.chunk_estimate,
-             "levels": [sum(f.levels[d][1].shape[0] for f in ordered) for d in range(max(1, int(depth)))],
+             "levels": [sum(f.levels[d][1].shape[0] for f in ordered) for d in range(depth)],
              "unknowns": sum(f.unknowns for f in ordered),
-             "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(max(1, int(depth)))],
-             "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(max(1, int(depth)))],
+             "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(depth)],
+             "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(depth)],
              "chunk_seconds": [round(f.seconds, 3) for f in ordered]}
     return verts, faces, vcolors, stats
