@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +58,7 @@ def main() -> int:
     scene = bpy.context.scene
     cloud = point_cloud(*city(args.points, size=100.0))
     scene.nksr.chunk_size = args.chunk_size
-    t0 = time.perf_counter()
-    bpy.ops.nksr.reconstruct()
-    seconds = time.perf_counter() - t0
-    mesh = bpy.context.view_layer.objects.active
-    cloud.hide_render = True
-    print(f"NKSR: {bpy.context.window_manager.nksr_run.last_summary} (operator {seconds:.1f} s incl. engine start)")
+    mesh = demo.reconstruct(cloud)
     bpy.ops.wm.save_as_mainfile(filepath=str(demo.OUT / "city.blend"))
     demo.frame_camera(mesh, scene)
     demo.render(scene, demo.OUT / "city_mesh.png")

@@ -64,6 +64,17 @@ def render(scene: bpy.types.Scene, path: Path) -> None:
     bpy.ops.render.render(write_still=True)
 
 
+def reconstruct(cloud: bpy.types.Object) -> bpy.types.Object:
+    """Run ``nksr.reconstruct`` on the selection; hide the cloud from renders, print the summary, return the mesh."""
+    t0 = time.perf_counter()
+    bpy.ops.nksr.reconstruct()
+    seconds = time.perf_counter() - t0
+    mesh = bpy.context.view_layer.objects.active
+    cloud.hide_render = True
+    print(f"NKSR: {bpy.context.window_manager.nksr_run.last_summary} (operator {seconds:.1f} s incl. engine start)")
+    return mesh
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -71,12 +82,7 @@ def main() -> int:
     scene = bpy.context.scene
     bpy.ops.wm.ply_import(filepath=str(EXAMPLE))
     cloud = bpy.context.selected_objects[0]
-    t0 = time.perf_counter()
-    bpy.ops.nksr.reconstruct()
-    seconds = time.perf_counter() - t0
-    mesh = bpy.context.view_layer.objects.active
-    cloud.hide_render = True
-    print(f"NKSR: {bpy.context.window_manager.nksr_run.last_summary} (operator {seconds:.1f} s incl. engine start)")
+    mesh = reconstruct(cloud)
     bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "example.blend"))
     cloud.select_set(False)
     mesh.select_set(True)
