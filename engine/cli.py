@@ -110,7 +110,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     bar = _Bar(sys.stderr.isatty())
     stages: dict[str, float] = {}
     try:
-        formats.check_output(args.output)
+        formats.check_output(args.output, args.input)
         cloud = formats.read_cloud(args.input)
         stages["read"] = time.perf_counter() - t0
         t = time.perf_counter()

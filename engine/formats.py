@@ -4,7 +4,9 @@
 entry to every format; each format lives in its own module.  Packages that
 only one format needs (pypcd4, laspy/lazrs, pygltflib) are imported when that
 format is used; ``check_output`` asks for the writer's package before a run,
-so a missing one is reported before minutes of solving, not after.
+so a missing one is reported before minutes of solving, not after, as is an
+unwritable folder or an output that is the input.  Every writer writes through
+:func:`engine.files.atomic_output`: a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import columns, gltf, las, obj, pcd, ply
+from . import columns, files, gltf, las, obj, pcd, ply
 from .cloud import PointCloud
 from .errors import InputError
 from .mesh import Mesh
@@ -90,22 +92,21 @@ def read_cloud(path: str | Path) -> PointCloud:
     return cloud
 
 
-def check_output(path: str | Path) -> None:
-    """Refuse, before any work, an output whose format, folder or writer's package is missing."""
+def check_output(path: str | Path, source: str | Path | None = None) -> None:
+    """Refuse, before any work, an output that is the ``source`` file, or whose format, folder, write
+    permission or writer's package is missing."""
     path = Path(path)
     writer = _writer(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: the folder {path.parent} does not exist.", "Create it, or choose another output.")
+    if source is not None:
+        files.check_not_input(source, path)
+    files.check_writable(path)
     if writer.package is not None:
         import_optional(writer.package, f"Writing {writer.name} files", writer.package)
 
 
 def write_mesh(path: str | Path, mesh: Mesh) -> None:
-    """``mesh`` to ``path`` in the format its extension names."""
+    """``mesh`` to ``path`` in the format its extension names, atomically (the previous file survives a failure)."""
     path = Path(path)
     writer = _writer(path)
-    try:
-        writer.write(path, mesh)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc}).",
-                         "Choose a writable output path.") from None
+    with files.atomic_output(path) as temp:
+        writer.write(temp, mesh)

@@ -6,6 +6,8 @@ requirements/optional.txt, so their tests run in CI; importorskip only spares an
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from engine.gltf import srgb_to_linear
 from engine.mesh import Mesh, vertex_normals
 from tests import shapes
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj
+from tests.mounts import fill, read_only_folder, tiny_fs
 
 N = 40
 
@@ -415,6 +418,80 @@ def test_output_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingPackageError, match="pygltflib") as missing:
         formats.check_output(tmp_path / "m.glb")
     assert "pip install pygltflib" in missing.value.hint
+
+
+# ---------------------------------------------------------------- outputs that cost no data
+
+
+def refused(output: Path, source: Path | None, *words: str) -> None:
+    """check_output(output, source) raises an InputError naming every word, with a hint."""
+    with pytest.raises(InputError) as info:
+        formats.check_output(output, source)
+    assert all(w in info.value.message for w in words), info.value.message
+    assert info.value.hint
+
+
+def test_output_that_is_the_input_is_refused_by_any_name(tmp_path: Path) -> None:
+    src = tmp_path / "scan.ply"
+    src.write_bytes(b"the only copy of the scan")
+    (tmp_path / "link.ply").symlink_to(src)
+    (tmp_path / "hard.ply").hardlink_to(src)
+    (tmp_path / "sub").mkdir()
+    for output in (src, tmp_path / "link.ply", tmp_path / "hard.ply", tmp_path / "sub" / ".." / "scan.ply"):
+        refused(output, src, "is the input file")
+        refused(src, output, "is the input file")  # the input named through the link, the output directly
+    formats.check_output(tmp_path / "scan_mesh.ply", src)  # a new name is fine
+    assert src.read_bytes() == b"the only copy of the scan"
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path: Path) -> None:
+    with read_only_folder(tmp_path / "ro") as folder:
+        refused(folder / "m.ply", None, "cannot create files in")
+    (tmp_path / "m.ply").mkdir()
+    refused(tmp_path / "m.ply", None, "is a folder")
+    (tmp_path / "file").write_bytes(b"")
+    refused(tmp_path / "file" / "m.ply", None, "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.ply", "ro"]  # the probe left nothing
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".obj", ".glb"])
+def test_full_disk_keeps_the_previous_output(tmp_path: Path, suffix: str) -> None:
+    if suffix == ".glb":
+        pytest.importorskip("pygltflib")
+    rng = np.random.default_rng(1)
+    big = Mesh(rng.random((40_000, 3)).astype(np.float32), rng.integers(0, 40_000, (80_000, 3)).astype(np.int32),
+               np.zeros(3))
+    with tiny_fs(tmp_path / "disk", "2m") as disk:
+        out = disk / f"m{suffix}"
+        out.write_bytes(b"previous result " * 1000)
+        formats.check_output(out)  # there is room for the probe's empty file: the run would go ahead
+        fill(disk, leave=64 * 1024)
+        with pytest.raises(InputError, match="No space left on device") as info:
+            formats.write_mesh(out, big)
+        assert out.read_bytes() == b"previous result " * 1000
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", f"m{suffix}"]  # no temporary file left
+        assert "previous file is unchanged" in info.value.message and "Free space" in info.value.hint
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path, mesh: Mesh) -> None:
+    old = os.umask(0o027)
+    try:
+        formats.write_mesh(tmp_path / "new.ply", mesh)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.ply").stat().st_mode) == 0o640  # 0o666 less the umask, as open() gives
+    (tmp_path / "kept.ply").write_bytes(b"old")
+    (tmp_path / "kept.ply").chmod(0o604)
+    formats.write_mesh(tmp_path / "kept.ply", mesh)
+    assert stat.S_IMODE((tmp_path / "kept.ply").stat().st_mode) == 0o604  # a replaced file keeps its mode
+
+
+def test_writing_through_a_symlink_replaces_its_target(tmp_path: Path, mesh: Mesh) -> None:
+    (tmp_path / "real.ply").write_bytes(b"old")
+    (tmp_path / "link.ply").symlink_to("real.ply")
+    formats.write_mesh(tmp_path / "link.ply", mesh)
+    assert (tmp_path / "link.ply").is_symlink()
+    assert PlyData.read(str(tmp_path / "real.ply"))["face"].count == len(mesh.faces)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e6])  # float32 and float64 coordinates
