@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,19 @@ from engine.ply import read_mesh
 from tests import shapes
 from tests.meshcheck import boundary_edges
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj
+from tests.mounts import read_only_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def engine_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def engine_cli(*args: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in its own process; ``file_size_limit`` (bytes) makes the kernel fail larger writes (EFBIG)."""
+    def limit() -> None:
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, preexec_fn=limit)
 
 
 def write_cloud(path: Path, text: bool, coord: str, colors: bool = True, normals: bool = True) -> None:
@@ -196,3 +203,36 @@ def test_points_without_normals_get_estimated_ones(tmp_path: Path) -> None:
     assert stats["normals_estimated"] and stats["faces"] > 1000
     vertices, _ = read_mesh(tmp_path / "out.ply")
     assert np.abs(np.linalg.norm(vertices, axis=1) - 1).max() < 0.5 * stats["voxel_size"]
+
+
+# ---------------------------------------------------------------- outputs that cost no data
+
+
+def test_output_that_is_the_input_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "scan.ply"
+    write_cloud(src, False, "f4")
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "alias.ply").symlink_to(src)
+    for output in (src, tmp_path / "sub" / ".." / "scan.ply", tmp_path / "alias.ply"):
+        no_traceback(engine_cli("reconstruct", str(src), str(output)), "is the input file", "new file name")
+    assert src.read_bytes() == before
+
+
+def test_unwritable_output_is_refused_before_the_solve(tmp_path: Path) -> None:
+    write_sphere(tmp_path / "in.xyz")
+    with read_only_folder(tmp_path / "ro") as folder:
+        # the probe's message, not the writer's: the run stopped before reading and solving
+        no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(folder / "out.ply")),
+                     "cannot create files in")
+
+
+def test_failed_write_keeps_the_previous_output(tmp_path: Path) -> None:
+    write_sphere(tmp_path / "in.xyz")
+    out = tmp_path / "out.ply"
+    out.write_bytes(b"yesterday's mesh " * 100)
+    done = engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(out), "--voxel-size", "0.1",
+                      file_size_limit=4096)  # the new mesh is larger: the kernel refuses its write mid-way
+    assert out.read_bytes() == b"yesterday's mesh " * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz", "out.ply"]  # no temporary file left
+    no_traceback(done, "cannot write", "File too large", "previous file is unchanged")
