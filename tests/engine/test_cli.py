@@ -163,7 +163,7 @@ def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
                  "cannot write '.stl'", ".glb")
     (tmp_path / "cut.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\n"
                                        b"property float x\nproperty float y\nproperty float z\nend_header\n\0\0")
-    no_traceback(engine_cli("reconstruct", str(tmp_path / "cut.ply"), out), "not a readable PLY")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "cut.ply"), out), "declares 9 vertex rows")
     np.save(tmp_path / "flat.npy", np.zeros((10, 5)))
     no_traceback(engine_cli("reconstruct", str(tmp_path / "flat.npy"), out), "5 columns")
     assert not (tmp_path / "out.ply").exists()

@@ -334,12 +334,28 @@ def test_truncated_and_pointless_ply(tmp_path: Path, cloud: tuple) -> None:
     PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "c.ply"))
     raw = (tmp_path / "c.ply").read_bytes()
     (tmp_path / "cut.ply").write_bytes(raw[:-7])
-    bad(tmp_path / "cut.ply", "not a readable ply")
+    bad(tmp_path / "cut.ply", "declares 40 vertex rows", "holds only 39")
     PlyData([PlyElement.describe(v[:0], "vertex")]).write(str(tmp_path / "none.ply"))
     bad(tmp_path / "none.ply", "holds no points")
     w = np.empty(N, dtype=[("u", "f4"), ("v", "f4")])
     PlyData([PlyElement.describe(w, "vertex")]).write(str(tmp_path / "uv.ply"))
     bad(tmp_path / "uv.ply", "no x, y, z", "u, v")
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_ply_header_count_must_match_the_body(tmp_path: Path, cloud: tuple, text: bool) -> None:
+    p, _, _ = cloud
+    v = np.empty(N, dtype=[("x", "f8"), ("y", "f8"), ("z", "f8")])
+    v["x"], v["y"], v["z"] = p.T
+    PlyData([PlyElement.describe(v, "vertex")], text=text).write(str(tmp_path / "c.ply"))
+    raw = (tmp_path / "c.ply").read_bytes()
+    (tmp_path / "fewer.ply").write_bytes(raw.replace(f"element vertex {N}".encode(), b"element vertex 30"))
+    error = bad(tmp_path / "fewer.ply", "declares 30 vertex rows", f"{N - 30} more rows after them")
+    assert "element vertex" in error.hint and "points would be lost" in error.hint
+    (tmp_path / "more.ply").write_bytes(raw.replace(f"element vertex {N}".encode(), b"element vertex 50"))
+    bad(tmp_path / "more.ply", "declares 50 vertex rows", f"holds only {N}")
+    (tmp_path / "newline.ply").write_bytes(raw + b"\n\n")  # blank lines after the data are no points
+    check(formats.read_cloud(tmp_path / "newline.ply"), p, None, None)
 
 
 # ---------------------------------------------------------------- writers
