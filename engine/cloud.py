@@ -91,6 +91,22 @@ def normalize_colors(colors: np.ndarray) -> np.ndarray:
     return np.clip(c, 0.0, 1.0)
 
 
+def float32_rounding(points: np.ndarray, extent: float) -> str | None:
+    """Why a cloud (N, 3) float64 that looks flat or straight may only seem so, or None.
+
+    Coordinates stored as float32 far from the origin keep only a coarse grid
+    (steps of 0.0625 near 1e6): a thin cloud there collapses onto a line or a
+    plane.  That is the cause when every coordinate is a float32 value and the
+    grid's step is too coarse to show a thickness the flatness test would accept.
+    """
+    largest = float(np.abs(points).max())
+    step = float(np.spacing(np.float32(largest)))
+    if step <= FLAT_RATIO * extent or not np.array_equal(points, points.astype(np.float32)):
+        return None
+    return (f"but only because its coordinates are float32 numbers as large as {largest:.4g}, where float32 "
+            f"precision can only tell positions {step:.3g} apart: its detail was rounded away when it was stored.")
+
+
 def prepare_cloud(points: object, normals: object | None, colors: object | None = None) -> Cloud:
     """Validate and normalise; raises a typed :class:`InputError` naming the problem and the fix.
 
@@ -143,10 +159,16 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
     centred = canon - canon.mean(axis=0)
     sv = np.linalg.svd(centred[:: max(1, centred.shape[0] // 200_000)], compute_uv=False)
     sv = sv / sv[0]
-    if sv[1] < FLAT_RATIO:
-        raise DegenerateInputError("All points lie on one straight line.",
-                                   "A line bounds no surface: give a cloud that samples a surface.")
-    if sv[2] < FLAT_RATIO:
+    if sv[1] < FLAT_RATIO or sv[2] < FLAT_RATIO:
+        shape = "one straight line" if sv[1] < FLAT_RATIO else "one plane"
+        rounded = float32_rounding(p64, scale)
+        if rounded is not None:
+            raise DegenerateInputError(f"All points lie on {shape}, {rounded}",
+                                       "Export the cloud with double-precision (float64) coordinates, or subtract "
+                                       "an offset (such as its first point) before storing it as float32.")
+        if sv[1] < FLAT_RATIO:
+            raise DegenerateInputError("All points lie on one straight line.",
+                                       "A line bounds no surface: give a cloud that samples a surface.")
         raise DegenerateInputError(
             "All points lie in one plane, so there is no volume to reconstruct.",
             "Give a cloud that samples a curved or closed surface; for a flat patch, use a plane mesh.")

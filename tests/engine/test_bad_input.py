@@ -45,6 +45,27 @@ def test_coplanar() -> None:
     expect(DegenerateInputError, "one plane", p, np.tile([0.0, 0.0, 1.0], (500, 1)))
 
 
+GEO = np.array([1e6, 2e6, 3e6])  # georeferenced coordinates: float32 steps there are 0.0625, 0.125 and 0.25
+
+
+def thin_pipe(n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """A 5 m pipe of 2 cm radius along x at GEO (float64 points, outward normals)."""
+    rng = np.random.default_rng(2)
+    t, a = rng.uniform(0, 5, n), rng.uniform(0, 2 * np.pi, n)
+    normals = np.c_[np.zeros(n), np.cos(a), np.sin(a)]
+    return GEO + np.c_[t, 0.02 * normals[:, 1], 0.02 * normals[:, 2]], normals
+
+
+def test_float32_rounding_is_named_rather_than_a_straight_line() -> None:
+    p, n = thin_pipe()
+    error = expect(DegenerateInputError, "3e.06, where float32 precision can only tell positions 0.25 apart",
+                   p.astype(np.float32), n)  # every ring collapses onto the pipe's axis
+    assert "straight line" in error.message and "double-precision" in error.hint and "offset" in error.hint
+    roof = GEO + np.c_[np.random.default_rng(3).uniform(0, 5, (2000, 2)), 0.03 * np.random.default_rng(4).random(2000)]
+    expect(DegenerateInputError, "one plane, but only because its coordinates are float32",
+           roof.astype(np.float32), np.tile([0.0, 0.0, 1.0], (2000, 1)))
+
+
 def test_nan_and_inf_rows_are_dropped_and_counted() -> None:
     p = P.copy()
     p[:10] = np.nan

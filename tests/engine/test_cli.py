@@ -236,3 +236,14 @@ def test_failed_write_keeps_the_previous_output(tmp_path: Path) -> None:
     assert out.read_bytes() == b"yesterday's mesh " * 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz", "out.ply"]  # no temporary file left
     no_traceback(done, "cannot write", "File too large", "previous file is unchanged")
+
+
+def test_float32_georeferenced_cloud_names_float32_precision(tmp_path: Path) -> None:
+    from tests.engine.test_bad_input import thin_pipe
+
+    p, n = thin_pipe()
+    v = np.empty(len(p), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    v["x"], v["y"], v["z"] = p.T  # as an exporter writing float32 stores a georeferenced scan
+    PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "pipe.ply"))
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "pipe.ply"), str(tmp_path / "out.ply")),
+                 "float32 precision", "double-precision")
