@@ -4,19 +4,25 @@ The handler is a plain ``fn(argv) -> int`` (the bpy module does not dispatch
 ``--command``, so tests and scripts call it directly).  It imports IN with
 Blender's own importer, runs ``nksr.reconstruct`` (blocking in background mode)
 and writes OUT with Blender's exporter for its extension, or saves a .blend.
-Exit codes: 0 success, 2 bad arguments or input file, 3 reconstruction failed.
+Exit codes: 0 success, 2 bad arguments, input file or output path (checked
+before the reconstruction: not the input, folder writable), 3 reconstruction
+failed.  OUT is written as the engine's CLI writes (``engine/files.py``): to a
+hidden temporary file beside it, renamed into place only when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import bpy
 
-from . import settings
+from . import engine_link, settings
 
 COMMAND = "nksr"
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
@@ -61,6 +67,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_problem(source: Path, target: Path) -> str | None:
+    """Why ``target`` cannot be written (it is the input, or its folder takes no files), or None; before any work."""
+    files = engine_link.engine_module("files")
+    try:
+        files.check_not_input(source, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        files.check_writable(target)
+    except OSError as exc:  # from mkdir: a parent is a file, or a folder refuses new ones
+        return f"cannot create the folder {target.parent} ({exc.strerror or exc}). Choose another output."
+    except files.InputError as exc:
+        return f"{exc.message} {exc.hint}"
+    return None
+
+
+def _export(target: Path) -> str | None:
+    """Write the selection to ``target`` atomically; what went wrong, or None.
+
+    Blender's mesh exporters report success when the disk fills up (measured
+    with bpy 5.0.1: PLY, OBJ and STL return FINISHED with the file cut at the
+    disk's size), so a disk left without free space after the export counts as
+    a failed write: the previous file stays and the cut one is removed.
+    """
+    files = engine_link.engine_module("files")
+    try:
+        with files.atomic_output(target) as temp:
+            temp.unlink()  # Blender creates the file itself (saving over a .blend would also leave a .blend1 backup)
+            EXPORTERS[target.suffix.lower()](str(temp))
+            if shutil.disk_usage(temp.parent).free == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
+    except RuntimeError as exc:  # the exporter's own error report
+        return f"Blender could not write {target} ({str(exc).strip()}); any previous file is unchanged."
+    except files.InputError as exc:
+        return f"{exc.message} {exc.hint}"
+    return None
+
+
 def run(argv: list[str]) -> int:
     """The command's handler: returns the exit code, prints what went wrong and how to fix it."""
     try:
@@ -76,6 +118,10 @@ def run(argv: list[str]) -> int:
         return EXIT_USAGE
     if not source.is_file():
         print(f"nksr: input file not found: {source}")
+        return EXIT_USAGE
+    problem = _output_problem(source, target)
+    if problem is not None:
+        print(f"nksr: {problem}")
         return EXIT_USAGE
     before = set(bpy.data.objects)
     try:
@@ -103,8 +149,10 @@ def run(argv: list[str]) -> int:
     except RuntimeError as exc:
         print(f"nksr: reconstruction failed: {exc}")
         return EXIT_FAILURE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    EXPORTERS[target.suffix.lower()](str(target))
+    problem = _export(target)
+    if problem is not None:
+        print(f"nksr: {problem}")
+        return EXIT_USAGE
     print(f"nksr: wrote {target} ({settings.run_state(bpy.context).last_summary})")
     return EXIT_OK
 

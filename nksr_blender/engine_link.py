@@ -63,10 +63,15 @@ def _engine_package() -> ModuleType:
     return module
 
 
+def engine_module(name: str) -> ModuleType:
+    """One of the engine's light modules (stdlib + numpy: client, files, errors), under this add-on's name."""
+    _engine_package()
+    return importlib.import_module(f"{__package__}.engine.{name}")
+
+
 def client_api() -> ModuleType:
     """The engine's client module (stdlib + numpy), imported under this add-on's name."""
-    _engine_package()
-    return importlib.import_module(f"{__package__}.engine.client")
+    return engine_module("client")
 
 
 def user_folder(name: str) -> Path:
