@@ -99,7 +99,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
                           _hint(exc)) from None
     try:
         yield temp
-        fd = os.open(temp, os.O_RDONLY)
+        fd = os.open(temp, os.O_RDWR)  # writable: Windows flushes only handles open for writing
         try:
             os.fsync(fd)  # a late write error (delayed allocation, NFS) surfaces here, before the rename
         finally:
