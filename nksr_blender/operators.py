@@ -124,7 +124,7 @@ class Run:
         return self.done
 
     def cancel(self, wait: bool = True) -> None:
-        """Stop the engine's job (Esc); the engine stays usable, or is replaced if it does not stop in 3 s.
+        """Stop the engine's job (Esc, or a dropped operator); the engine stays usable, or is replaced after 3 s.
 
         ``wait=False`` returns at once: later ticks see the job end (the UI path).
         """
