@@ -86,7 +86,7 @@ def cmd_test(extra: list[str]) -> int:
                   [str(PY), "-m", "mypy", "nksr_blender"]):
         if run(check) != 0:
             return 1
-    if run([str(PY), "-m", "pytest", "-q", "tests/engine", *extra]) != 0:
+    if run([str(PY), "-m", "pytest", "-q", "tests/engine", "tests/extension", *extra]) != 0:
         return 1
     for venv in (BLENDER_VENV, BLENDER_LTS_VENV):
         if run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "tests/blender", *extra], blender_env()) != 0:

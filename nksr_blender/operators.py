@@ -1,25 +1,29 @@
 """``nksr.reconstruct`` and the engine set-up operators.
 
-One operator, two paths (Blender never ticks timers or modal handlers in
-background mode): ``execute`` runs blocking, printing progress, for scripts, the
-console and batch runs; ``invoke`` from the UI runs modal, polling the engine
-from a 0.1 s timer without blocking, with Esc to cancel.  Meshes are created
-only once every input has its result, so a failed or cancelled run leaves the
-scene exactly as it was; a finished run is one undo step.
+Both long-running operators share :class:`ModalOperator` (the way Blender's
+Extensions add-on shares one mix-in among its operators): ``execute`` runs
+blocking, printing progress, for scripts, the console and batch runs (Blender
+never ticks timers or modal handlers in background mode); from the UI it runs
+modal, a 0.1 s timer ticking a :class:`task.Task` without blocking, with Esc to
+cancel, and ``cancel()`` stopping the work when Blender drops the operator (its
+window closed, a file was loaded).  Meshes are created only once every input has
+its result, so a failed or cancelled run leaves the scene exactly as it was; a
+finished run is one undo step.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal
 
 import bpy
 import numpy as np
 
-from . import engine_link, scene_io, settings
+from . import engine_link, scene_io, settings, task
 
 POLL_SECONDS = 0.1
 Result = set[Literal["RUNNING_MODAL", "CANCELLED", "FINISHED", "PASS_THROUGH", "INTERFACE"]]
@@ -29,13 +33,26 @@ class RunError(Exception):
     """A failure to show the user: what went wrong and what to do."""
 
 
+def is_modal(op: Any, context: bpy.types.Context) -> bool:
+    """Run modal (invoked from the UI, with a window to tick in) or blocking (scripts, background, redo)."""
+    return not bpy.app.background and op.options.is_invoke and context.window is not None
+
+
+def started_client(preference: str) -> Any:
+    """A started engine client, trying every interpreter candidate in order (blocking); RunError naming each."""
+    try:
+        return engine_link.session.client_for(preference)
+    except engine_link.EngineSetupError as exc:
+        raise RunError(str(exc)) from exc
+
+
 @dataclass
 class Run:
-    """One reconstruction over the selected objects: the state machine both paths drive.
+    """One reconstruction over the selected objects: the :class:`task.Work` both paths drive.
 
-    The modal path calls :meth:`tick` from its timer and :meth:`cancel` on Esc;
-    the blocking path calls :meth:`run_blocking`.  Nothing touches the scene
-    until :meth:`finish`, which adds every mesh or none.
+    The modal path calls :meth:`tick` from its timer, :meth:`cancel` on Esc and
+    when Blender drops the operator; the blocking path calls :meth:`run_blocking`.
+    Nothing touches the scene until :meth:`finish`, which adds every mesh or none.
     """
 
     objects: list[bpy.types.Object]
@@ -47,6 +64,7 @@ class Run:
     client: Any = None
     job: Any = None
     cancelled: bool = False
+    restart: Callable[[], Any] | None = None  # a started client when the engine did not start (blocking)
 
     @property
     def index(self) -> int:
@@ -81,8 +99,18 @@ class Run:
     def tick(self) -> bool:
         """Read what the engine sent, without blocking; True once every input has its result.
 
-        Raises the engine's error (a ClientError) when a job failed or the engine did not start.
+        Raises the engine's error (a ClientError) when a job failed, or the engine
+        did not start and there is no :attr:`restart` to try every interpreter.
         """
+        try:
+            return self._advance()
+        except engine_link.client_api().EngineUnavailable:
+            if self.restart is None:
+                raise
+            self.start(self.restart())
+            return False
+
+    def _advance(self) -> bool:
         if self.job is None:
             if self.client.poll_start() is None:
                 return False
@@ -96,7 +124,7 @@ class Run:
         return self.done
 
     def cancel(self, wait: bool = True) -> None:
-        """Stop the engine's job (Esc); the engine stays usable, or is replaced if it does not stop in 3 s.
+        """Stop the engine's job (Esc, or a dropped operator); the engine stays usable, or is replaced after 3 s.
 
         ``wait=False`` returns at once: later ticks see the job end (the UI path).
         """
@@ -111,9 +139,15 @@ class Run:
         """After cancel(): True once nothing runs any more."""
         return self.job is None or self.job.done
 
-    def run_blocking(self, client: Any) -> None:
+    def settle(self) -> bool:
+        """After cancel(wait=False): read the engine's answer without blocking; True once nothing runs."""
+        if self.job is not None:
+            self.job.poll()
+        return self.stopped
+
+    def run_blocking(self, client: Any = None) -> None:
         """Every input, one after the other, printing each stage (scripts and background mode)."""
-        self.client = client
+        self.client = client if client is not None else self.client
         last = ""
 
         def show(stage: str, fraction: float, text: str) -> None:
@@ -167,15 +201,156 @@ class Run:
         return state.last_summary
 
 
-class NKSR_OT_reconstruct(settings.ReconstructOptions, bpy.types.Operator):
+class ModalOperator:
+    """The shared run of the extension's long-running operators: a blocking path and a modal path.
+
+    ``execute`` picks the path (:func:`is_modal`).  Blocking, it runs the work to
+    the end.  Modal, a timer ticks a :class:`task.Task`, showing the status text
+    and progress after each tick; Esc asks the work to stop; ``cancel()``, which
+    Blender calls when it drops the handler (the window closed, a file was
+    loaded), stops the work and waits, so nothing keeps running unseen.  Every
+    way out -- finished, failed, cancelled, dropped, or an unexpected error --
+    passes :meth:`_end`, which removes the timer and clears the status.
+
+    A subclass says only what is its own: :meth:`_begin` (the work, or a failure
+    to report), :meth:`_finish` (what a finished run does; returns the report),
+    :meth:`_progress` (the status line) and, if it shows more, :meth:`_mirror`.
+    """
+
+    poll_seconds: ClassVar[float] = POLL_SECONDS
+    cancelled_report: ClassVar[str] = "NKSR: cancelled."
+    _task: task.Task | None = None
+    _timer: Any = None
+
+    # -- what each operator says -------------------------------------------------------
+
+    def _failures(self) -> tuple[type[Exception], ...]:
+        """The exceptions that are the user's to read (reported as errors); any other is a bug."""
+        raise NotImplementedError
+
+    def _begin(self, context: bpy.types.Context, modal: bool) -> task.Work:
+        """The work to run (started when ``modal``: it must not block); raises a failure to report."""
+        raise NotImplementedError
+
+    def _finish(self, context: bpy.types.Context, work: Any) -> str:
+        """What a finished run does (e.g. add the meshes); returns the INFO report.  May raise a failure."""
+        raise NotImplementedError
+
+    def _progress(self, work: Any) -> tuple[str, float]:
+        """The status bar's line and the progress fraction (0-1) while the work runs."""
+        raise NotImplementedError
+
+    def _mirror(self, context: bpy.types.Context, work: Any) -> None:
+        """Show the running work elsewhere too (a panel); ``work`` is None once the run ended."""
+
+    # -- the two paths -----------------------------------------------------------------------
+
+    def execute(self, context: bpy.types.Context) -> Result:
+        modal = is_modal(self, context)
+        try:
+            work = self._begin(context, modal)
+        except self._failures() as exc:
+            return self._report_failure(exc)
+        if modal:
+            return self._start(context, work)
+        try:
+            work.run_blocking()
+            message = self._finish(context, work)
+        except self._failures() as exc:
+            return self._report_failure(exc)
+        except BaseException:  # Ctrl-C or a bug: stop what still runs before it propagates
+            work.cancel(wait=True)
+            raise
+        self.report({"INFO"}, message)  # type: ignore[attr-defined]
+        return {"FINISHED"}
+
+    def _start(self, context: bpy.types.Context, work: task.Work) -> Result:
+        self._task = task.Task(work, self._failures())
+        wm = context.window_manager
+        try:
+            self._timer = wm.event_timer_add(self.poll_seconds, window=context.window)
+            wm.progress_begin(0, 1)
+            wm.modal_handler_add(self)  # type: ignore[arg-type]  # always mixed into an Operator
+            self._show(context)
+        except BaseException:
+            self.cancel(context)
+            raise
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
+        current = self._task
+        if current is None:  # already cancelled by Blender
+            return {"CANCELLED"}
+        try:
+            if event.type == "ESC" and current.escape():
+                context.workspace.status_text_set("NKSR: cancelling...")
+                return {"RUNNING_MODAL"}
+            if event.type != "TIMER":
+                return {"PASS_THROUGH"}
+            if current.tick() is task.State.RUNNING:
+                self._show(context)
+            if not current.ended:
+                return {"PASS_THROUGH"}
+            message = ""
+            if current.state is task.State.FINISHED:
+                try:
+                    message = self._finish(context, current.work)
+                except current.failures as exc:
+                    current.fail(exc)
+        except BaseException:  # a bug: stop the work and clean up before Blender drops us
+            self.cancel(context)
+            raise
+        self._end(context)
+        if current.state is task.State.FAILED:
+            assert current.error is not None
+            return self._report_failure(current.error)
+        if current.state is task.State.CANCELLED:
+            self.report({"WARNING"}, self.cancelled_report)  # type: ignore[attr-defined]
+            return {"CANCELLED"}
+        self.report({"INFO"}, message)  # type: ignore[attr-defined]
+        return {"FINISHED"}
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        """Blender dropped this operator (its window closed, a file was loaded): stop the work, waiting."""
+        if self._task is not None and self._task.cancel() is task.State.CANCELLED:
+            print(self.cancelled_report, flush=True)  # the report would reach no window
+        self._end(context)
+
+    # -- shared by both -------------------------------------------------------------------------
+
+    def _show(self, context: bpy.types.Context) -> None:
+        assert self._task is not None
+        line, fraction = self._progress(self._task.work)
+        context.window_manager.progress_update(fraction)
+        context.workspace.status_text_set(line + "   (Esc to cancel)")
+        self._mirror(context, self._task.work)
+
+    def _end(self, context: bpy.types.Context) -> None:
+        """Undo what :meth:`_start` set up (a no-op when it did not run, or :meth:`_end` already did)."""
+        self._task = None
+        if self._timer is None:
+            return
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        self._mirror(context, None)
+
+    def _report_failure(self, error: BaseException) -> Result:
+        self.report({"ERROR"}, str(error))  # type: ignore[attr-defined]
+        return {"CANCELLED"}
+
+
+class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.Operator):
     """Reconstruct a surface mesh from each selected point cloud (a mesh of loose vertices or a point cloud)"""
 
     bl_idname = "nksr.reconstruct"
     bl_label = "Reconstruct Surface (NKSR)"
     bl_options = {"REGISTER", "UNDO"}
 
-    _run: Run | None = None
-    _timer: Any = None
+    cancelled_report = "NKSR: cancelled; the scene is unchanged."
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -239,113 +414,39 @@ class NKSR_OT_reconstruct(settings.ReconstructOptions, bpy.types.Operator):
             return np.array(context.scene.camera.matrix_world.translation, dtype=np.float64)
         return None
 
-    def _client(self, context: bpy.types.Context) -> Any:
-        try:
-            return engine_link.session.client_for(settings.engine_python(context))
-        except engine_link.EngineSetupError as exc:
-            raise RunError(str(exc)) from exc
+    # -- what the shared run does here -----------------------------------------------------
 
-    def _fail(self, text: str) -> Result:
-        self.report({"ERROR"}, text)
-        return {"CANCELLED"}
+    def _failures(self) -> tuple[type[Exception], ...]:
+        return RunError, engine_link.EngineSetupError, engine_link.client_api().ClientError
 
-    # -- blocking path (scripts, console, background) ------------------------------
+    def _begin(self, context: bpy.types.Context, modal: bool) -> Run:
+        run = self._prepare(context)
+        preference = settings.engine_python(context)
+        if not modal:
+            run.client = started_client(preference)
+            return run
+        run.restart = partial(started_client, preference)  # the quick start failed: try every candidate
+        run.start(engine_link.session.begin(preference))  # spawns the engine without waiting for it
+        return run
 
-    def execute(self, context: bpy.types.Context) -> Result:
-        api = engine_link.client_api()
-        try:
-            run = self._prepare(context)
-            run.run_blocking(self._client(context))
-            run.finish(context)
-        except (RunError, api.ClientError) as exc:
-            return self._fail(str(exc))
-        summary = run.record(context)
-        self.report({"INFO"}, f"NKSR: {summary}")
-        return {"FINISHED"}
+    def _finish(self, context: bpy.types.Context, work: Run) -> str:
+        work.finish(context)
+        return f"NKSR: {work.record(context)}"
 
-    # -- modal path (the UI) ---------------------------------------------------------
+    def _progress(self, work: Run) -> tuple[str, float]:
+        stage, fraction = work.status()
+        return work.label(stage, fraction), fraction
 
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        api = engine_link.client_api()
-        try:
-            self._run = self._prepare(context)
-            self._run.start(engine_link.session.begin(settings.engine_python(context)))
-        except (RunError, engine_link.EngineSetupError, api.ClientError) as exc:
-            self._cleanup(context)
-            return self._fail(str(exc))
+    def _mirror(self, context: bpy.types.Context, work: Run | None) -> None:
         state = settings.run_state(context)
-        state.running, state.stage, state.fraction = True, "starting", 0.0
-        context.window_manager.progress_begin(0, 1)
-        self._timer = context.window_manager.event_timer_add(POLL_SECONDS, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
-        assert self._run is not None
-        if event.type == "ESC" and not self._run.cancelled:
-            self._run.cancel(wait=False)  # the engine stops within a second, or is killed after 3 s
-            context.workspace.status_text_set("NKSR: cancelling...")
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if self._run.cancelled:
-            if self._run.job is not None:
-                self._run.job.poll()
-            if not self._run.stopped:
-                return {"PASS_THROUGH"}
-            self._cleanup(context)
-            self.report({"WARNING"}, "NKSR: cancelled; the scene is unchanged.")
-            return {"CANCELLED"}
-        api = engine_link.client_api()
-        try:
-            if not self._run.tick():
-                self._show(context)
-                return {"PASS_THROUGH"}
-            self._run.finish(context)
-        except api.EngineUnavailable:
-            return self._restart(context)
-        except (RunError, api.ClientError) as exc:
-            self._cleanup(context)
-            return self._fail(str(exc))
-        summary = self._run.record(context)
-        self._cleanup(context)
-        self.report({"INFO"}, f"NKSR: {summary}")
-        return {"FINISHED"}
-
-    def _restart(self, context: bpy.types.Context) -> Result:
-        """The engine did not start: try every interpreter candidate (blocking), or say what each lacks."""
-        assert self._run is not None
-        try:
-            self._run.start(self._client(context))
-        except (RunError, engine_link.client_api().ClientError) as exc:
-            self._cleanup(context)
-            return self._fail(str(exc))
-        return {"PASS_THROUGH"}
-
-    def _show(self, context: bpy.types.Context) -> None:
-        assert self._run is not None
-        stage, fraction = self._run.status()
-        state = settings.run_state(context)
-        state.stage, state.fraction = stage, fraction
-        context.window_manager.progress_update(fraction)
-        context.workspace.status_text_set(self._run.label(stage, fraction) + "   (Esc to cancel)")
+        if work is None:
+            state.running, state.stage = False, ""
+            return
+        state.running = True
+        state.stage, state.fraction = work.status()
         for area in context.screen.areas if context.screen else []:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
-
-    def _cleanup(self, context: bpy.types.Context) -> None:
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        state = settings.run_state(context)
-        state.running, state.stage = False, ""
-        if context.window is not None:
-            wm.progress_end()
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
 
 
 class NKSR_OT_check_engine(bpy.types.Operator):
@@ -374,80 +475,42 @@ class NKSR_OT_check_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NKSR_OT_setup_engine(bpy.types.Operator):
+class NKSR_OT_setup_engine(ModalOperator, bpy.types.Operator):
     """Create a private Python environment for the engine and install its pinned requirements (downloads torch)"""
 
     bl_idname = "nksr.setup_engine"
     bl_label = "Create Engine Environment"
 
-    _steps: list[list[str]] = []
-    _process: subprocess.Popen[bytes] | None = None
-    _timer: Any = None
-    _log: Any = None
+    poll_seconds = 0.5
+    cancelled_report = "NKSR: creating the engine environment was cancelled; run it again to finish it."
 
-    def _commands(self) -> list[list[str]]:
+    def _failures(self) -> tuple[type[Exception], ...]:
+        return RunError, task.StepFailed, engine_link.EngineSetupError, OSError
+
+    def _begin(self, context: bpy.types.Context, modal: bool) -> task.CommandChain:
+        if not bpy.app.online_access:
+            raise RunError("Blender's online access is off, and this downloads the engine's packages (torch). "
+                           "Allow it in Preferences > System > Network, or make an environment yourself (python -m "
+                           f"venv ENV; ENV/bin/pip install -r {engine_link.requirements_file()}) and set Engine "
+                           "Python to it.")
         venv = engine_link.private_env()
         python = engine_link.venv_python(venv)
-        return [[sys.executable, "-m", "venv", str(venv)],
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                 "-r", str(engine_link.requirements_file())]]
+        steps = [[sys.executable, "-m", "venv", str(venv)],
+                 [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                  "-r", str(engine_link.requirements_file())]]
+        chain = task.CommandChain(steps, engine_link.user_folder("logs") / "setup.log",
+                                  "Creating the engine environment")
+        if modal:
+            chain.tick()  # starts the first step
+        return chain
 
-    def _refuse(self) -> str:
-        if not bpy.app.online_access:
-            return ("Blender's online access is off, and this downloads the engine's packages (torch). Allow it in "
-                    "Preferences > System > Network, or make an environment yourself (python -m venv ENV; "
-                    f"ENV/bin/pip install -r {engine_link.requirements_file()}) and set Engine Python to it.")
-        return ""
+    def _finish(self, context: bpy.types.Context, work: task.CommandChain) -> str:
+        return f"Engine environment ready: {engine_link.private_env()}"
 
-    def execute(self, context: bpy.types.Context) -> Result:
-        if reason := self._refuse():
-            self.report({"ERROR"}, reason)
-            return {"CANCELLED"}
-        log = engine_link.user_folder("logs") / "setup.log"
-        with open(log, "ab") as out:
-            for step in self._commands():
-                print("NKSR:", " ".join(step), flush=True)
-                if subprocess.call(step, stdout=out, stderr=subprocess.STDOUT) != 0:
-                    self.report({"ERROR"}, f"Creating the engine environment failed; see {log}.")
-                    return {"CANCELLED"}
-        self.report({"INFO"}, f"Engine environment ready: {engine_link.private_env()}")
-        return {"FINISHED"}
-
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        if reason := self._refuse():
-            self.report({"ERROR"}, reason)
-            return {"CANCELLED"}
-        self._steps = self._commands()
-        self._log = open(engine_link.user_folder("logs") / "setup.log", "ab")  # noqa: SIM115 - closed in _end
-        self._next()
-        self._timer = context.window_manager.event_timer_add(0.5, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        context.workspace.status_text_set("NKSR: creating the engine environment (downloads torch)...")
-        return {"RUNNING_MODAL"}
-
-    def _next(self) -> None:
-        self._process = subprocess.Popen(self._steps.pop(0), stdout=self._log, stderr=subprocess.STDOUT)
-
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
-        if event.type != "TIMER" or self._process is None or self._process.poll() is None:
-            return {"PASS_THROUGH"}
-        if self._process.returncode != 0:
-            self._end(context)
-            self.report({"ERROR"}, f"Creating the engine environment failed; see {self._log.name}.")
-            return {"CANCELLED"}
-        if self._steps:
-            self._next()
-            return {"PASS_THROUGH"}
-        self._end(context)
-        self.report({"INFO"}, f"Engine environment ready: {engine_link.private_env()}")
-        return {"FINISHED"}
-
-    def _end(self, context: bpy.types.Context) -> None:
-        context.window_manager.event_timer_remove(self._timer)
-        self._log.close()
-        context.workspace.status_text_set(None)
+    def _progress(self, work: task.CommandChain) -> tuple[str, float]:
+        step, steps = max(work.started, 1), len(work.commands)
+        return (f"NKSR: creating the engine environment (downloads torch), step {step}/{steps}",
+                (step - 1) / steps)
 
 
 CLASSES = (NKSR_OT_reconstruct, NKSR_OT_check_engine, NKSR_OT_setup_engine)
