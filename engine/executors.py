@@ -26,6 +26,7 @@ from .chunks import ChunkField, ChunkTask, solve_chunk
 from .errors import InputError
 from .optional import import_optional
 from .progress import Run
+from .workers import start_worker
 
 CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed
 TOKEN_POLL = 0.2  # seconds between two looks at a cancel token from a worker
@@ -100,17 +101,6 @@ class FileToken(PolledToken):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _start_worker(threads: int) -> None:
-    """A pool worker: its stdout is the engine's protocol stream, so anything printed goes to stderr."""
-    import sys
-
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class Processes:
     """A pool of ``workers`` local processes (spawned, each with its share of the CPU threads)."""
 
@@ -125,7 +115,7 @@ class Processes:
         token = FileToken()
         threads = max(1, (os.cpu_count() or 1) // self.concurrent)
         pool = ProcessPoolExecutor(self.concurrent, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(threads,))
+                                   initializer=start_worker, initargs=(threads, os.getpid()))
         pending: set[Future[ChunkField]] = set()
         try:
             yield from _pump(tasks, self.concurrent, run, lambda t: pool.submit(solve_chunk, t), token, pending,
