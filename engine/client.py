@@ -35,6 +35,7 @@ ProgressFn = Callable[[str, float, str], None]
 
 _PIPE_SIZE = 1 << 20  # Linux pipes hold 64 KiB by default; bigger ones cut the syscalls per megabyte 16-fold
 _WAIT_SLICE = 0.1
+STALL_TIMEOUT = 30.0  # seconds of silence from a working engine after which it counts as stalled (it beats every 0.5)
 _HINT_PYTHON = ("Set the engine's Python to an interpreter with the engine's requirements "
                 "(python -m pip install torch numpy scipy).")
 
@@ -61,6 +62,10 @@ class EngineCrashed(ClientError):
 
 class EngineTimeout(ClientError):
     """A job did not finish in time; the engine was stopped."""
+
+
+class EngineStalled(EngineTimeout):
+    """No frame (not even a heartbeat) came for ``stall_timeout`` s during a job: the engine was stopped."""
 
 
 class RemoteError(ClientError):
@@ -225,8 +230,9 @@ class Job:
     def poll(self, budget: float = 0.02) -> list[Message]:
         """Handle what the engine sent so far, reading for at most about ``budget`` seconds; never blocks.
 
-        Returns the messages handled (progress, log, result, error).  After the
-        job is done, ``result`` or ``error`` says how it ended.
+        Returns the messages handled (progress, log, heartbeat, result, error).
+        After the job is done, ``result`` or ``error`` says how it ended: an
+        engine silent for ``stall_timeout`` s is killed (EngineStalled).
         """
         if self.done:
             return []
@@ -240,6 +246,7 @@ class Job:
             handled.append(msg)
         if self.done:
             return handled
+        silent = time.monotonic() - client._heard
         if failure is not None:
             client._kill()
             self._fail(EngineCrashed(f"The engine broke the protocol: {failure.message}", failure.hint))
@@ -254,10 +261,20 @@ class Job:
             self._finish(None, RemoteError(
                 "cancelled", f"Reconstruction cancelled (the engine did not stop within {self._cancel_grace:g} s "
                 "and was stopped).", "The next reconstruction starts a fresh engine."))
+        elif client.stall_timeout is not None and silent > client.stall_timeout:
+            client._kill()
+            self._fail(EngineStalled(
+                f"The engine has not answered for {silent:.0f} s (stalled: not even its heartbeat came); "
+                "it was stopped.", "The system may have suspended or frozen it (a stopped process, a debugger, "
+                "heavy swapping).  Nothing was changed; the next reconstruction starts a fresh engine."))
         return handled
 
     def wait(self, timeout: float | None = None, on_progress: ProgressFn | None = None) -> Result:
-        """Block until the job ends and return its result; raise RemoteError, EngineCrashed or EngineTimeout."""
+        """Block until the job ends and return its result; raise RemoteError, EngineCrashed or EngineTimeout.
+
+        With ``timeout=None`` it waits as long as the engine works, but no
+        longer than ``stall_timeout`` s of silence (EngineStalled).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
@@ -298,6 +315,8 @@ class Job:
             self.progress = Progress(msg["stage"], float(msg["fraction"]), msg["text"])
         elif msg.type == "log":
             self.logs.append((msg["level"], msg["text"]))
+        elif msg.type == "heartbeat":
+            pass  # its arrival is what counts (EngineClient._heard)
         elif msg.type == "result":
             try:
                 result = _result(msg)
@@ -332,12 +351,15 @@ class EngineClient:
     the folder above this package, whatever this package is called at import
     time).  ``log_path`` receives the engine's stderr, appended (default: a new
     temporary file).  ``env`` replaces the environment (default: this
-    process's, without PYTHONHOME).
+    process's, without PYTHONHOME).  ``stall_timeout``: seconds without any
+    frame during a job (the engine sends a heartbeat every
+    ``engine.server.HEARTBEAT_INTERVAL`` s of silence) after which the engine
+    counts as stalled and is killed; None never gives up.
     """
 
     def __init__(self, python: str | os.PathLike[str], *, engine_dir: Path | None = None,
                  log_path: Path | None = None, env: dict[str, str] | None = None,
-                 start_timeout: float = 120.0) -> None:
+                 start_timeout: float = 120.0, stall_timeout: float | None = STALL_TIMEOUT) -> None:
         self.python = os.fspath(python)
         self.engine_dir = Path(engine_dir) if engine_dir is not None else Path(__file__).resolve().parent.parent
         if log_path is None:
@@ -347,6 +369,8 @@ class EngineClient:
         self.log_path = Path(log_path)
         self.env = env
         self.start_timeout = start_timeout
+        self.stall_timeout = stall_timeout
+        self._heard = time.monotonic()  # when the engine's last bytes arrived
         self.hello: dict[str, Any] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
@@ -454,6 +478,7 @@ class EngineClient:
         self.start()
         job = Job(self)
         self._job = job
+        self._heard = time.monotonic()
         try:
             self._send(Message("reconstruct", {"options": opts}, arrays))
         except OSError:
@@ -564,6 +589,7 @@ class EngineClient:
                     self._eof = True
                     out += self._decoder.close()
                     break
+                self._heard = time.monotonic()
                 out += self._decoder.advance(n)
                 if time.monotonic() > end:
                     break

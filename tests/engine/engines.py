@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Mesh, reconstruct
+from engine import Mesh, protocol, reconstruct
 from tests import shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ while True:
 '''
 
 
-def stub_engine_dir(tmp: Path, protocol_version: int = 1) -> Path:
+def stub_engine_dir(tmp: Path, protocol_version: int = protocol.PROTOCOL_VERSION) -> Path:
     """A folder whose ``engine`` package is :data:`STUB`: starts in a blink, never finishes, ignores cancel."""
     pkg = tmp / "stub" / "engine"
     pkg.mkdir(parents=True)

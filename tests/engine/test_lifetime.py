@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from engine.client import EngineClient, EngineTimeout, Job
+from engine.client import EngineClient, EngineStalled, EngineTimeout, Job
 from tests import shapes
-from tests.engine.engines import ENV, LONG, PYTHON, all_gone_within, descendants
+from tests.engine.engines import ENV, LONG, NORMALS, POINTS, PYTHON, all_gone_within, descendants
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -62,3 +63,48 @@ def test_the_clients_timeout_kill_takes_the_worker_processes_along(client: Engin
     with pytest.raises(EngineTimeout):
         job.wait(timeout=0.5)
     assert all_gone_within({engine, *below}, ORPHAN_GRACE) == set(), "orphaned worker processes"
+
+
+# -- a stalled engine ----------------------------------------------------------------------------------------------
+
+STALL = 1.5  # seconds: small, so that the tests are quick; the default is client.STALL_TIMEOUT
+
+
+def test_a_stopped_engine_is_noticed_within_the_stall_limit_and_killed(tmp_path: Path) -> None:
+    client = EngineClient(PYTHON, log_path=tmp_path / "engine.log", env=ENV, stall_timeout=STALL)
+    try:
+        engine = client.start()["pid"]
+        job = client.submit(POINTS, NORMALS, **LONG)
+        while job.progress is None or job.progress.stage != "solve":
+            job.poll()
+            time.sleep(0.02)
+        os.kill(engine, signal.SIGSTOP)  # what a frozen or suspended engine looks like from outside
+        stopped = time.monotonic()
+        with pytest.raises(EngineStalled, match=r"has not answered for \d+ s \(stalled") as info:
+            job.wait()  # no timeout: only the stall check ends it
+        assert STALL - 0.2 < time.monotonic() - stopped < STALL + 1.0
+        assert info.value.hint and all_gone_within({engine}, 2.0) == set()
+        assert client.reconstruct(POINTS[:5], NORMALS[:5], _benchmark_echo_faces=3).faces.shape == (3, 3)
+    finally:
+        client.close()
+
+
+def test_a_long_silent_stage_is_not_a_stall(tmp_path: Path) -> None:
+    """Chunks on worker processes: the engine's main thread sends nothing between two finished chunks (seconds
+    each, longer than the stall limit), but its heartbeat thread keeps beating."""
+    client = EngineClient(PYTHON, log_path=tmp_path / "engine.log", env=ENV, stall_timeout=STALL)
+    points, normals = shapes.sphere(20_000, radius=2.0)
+    try:
+        client.start()
+        job = client.submit(points + 100.0, normals, device="cpu", chunk_size=1.0, executor="processes", workers=2)
+        arrivals: list[tuple[float, str]] = []
+        while not job.done:
+            arrivals += [(time.monotonic(), m.type) for m in job.poll()]
+            time.sleep(0.1)  # a Blender timer
+        assert job.error is None and job.result.stats["chunks"] == 8
+        times = [t for t, _ in arrivals]
+        news = [t for t, kind in arrivals if kind != "heartbeat"]
+        assert max(np.diff(news)) > STALL, "a silent stretch longer than the stall limit, or this proves nothing"
+        assert max(np.diff(times)) < STALL - 0.5, "heartbeats came through it"
+    finally:
+        client.close()
