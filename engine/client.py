@@ -175,6 +175,32 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 1.0) -> None:
             pass
 
 
+def python_in_folder(folder: str | os.PathLike[str]) -> str | None:
+    """The interpreter of a virtual environment or Python installation ``folder``, if it has one: the file
+    users usually mean when they choose the folder instead."""
+    for name in ("bin/python3", "bin/python", "Scripts/python.exe", "python.exe", "python3"):
+        if (Path(folder) / name).is_file():
+            return str(Path(folder) / name)
+    return None
+
+
+def folder_not_python(folder: str) -> str:
+    """The message for an engine Python that is a folder: not missing, but not an interpreter either."""
+    inside = python_in_folder(folder)
+    return (f"{folder} is a folder, not a Python interpreter" +
+            (f"; choose the interpreter inside it: {inside}" if inside else ""))
+
+
+def _drop_logs(paths: list[Path]) -> None:
+    """Remove the temporary logs a client created (what ``paths`` still holds), at close or collection."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # still open elsewhere (Windows): left to the system's temp cleaning
+            pass
+    paths.clear()
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
@@ -339,6 +365,8 @@ class Job:
 
     def _finish(self, result: Result | None, error: ClientError | None) -> None:
         self.done, self._result, self.error = True, result, error
+        if error is not None:
+            self._client._cited(error)
         if self._client._job is self:
             self._client._job = None
 
@@ -350,7 +378,8 @@ class EngineClient:
     ``engine_dir`` is the folder that contains the ``engine`` package (default:
     the folder above this package, whatever this package is called at import
     time).  ``log_path`` receives the engine's stderr, appended (default: a new
-    temporary file).  ``env`` replaces the environment (default: this
+    temporary file, removed at close unless an error message named it: users
+    are told to read that one, and expect no other litter).  ``env`` replaces the environment (default: this
     process's, without PYTHONHOME).  ``stall_timeout``: seconds without any
     frame during a job (the engine sends a heartbeat every
     ``engine.server.HEARTBEAT_INTERVAL`` s of silence) after which the engine
@@ -362,11 +391,10 @@ class EngineClient:
                  start_timeout: float = 120.0, stall_timeout: float | None = STALL_TIMEOUT) -> None:
         self.python = os.fspath(python)
         self.engine_dir = Path(engine_dir) if engine_dir is not None else Path(__file__).resolve().parent.parent
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="nksr-engine-", suffix=".log")
-            os.close(fd)
-            log_path = Path(name)
-        self.log_path = Path(log_path)
+        self._temp_logs: list[Path] = []  # the temporary log this client made, while it is to be removed
+        self._own_log = log_path is None
+        self.log_path = Path(log_path) if log_path is not None else self._new_temp_log()
+        weakref.finalize(self, _drop_logs, self._temp_logs)
         self.env = env
         self.start_timeout = start_timeout
         self.stall_timeout = stall_timeout
@@ -381,6 +409,17 @@ class EngineClient:
         self._start_deadline = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def _new_temp_log(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix="nksr-engine-", suffix=".log")
+        os.close(fd)
+        self._temp_logs[:] = [Path(name)]
+        return Path(name)
+
+    def _cited(self, error: BaseException) -> None:
+        """An error for the user names the log: keep it for them to read."""
+        if str(self.log_path) in str(error):
+            self._temp_logs.clear()
 
     @property
     def pid(self) -> int | None:
@@ -407,7 +446,8 @@ class EngineClient:
             return None
         try:
             self.hello = self._handshake(self._start_deadline)
-        except BaseException:
+        except BaseException as exc:
+            self._cited(exc)
             self._kill()
             raise
         return self.hello
@@ -425,15 +465,18 @@ class EngineClient:
             self.start(wait=False)
         try:
             self.hello = self._handshake_step(self._start_deadline, budget=0.02)
-        except BaseException:
+        except BaseException as exc:
+            self._cited(exc)
             self._kill()
             raise
         return self.hello
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the engine: ``shutdown``, then EOF, then kill if it has not exited within ``timeout``."""
+        """Stop the engine: ``shutdown``, then EOF, then kill if it has not exited within ``timeout``; remove
+        the temporary log unless an error named it."""
         proc = self._proc
         if proc is None:
+            _drop_logs(self._temp_logs)
             return
         if self._job is not None:
             self._job._fail(EngineCrashed("The engine was closed during the reconstruction.", "Nothing was changed."))
@@ -443,6 +486,7 @@ class EngineClient:
             pass
         _stop_process(proc, timeout)
         self._forget()
+        _drop_logs(self._temp_logs)
 
     def __enter__(self) -> EngineClient:
         self.start()
@@ -507,7 +551,11 @@ class EngineClient:
         if not (self.engine_dir / "engine" / "__main__.py").is_file():
             raise EngineUnavailable(f"The engine's files are missing: no engine package in {self.engine_dir}.",
                                     "Reinstall the add-on.")
+        if os.path.isdir(self.python):
+            raise EngineUnavailable(f"The engine's Python {folder_not_python(self.python)}.", _HINT_PYTHON)
         _survive_broken_pipes()
+        if self._own_log and not self.log_path.exists():  # removed at an earlier close: a fresh temporary log
+            self.log_path = self._new_temp_log()
         env = dict(os.environ) if self.env is None else dict(self.env)
         if self.env is None:
             env.pop("PYTHONHOME", None)  # the host's (Blender's) Python home is not the engine's

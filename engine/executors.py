@@ -6,9 +6,10 @@ only a few tasks in flight, since each holds a copy of its points, and stops
 for the run's cancel check between chunks; inside a chunk, a worker in another
 process watches a cancel token (a file for local processes, a Dask ``Event``
 on a cluster) at every solver iteration and stage, so cancel interrupts a
-running chunk there too.  Nothing here listens on a network port: the Dask
+running chunk there too.  Nothing here listens beyond this machine: the Dask
 executor connects to a scheduler the user started, or runs an in-process
-cluster with in-memory transport.
+cluster with in-memory transport, whose HTTP servers (Dask always starts
+them) listen on loopback only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .workers import start_worker
 CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed
 TOKEN_POLL = 0.2  # seconds between two looks at a cancel token from a worker
 POLL = 0.1  # seconds between two cancel checks while waiting for chunks
+LOOPBACK = "127.0.0.1:0"  # where the in-process Dask cluster's HTTP servers listen: this machine only, any free port
 EXECUTORS = "'inprocess', 'processes', 'dask' or a Dask scheduler address such as 'tcp://host:8786'"
 
 
@@ -179,7 +181,8 @@ class Dask:
     With an address the engine is only a client of a cluster the user runs
     (``dask scheduler`` and ``dask worker`` with this engine installed); its
     workers' memory is theirs to limit (``--memory-limit``).  Without one, a
-    cluster of ``workers`` threads in this process, without network ports.
+    cluster of ``workers`` threads in this process, with in-memory transport
+    and its HTTP servers on loopback.
     """
 
     # On a cluster, chunks live on the workers and the engine holds only their results; the memory
@@ -206,8 +209,10 @@ class Dask:
                 raise InputError(f"Cannot reach the Dask scheduler at {self.address}: {exc}.",
                                  "Start it (dask scheduler, then dask worker ADDRESS on each machine), "
                                  "check the address, or use the 'processes' executor.") from None
+        # In-memory transport between the client, scheduler and worker; but each still starts an HTTP server
+        # (a scheduler on 0.0.0.0:8787 and [::] even without a dashboard): bind them to loopback, any port.
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
-                                           dashboard_address=None)
+                                           dashboard_address=LOOPBACK, worker_dashboard_address=LOOPBACK)
         try:
             return distributed.Client(cluster), cluster
         except BaseException:

@@ -108,3 +108,33 @@ def test_a_long_silent_stage_is_not_a_stall(tmp_path: Path) -> None:
         assert max(np.diff(times)) < STALL - 0.5, "heartbeats came through it"
     finally:
         client.close()
+
+
+# -- nothing listens beyond this machine ----------------------------------------------------------------------------
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs process ``pid`` listens on (TCP, IPv4 and IPv6)."""
+    psutil = pytest.importorskip("psutil")  # installed with distributed
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def test_the_in_process_dask_cluster_listens_on_loopback_only() -> None:
+    """While a chunked run on the ``dask`` executor is solving its chunks, in this process."""
+    pytest.importorskip("distributed")
+    from engine import reconstruct
+    from engine.errors import Cancelled
+
+    seen: list[set[tuple[str, int]]] = []
+
+    def look(stage: str, fraction: float, text: str) -> None:
+        if stage == "chunks" and " solved" in text and not seen:  # the cluster is up: a chunk came back
+            seen.append(listening(os.getpid()))
+
+    points, normals = shapes.sphere(5_000, radius=2.0)
+    with pytest.raises(Cancelled):  # once it has looked
+        reconstruct(points, normals, device="cpu", chunk_size=1.0, executor="dask", workers=2, progress=look,
+                    cancel=lambda: bool(seen))
+    assert seen, "the chunks stage was reached"
+    public = {(ip, port) for ip, port in seen[0] if ip not in ("127.0.0.1", "::1")}
+    assert public == set(), f"listening beyond loopback: {sorted(public)}"
