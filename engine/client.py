@@ -35,6 +35,7 @@ ProgressFn = Callable[[str, float, str], None]
 
 _PIPE_SIZE = 1 << 20  # Linux pipes hold 64 KiB by default; bigger ones cut the syscalls per megabyte 16-fold
 _WAIT_SLICE = 0.1
+STALL_TIMEOUT = 30.0  # seconds of silence from a working engine after which it counts as stalled (it beats every 0.5)
 _HINT_PYTHON = ("Set the engine's Python to an interpreter with the engine's requirements "
                 "(python -m pip install torch numpy scipy).")
 
@@ -61,6 +62,10 @@ class EngineCrashed(ClientError):
 
 class EngineTimeout(ClientError):
     """A job did not finish in time; the engine was stopped."""
+
+
+class EngineStalled(EngineTimeout):
+    """No frame (not even a heartbeat) came for ``stall_timeout`` s during a job: the engine was stopped."""
 
 
 class RemoteError(ClientError):
@@ -170,6 +175,32 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 1.0) -> None:
             pass
 
 
+def python_in_folder(folder: str | os.PathLike[str]) -> str | None:
+    """The interpreter of a virtual environment or Python installation ``folder``, if it has one: the file
+    users usually mean when they choose the folder instead."""
+    for name in ("bin/python3", "bin/python", "Scripts/python.exe", "python.exe", "python3"):
+        if (Path(folder) / name).is_file():
+            return str(Path(folder) / name)
+    return None
+
+
+def folder_not_python(folder: str) -> str:
+    """The message for an engine Python that is a folder: not missing, but not an interpreter either."""
+    inside = python_in_folder(folder)
+    return (f"{folder} is a folder, not a Python interpreter" +
+            (f"; choose the interpreter inside it: {inside}" if inside else ""))
+
+
+def _drop_logs(paths: list[Path]) -> None:
+    """Remove the temporary logs a client created (what ``paths`` still holds), at close or collection."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # still open elsewhere (Windows): left to the system's temp cleaning
+            pass
+    paths.clear()
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
@@ -225,8 +256,9 @@ class Job:
     def poll(self, budget: float = 0.02) -> list[Message]:
         """Handle what the engine sent so far, reading for at most about ``budget`` seconds; never blocks.
 
-        Returns the messages handled (progress, log, result, error).  After the
-        job is done, ``result`` or ``error`` says how it ended.
+        Returns the messages handled (progress, log, heartbeat, result, error).
+        After the job is done, ``result`` or ``error`` says how it ended: an
+        engine silent for ``stall_timeout`` s is killed (EngineStalled).
         """
         if self.done:
             return []
@@ -240,6 +272,7 @@ class Job:
             handled.append(msg)
         if self.done:
             return handled
+        silent = time.monotonic() - client._heard
         if failure is not None:
             client._kill()
             self._fail(EngineCrashed(f"The engine broke the protocol: {failure.message}", failure.hint))
@@ -254,10 +287,20 @@ class Job:
             self._finish(None, RemoteError(
                 "cancelled", f"Reconstruction cancelled (the engine did not stop within {self._cancel_grace:g} s "
                 "and was stopped).", "The next reconstruction starts a fresh engine."))
+        elif client.stall_timeout is not None and silent > client.stall_timeout:
+            client._kill()
+            self._fail(EngineStalled(
+                f"The engine has not answered for {silent:.0f} s (stalled: not even its heartbeat came); "
+                "it was stopped.", "The system may have suspended or frozen it (a stopped process, a debugger, "
+                "heavy swapping).  Nothing was changed; the next reconstruction starts a fresh engine."))
         return handled
 
     def wait(self, timeout: float | None = None, on_progress: ProgressFn | None = None) -> Result:
-        """Block until the job ends and return its result; raise RemoteError, EngineCrashed or EngineTimeout."""
+        """Block until the job ends and return its result; raise RemoteError, EngineCrashed or EngineTimeout.
+
+        With ``timeout=None`` it waits as long as the engine works, but no
+        longer than ``stall_timeout`` s of silence (EngineStalled).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
@@ -298,6 +341,8 @@ class Job:
             self.progress = Progress(msg["stage"], float(msg["fraction"]), msg["text"])
         elif msg.type == "log":
             self.logs.append((msg["level"], msg["text"]))
+        elif msg.type == "heartbeat":
+            pass  # its arrival is what counts (EngineClient._heard)
         elif msg.type == "result":
             try:
                 result = _result(msg)
@@ -320,6 +365,8 @@ class Job:
 
     def _finish(self, result: Result | None, error: ClientError | None) -> None:
         self.done, self._result, self.error = True, result, error
+        if error is not None:
+            self._client._cited(error)
         if self._client._job is self:
             self._client._job = None
 
@@ -331,22 +378,27 @@ class EngineClient:
     ``engine_dir`` is the folder that contains the ``engine`` package (default:
     the folder above this package, whatever this package is called at import
     time).  ``log_path`` receives the engine's stderr, appended (default: a new
-    temporary file).  ``env`` replaces the environment (default: this
-    process's, without PYTHONHOME).
+    temporary file, removed at close unless an error message named it: users
+    are told to read that one, and expect no other litter).  ``env`` replaces the environment (default: this
+    process's, without PYTHONHOME).  ``stall_timeout``: seconds without any
+    frame during a job (the engine sends a heartbeat every
+    ``engine.server.HEARTBEAT_INTERVAL`` s of silence) after which the engine
+    counts as stalled and is killed; None never gives up.
     """
 
     def __init__(self, python: str | os.PathLike[str], *, engine_dir: Path | None = None,
                  log_path: Path | None = None, env: dict[str, str] | None = None,
-                 start_timeout: float = 120.0) -> None:
+                 start_timeout: float = 120.0, stall_timeout: float | None = STALL_TIMEOUT) -> None:
         self.python = os.fspath(python)
         self.engine_dir = Path(engine_dir) if engine_dir is not None else Path(__file__).resolve().parent.parent
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="nksr-engine-", suffix=".log")
-            os.close(fd)
-            log_path = Path(name)
-        self.log_path = Path(log_path)
+        self._temp_logs: list[Path] = []  # the temporary log this client made, while it is to be removed
+        self._own_log = log_path is None
+        self.log_path = Path(log_path) if log_path is not None else self._new_temp_log()
+        weakref.finalize(self, _drop_logs, self._temp_logs)
         self.env = env
         self.start_timeout = start_timeout
+        self.stall_timeout = stall_timeout
+        self._heard = time.monotonic()  # when the engine's last bytes arrived
         self.hello: dict[str, Any] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
@@ -357,6 +409,17 @@ class EngineClient:
         self._start_deadline = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def _new_temp_log(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix="nksr-engine-", suffix=".log")
+        os.close(fd)
+        self._temp_logs[:] = [Path(name)]
+        return Path(name)
+
+    def _cited(self, error: BaseException) -> None:
+        """An error for the user names the log: keep it for them to read."""
+        if str(self.log_path) in str(error):
+            self._temp_logs.clear()
 
     @property
     def pid(self) -> int | None:
@@ -383,7 +446,8 @@ class EngineClient:
             return None
         try:
             self.hello = self._handshake(self._start_deadline)
-        except BaseException:
+        except BaseException as exc:
+            self._cited(exc)
             self._kill()
             raise
         return self.hello
@@ -401,15 +465,18 @@ class EngineClient:
             self.start(wait=False)
         try:
             self.hello = self._handshake_step(self._start_deadline, budget=0.02)
-        except BaseException:
+        except BaseException as exc:
+            self._cited(exc)
             self._kill()
             raise
         return self.hello
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the engine: ``shutdown``, then EOF, then kill if it has not exited within ``timeout``."""
+        """Stop the engine: ``shutdown``, then EOF, then kill if it has not exited within ``timeout``; remove
+        the temporary log unless an error named it."""
         proc = self._proc
         if proc is None:
+            _drop_logs(self._temp_logs)
             return
         if self._job is not None:
             self._job._fail(EngineCrashed("The engine was closed during the reconstruction.", "Nothing was changed."))
@@ -419,6 +486,7 @@ class EngineClient:
             pass
         _stop_process(proc, timeout)
         self._forget()
+        _drop_logs(self._temp_logs)
 
     def __enter__(self) -> EngineClient:
         self.start()
@@ -454,6 +522,7 @@ class EngineClient:
         self.start()
         job = Job(self)
         self._job = job
+        self._heard = time.monotonic()
         try:
             self._send(Message("reconstruct", {"options": opts}, arrays))
         except OSError:
@@ -482,7 +551,11 @@ class EngineClient:
         if not (self.engine_dir / "engine" / "__main__.py").is_file():
             raise EngineUnavailable(f"The engine's files are missing: no engine package in {self.engine_dir}.",
                                     "Reinstall the add-on.")
+        if os.path.isdir(self.python):
+            raise EngineUnavailable(f"The engine's Python {folder_not_python(self.python)}.", _HINT_PYTHON)
         _survive_broken_pipes()
+        if self._own_log and not self.log_path.exists():  # removed at an earlier close: a fresh temporary log
+            self.log_path = self._new_temp_log()
         env = dict(os.environ) if self.env is None else dict(self.env)
         if self.env is None:
             env.pop("PYTHONHOME", None)  # the host's (Blender's) Python home is not the engine's
@@ -564,6 +637,7 @@ class EngineClient:
                     self._eof = True
                     out += self._decoder.close()
                     break
+                self._heard = time.monotonic()
                 out += self._decoder.advance(n)
                 if time.monotonic() > end:
                     break

@@ -6,9 +6,10 @@ only a few tasks in flight, since each holds a copy of its points, and stops
 for the run's cancel check between chunks; inside a chunk, a worker in another
 process watches a cancel token (a file for local processes, a Dask ``Event``
 on a cluster) at every solver iteration and stage, so cancel interrupts a
-running chunk there too.  Nothing here listens on a network port: the Dask
+running chunk there too.  Nothing here listens beyond this machine: the Dask
 executor connects to a scheduler the user started, or runs an in-process
-cluster with in-memory transport.
+cluster with in-memory transport, whose HTTP servers (Dask always starts
+them) listen on loopback only.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from .chunks import ChunkField, ChunkTask, solve_chunk
 from .errors import InputError
 from .optional import import_optional
 from .progress import Run
+from .workers import start_worker
 
 CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed
 TOKEN_POLL = 0.2  # seconds between two looks at a cancel token from a worker
 POLL = 0.1  # seconds between two cancel checks while waiting for chunks
+LOOPBACK = "127.0.0.1:0"  # where the in-process Dask cluster's HTTP servers listen: this machine only, any free port
 EXECUTORS = "'inprocess', 'processes', 'dask' or a Dask scheduler address such as 'tcp://host:8786'"
 
 
@@ -100,17 +103,6 @@ class FileToken(PolledToken):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _start_worker(threads: int) -> None:
-    """A pool worker: its stdout is the engine's protocol stream, so anything printed goes to stderr."""
-    import sys
-
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class Processes:
     """A pool of ``workers`` local processes (spawned, each with its share of the CPU threads)."""
 
@@ -125,7 +117,7 @@ class Processes:
         token = FileToken()
         threads = max(1, (os.cpu_count() or 1) // self.concurrent)
         pool = ProcessPoolExecutor(self.concurrent, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(threads,))
+                                   initializer=start_worker, initargs=(threads, os.getpid()))
         pending: set[Future[ChunkField]] = set()
         try:
             yield from _pump(tasks, self.concurrent, run, lambda t: pool.submit(solve_chunk, t), token, pending,
@@ -189,7 +181,8 @@ class Dask:
     With an address the engine is only a client of a cluster the user runs
     (``dask scheduler`` and ``dask worker`` with this engine installed); its
     workers' memory is theirs to limit (``--memory-limit``).  Without one, a
-    cluster of ``workers`` threads in this process, without network ports.
+    cluster of ``workers`` threads in this process, with in-memory transport
+    and its HTTP servers on loopback.
     """
 
     # On a cluster, chunks live on the workers and the engine holds only their results; the memory
@@ -216,8 +209,10 @@ class Dask:
                 raise InputError(f"Cannot reach the Dask scheduler at {self.address}: {exc}.",
                                  "Start it (dask scheduler, then dask worker ADDRESS on each machine), "
                                  "check the address, or use the 'processes' executor.") from None
+        # In-memory transport between the client, scheduler and worker; but each still starts an HTTP server
+        # (a scheduler on 0.0.0.0:8787 and [::] even without a dashboard): bind them to loopback, any port.
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=self.workers, processes=False,
-                                           dashboard_address=None)
+                                           dashboard_address=LOOPBACK, worker_dashboard_address=LOOPBACK)
         try:
             return distributed.Client(cluster), cluster
         except BaseException:

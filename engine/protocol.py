@@ -21,6 +21,9 @@ Messages (fields beyond ``type``; arrays in brackets):
   colors (N, 3|4) optional].  :data:`OPTIONS` lists the accepted options.
 - ``progress`` engine -> client: stage, fraction (of the stage, 0..1), text.
 - ``log`` engine -> client: level, text.
+- ``heartbeat`` engine -> client, during a job: no fields; sent whenever no
+  other frame went out for a while (``engine.server.HEARTBEAT_INTERVAL``), so
+  the client tells a long, silent stage from a stopped engine (new in 2).
 - ``result`` engine -> client, ends a job: stats, origin [vertices (V, 3) f4,
   faces (F, 3) i4, colors (V, 4) f4 optional, normals (V, 3) f4 optional;
   with the option ``mesh_edges``, also edges (E, 2) i4 and corner_edges (3F,) i4,
@@ -48,7 +51,7 @@ import numpy as np
 
 from .errors import EngineError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: heartbeat
 
 MAX_HEADER_BYTES = 1 << 20
 # Generous (a 100M-point request is about 4 GiB) but finite; both ends take a ``max_payload`` to change it.
@@ -63,6 +66,7 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
     "reconstruct": ({"options": dict}, frozenset({"points"}), frozenset({"normals", "colors", "sensors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
+    "heartbeat": ({}, frozenset(), frozenset()),
     "result": ({"stats": dict, "origin": list}, frozenset({"vertices", "faces"}),
                frozenset({"colors", "normals", "edges", "corner_edges"})),
     "error": ({"code": str, "message": str, "hint": str}, frozenset(), frozenset()),
@@ -233,13 +237,14 @@ def _reject_constant(name: str) -> None:
 
 
 def _parse_header(raw: np.ndarray, max_payload: int) -> _Head:
-    """Enough of the header to know where the frame ends; anything wrong here leaves the stream unusable."""
+    """Enough of the header to know where the frame ends; an error here leaves the stream unusable unless
+    it says ``resync`` (the frame is known to end with its header)."""
     try:
         header = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"Frame header is not valid UTF-8 JSON: {str(exc)[:200]}.") from None
-    if not isinstance(header, dict):
-        raise ProtocolError(f"Frame header must be a JSON object, not {type(header).__name__}.")
+    if not isinstance(header, dict):  # it lists no arrays, so the frame ends here and the next one can be read
+        raise ProtocolError(f"Frame header must be a JSON object, not {type(header).__name__}.", resync=True)
     specs = header.get("arrays")
     if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
         raise ProtocolError("Frame header needs 'arrays', a list of {name, dtype, shape, nbytes} objects.")
@@ -430,7 +435,14 @@ class Decoder:
         if self._part == "prefix":
             self._part, self._buf = "header", _Filling(_header_length(self._buf.data.tobytes(), self.max_header))
         elif self._part == "header":
-            self._head = _parse_header(self._buf.data, self.max_payload)
+            try:
+                self._head = _parse_header(self._buf.data, self.max_payload)
+            except ProtocolError as exc:
+                if not exc.resync:
+                    raise
+                self._part, self._buf = "prefix", _Filling(_PREFIX.size)
+                self._queue.append(exc)  # a frame without payload, consumed whole: go on with the next one
+                return
             self._part, self._buf = "payload", _Filling(self._head.total)
         else:
             assert self._head is not None

@@ -8,9 +8,12 @@ and exit code 2.
 
 A reader thread takes frames off stdin while a job runs, so ``cancel``,
 ``shutdown`` and EOF reach the pipeline's ``cancel`` callback at its next check
-(between steps and every solver iteration).  Only the main thread writes, to a
-duplicate of the original stdout; ``sys.stdout`` and file descriptor 1 point at
-stderr, so no stray print, warning or C++ message can corrupt the stream.
+(between steps and every solver iteration).  Frames go to a duplicate of the
+original stdout; ``sys.stdout`` and file descriptor 1 point at stderr, so no
+stray print, warning or C++ message can corrupt the stream.  While a job runs,
+a heartbeat thread sends a ``heartbeat`` frame whenever nothing else went out
+for ``HEARTBEAT_INTERVAL`` s, so that the client can tell a long, silent stage
+from a stopped engine.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from .protocol import Message, ProtocolError
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_PROTOCOL, EXIT_INTERNAL = 0, 1, 2, 3
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames within one stage (stage changes always go out)
+HEARTBEAT_INTERVAL = 0.5  # seconds without a frame during a job after which the engine sends a heartbeat
+HEARTBEAT = protocol.frame("heartbeat")
 
 log = logging.getLogger("engine.server")
 
@@ -87,30 +92,72 @@ class Inbox:
 
 
 class Outbox:
-    """Frames to the original stdout, and the progress callback that rate-limits them."""
+    """Frames to the original stdout, and the progress callback that rate-limits them.
+
+    The main thread writes a job's frames; the heartbeat thread writes ``heartbeat`` frames while a job runs
+    (``working``).  One lock keeps each frame whole, and the frame that ends a job clears ``working`` under
+    it, so no heartbeat follows a job's ``result`` or ``error``.
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
         self.stage = ""
         self.last = 0.0
+        self.lock = threading.Lock()
+        self.working = False
+        self.written = time.monotonic()  # when the last frame went out
 
     def send(self, kind: str, arrays: dict[str, np.ndarray] | None = None, **fields: Any) -> None:
         self.write(protocol.encode(Message(kind, fields, arrays or {})))
 
-    def write(self, pieces: list[bytes | memoryview]) -> None:
+    def write(self, pieces: list[bytes | memoryview], *, ends_job: bool = False) -> None:
         """Write an encoded frame (encode first, so a frame that cannot be encoded leaves no trace)."""
-        for piece in pieces:
-            self.stream.write(piece)
-        self.stream.flush()
+        with self.lock:
+            if ends_job:
+                self.working = False
+            for piece in pieces:
+                self.stream.write(piece)
+            self.stream.flush()
+            self.written = time.monotonic()
 
-    def error(self, code: str, message: str, hint: str, **fields: Any) -> None:
-        self.send("error", code=code, message=message, hint=hint, **fields)
+    def error(self, code: str, message: str, hint: str, *, ends_job: bool = False, **fields: Any) -> None:
+        self.write(protocol.encode(Message("error", {"code": code, "message": message, "hint": hint, **fields})),
+                   ends_job=ends_job)
 
     def progress(self, stage: str, fraction: float, text: str) -> None:
         now = time.monotonic()
         if stage != self.stage or now - self.last >= PROGRESS_INTERVAL:
             self.stage, self.last = stage, now
             self.send("progress", stage=stage, fraction=fraction, text=text)
+
+    def beat(self) -> None:
+        """A ``heartbeat`` frame, if a job runs and nothing else went out for ``HEARTBEAT_INTERVAL`` s."""
+        with self.lock:
+            if self.working and time.monotonic() - self.written >= HEARTBEAT_INTERVAL:
+                self.stream.write(HEARTBEAT)
+                self.stream.flush()
+                self.written = time.monotonic()
+
+
+def heartbeats(out: Outbox) -> threading.Thread:
+    """A daemon thread that keeps ``out`` beating while jobs run: the client's proof that the engine lives.
+
+    It runs whatever the main thread does (torch and numpy release the GIL in
+    their long calls; pure Python gives it up every few ms), so a long solve or
+    assembly without progress frames still beats; a stopped or frozen engine
+    does not, which is how the client tells the two apart.
+    """
+    def run() -> None:
+        while True:
+            time.sleep(HEARTBEAT_INTERVAL / 4)
+            try:
+                out.beat()
+            except (OSError, ValueError):  # the client is gone: the main thread finds out too
+                return
+
+    thread = threading.Thread(target=run, name="engine-heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def hello_fields() -> dict[str, Any]:
@@ -174,6 +221,7 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
     """Answer one ``reconstruct`` request with progress frames and exactly one ``result`` or ``error``."""
     t0 = time.perf_counter()
     out.stage = ""
+    out.working = True
     try:
         options = protocol.check_options(request["options"])
         echo = options.pop("_benchmark_echo_faces", None)
@@ -211,9 +259,9 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
         if code == "internal":
             traceback.print_exc(file=sys.stderr)
         log.info("job %d: %s: %s (%.2f s)", job, code, message, time.perf_counter() - t0)
-        out.error(code, message, hint, reason=getattr(exc, "code", type(exc).__name__))
+        out.error(code, message, hint, reason=getattr(exc, "code", type(exc).__name__), ends_job=True)
         return
-    out.write(result)
+    out.write(result, ends_job=True)
     log.info("job %d: result, %d faces (%.2f s)", job, len(arrays["faces"]), time.perf_counter() - t0)
 
 
@@ -261,6 +309,7 @@ def start_and_serve(inbox: Inbox, out: Outbox) -> int:
     log.info("ready: engine %s, torch %s, devices %s", __version__, hello["torch_version"],
              [d["id"] for d in hello["devices"]])
     inbox.start()
+    heartbeats(out)
     return serve(inbox, out, reconstruct)
 
 

@@ -159,6 +159,9 @@ class _Session:
             if not cand.python:
                 problems.append(f"- {cand.source}: not set. Fix: {cand.fix}.")
                 continue
+            if Path(cand.python).is_dir():
+                problems.append(f"- {cand.source}: {api.folder_not_python(cand.python)}. Fix: {cand.fix}.")
+                continue
             if not Path(cand.python).is_file():
                 problems.append(f"- {cand.source}: {cand.python} does not exist. Fix: {cand.fix}.")
                 continue

@@ -45,6 +45,17 @@ def test_engine_interpreter_missing(scene: bpy.types.Scene, tmp_path: Path, addo
            r"Create Engine Environment")
 
 
+def test_engine_interpreter_that_is_a_folder(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import_sphere_ply(tmp_path)
+    addon.engine_link.session.shutdown()
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python3").write_text("")
+    monkeypatch.setenv("NKSR_ENGINE_PYTHON", str(tmp_path / "env"))  # the environment instead of its Python
+    _fails(r"(?s)NKSR_ENGINE_PYTHON: .*env is a folder, not a Python interpreter; choose the interpreter inside "
+           r"it: .*env/bin/python3")
+
+
 def test_engine_interpreter_without_torch(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import_sphere_ply(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Mesh, reconstruct
+from engine import Mesh, protocol, reconstruct
 from tests import shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,13 +53,36 @@ def alive(pid: int) -> bool:
         return True
 
 
-def gone_within(pid: int, seconds: float) -> bool:
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (its children, theirs...), from the parent links in /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if state != "Z":
+                parents[int(entry)] = int(ppid)
+    found: set[int] = set()
+    level = {pid}
+    while level:
+        level = {p for p, pp in parents.items() if pp in level} - found
+        found |= level
+    return found
+
+
+def all_gone_within(pids: set[int], seconds: float) -> set[int]:
+    """Those of ``pids`` still running after ``seconds`` (an empty set once all have ended)."""
     end = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > end:
-            return False
+    while (left := {p for p in pids if alive(p)}) and time.monotonic() < end:
         time.sleep(0.05)
-    return True
+    return left
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    return not all_gone_within({pid}, seconds)
 
 
 STUB = '''"""A stuck engine: says hello, then sends progress forever and never reads its stdin."""
@@ -79,7 +102,7 @@ while True:
 '''
 
 
-def stub_engine_dir(tmp: Path, protocol_version: int = 1) -> Path:
+def stub_engine_dir(tmp: Path, protocol_version: int = protocol.PROTOCOL_VERSION) -> Path:
     """A folder whose ``engine`` package is :data:`STUB`: starts in a blink, never finishes, ignores cancel."""
     pkg = tmp / "stub" / "engine"
     pkg.mkdir(parents=True)

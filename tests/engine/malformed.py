@@ -37,6 +37,8 @@ NRM = spec("normals", "<f4", [4, 3])
 
 RECOVERABLE: dict[str, bytes] = {
     "unknown type": raw({"type": "bogus", "arrays": []}),
+    "header not an object": raw([1, 2, 3]),
+    "header a string": raw("reconstruct"),
     "type not a string": raw({"type": 7, "arrays": []}),
     "dtype not whitelisted": request(spec("points", "<f2", [4, 3]), NRM),
     "object dtype (pickle)": request(spec("points", "|O", [4, 3], 96), NRM),
@@ -60,7 +62,6 @@ FATAL: dict[str, bytes] = {
     "bad JSON": raw(b'{"type": "cancel", "arrays": [}'),
     "not UTF-8": raw(b'{"type": "\xff\xfe", "arrays": []}'),
     "NaN in JSON": raw(b'{"type": "cancel", "arrays": [], "x": NaN}'),
-    "header not an object": raw([1, 2, 3]),
     "no arrays list": raw({"type": "cancel"}),
     "arrays not objects": raw({"type": "cancel", "arrays": [1]}),
     "nbytes negative": raw({"type": "reconstruct", "options": {}, "arrays": [{**PTS, "nbytes": -48}]}),

@@ -227,7 +227,8 @@ def test_executors_agree(small: dict[str, Any], executor: str) -> None:
     if executor == "local-cluster":  # a real Dask cluster: a scheduler and two worker processes on this machine
         from distributed import LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0") as cluster:
             mesh = reconstruct(p, n, c, chunk_size=10.0, device="cpu", executor=cluster.scheduler_address)
     else:
         mesh = reconstruct(p, n, c, chunk_size=10.0, device="cpu", executor=executor, workers=2)

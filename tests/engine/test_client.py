@@ -341,3 +341,30 @@ def test_chunked_job_on_worker_processes_keeps_the_stream_clean(client: EngineCl
     radius = np.linalg.norm(result.vertices64 - 100.0, axis=1)
     assert np.abs(radius - 2.0).max() < 0.5 * result.stats["voxel_size"]
     echo(client)  # the stream is still in step
+
+
+def test_a_temporary_log_is_removed_at_close_unless_an_error_named_it(tmp_path: Path) -> None:
+    quiet = EngineClient(PYTHON, env=ENV)
+    log = quiet.log_path
+    assert log.exists()
+    echo(quiet)
+    quiet.close()
+    assert not log.exists(), "no litter in the temp folder"
+    named = EngineClient(python_wrapper(tmp_path, "bare-python", f'exec "{PYTHON}" -S "$@"'))
+    with pytest.raises(EngineUnavailable) as info:
+        named.start()
+    assert str(named.log_path) in str(info.value)
+    named.close()
+    assert named.log_path.exists(), "the message tells the user to read it"
+    named.log_path.unlink()
+
+
+def test_an_interpreter_that_is_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python3").write_text("")
+    with pytest.raises(EngineUnavailable) as info:
+        EngineClient(venv, log_path=tmp_path / "l").start()
+    msg = info.value.message
+    assert "is a folder, not a Python interpreter" in msg and str(venv / "bin" / "python3") in msg
+    assert "missing" not in msg and "Permission denied" not in msg and info.value.hint

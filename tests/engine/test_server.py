@@ -110,7 +110,8 @@ def test_reconstruct_matches_in_process_with_progress_in_stage_order(raw: Raw) -
     frames = raw.until("result", "error")
     *progress, result = frames
     assert result.type == "result", result.fields
-    assert {m.type for m in progress} == {"progress"}
+    assert {m.type for m in progress} <= {"progress", "heartbeat"}  # heartbeats where a stage is long and silent
+    progress = [m for m in progress if m.type == "progress"]
     ref = in_process()
     assert collapse([m["stage"] for m in progress]) == expected_stages(len(ref.stats["levels"]))
     for a, b in zip(progress, progress[1:], strict=False):
@@ -155,10 +156,10 @@ def test_bad_requests_get_an_input_error(raw: Raw, name: str) -> None:
     assert reply["hint"]
 
 
-@pytest.mark.parametrize("kind", ["hello", "progress", "result"])
+@pytest.mark.parametrize("kind", ["hello", "progress", "heartbeat", "result"])
 def test_engine_to_client_messages_are_refused(raw: Raw, kind: str) -> None:
     fields = {"hello": {"engine_version": "x", "protocol_version": 1},
-              "progress": {"stage": "s", "fraction": 0.0, "text": ""},
+              "progress": {"stage": "s", "fraction": 0.0, "text": ""}, "heartbeat": {},
               "result": {"stats": {}, "origin": [0, 0, 0]}}[kind]
     arrays = {"vertices": np.zeros((0, 3), np.float32), "faces": np.zeros((0, 3), np.int32)} if kind == "result" else {}
     raw.send(protocol.frame(kind, arrays, **fields))
@@ -175,7 +176,7 @@ def test_cancel_without_a_job_is_ignored(raw: Raw) -> None:
 def test_cancel_stops_the_solver(raw: Raw) -> None:
     raw.request(POINTS, NORMALS, device="cpu", solver_tol=1e-30, solver_max_iter=1_000_000)
     while (m := raw.next()).get("stage") != "solve":
-        assert m.type == "progress"
+        assert m.type in ("progress", "heartbeat")
     raw.send(protocol.frame("cancel"))
     sent = time.monotonic()
     reply = raw.until("result", "error", timeout=10)[-1]
