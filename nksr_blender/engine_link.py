@@ -69,6 +69,12 @@ def client_api() -> ModuleType:
     return importlib.import_module(f"{__package__}.engine.client")
 
 
+def options_api() -> ModuleType:
+    """The engine's option table (stdlib only): the properties take defaults, ranges and help from it."""
+    _engine_package()
+    return importlib.import_module(f"{__package__}.engine.options")
+
+
 def user_folder(name: str) -> Path:
     """A writable folder of this extension (Blender's extension user path; a temp folder outside one)."""
     try:

@@ -7,6 +7,7 @@ from types import ModuleType
 
 import bpy
 import numpy as np
+import pytest
 
 from tests.shapes import sphere
 
@@ -47,3 +48,13 @@ def test_bad_arguments_and_missing_file(scene: bpy.types.Scene, tmp_path: Path, 
     assert run([str(_cloud(tmp_path)), str(tmp_path / "out.xyz")]) == 2
     assert run([str(_cloud(tmp_path)), str(tmp_path / "out.ply"), "--detail", "fine"]) == 2
     assert not (tmp_path / "out.ply").exists()
+
+
+def test_out_of_range_options_are_refused_before_anything_is_imported(scene: bpy.types.Scene, tmp_path: Path,
+                                                                      addon: ModuleType,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    before = set(bpy.data.objects)
+    code = addon.cli_command.run([str(_cloud(tmp_path)), str(tmp_path / "out.ply"), "--mise-iter", "10"])
+    assert code == 2
+    assert "'mise_iter' must be an integer from 0 to 3" in capsys.readouterr().out
+    assert set(bpy.data.objects) == before and not (tmp_path / "out.ply").exists()
