@@ -32,7 +32,7 @@ import torch
 
 from .colors import interpolate_colors
 from .device import select_device
-from .errors import InputError, MemoryLimitError
+from .errors import MemoryLimitError
 from .fitting import solve_levels
 from .hierarchy import Level, build_levels, evaluate
 from .knn import PointTree
@@ -42,8 +42,6 @@ from .system import Weights
 from .trimming import compact, trim_far
 from .voxels import VoxelIndex
 
-DEFAULT_OVERLAP = 0.1
-MAX_OVERLAP = 0.5
 # The blend band reaches margin / 4 voxels either side of a core face, and data 3 margin / 4 beyond
 # it: 4 coarsest voxels of margin cover the coarsest basis support (3 voxels) past the band's end.
 MIN_MARGIN_COARSE = 4
@@ -82,10 +80,10 @@ class ChunkGrid:
 
 
 def make_grid(extent_voxels: float, depth: int, chunk_voxels: float | None, overlap_ratio: float) -> ChunkGrid:
-    """The grid for a chunk edge of ``chunk_voxels`` finest voxels (None: one chunk spans the scene)."""
-    if not 0.0 <= overlap_ratio <= MAX_OVERLAP:
-        raise InputError(f"overlap_ratio must be between 0 and {MAX_OVERLAP}; got {overlap_ratio}.",
-                         f"Use the default {DEFAULT_OVERLAP}: chunks share that fraction of their size.")
+    """The grid for a chunk edge of ``chunk_voxels`` finest voxels (None: one chunk spans the scene).
+
+    ``overlap_ratio`` comes checked by :mod:`engine.options` (0 to 0.5).
+    """
     coarse = 2 ** (max(1, depth) - 1)
     size = extent_voxels + 1 if chunk_voxels is None else chunk_voxels
     size_int = max(MIN_SIZE_COARSE, math.ceil(size / coarse)) * coarse

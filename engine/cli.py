@@ -15,20 +15,11 @@ import time
 import traceback
 from typing import Any
 
-from . import formats
+from . import formats, options
 from .errors import EngineError, InputError
 from .mesh import Mesh
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
-
-
-def _detail(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in [0, 1], got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,30 +28,9 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reconstruct", help="point cloud -> triangle mesh")
     r.add_argument("input", help=f"input point cloud, with or without normals: {' '.join(formats.READERS)}")
     r.add_argument("output", help=f"output mesh: {' '.join(formats.WRITERS)}")
-    r.add_argument("--detail", type=_detail, default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
-    r.add_argument("--voxel-size", type=float, default=None,
-                   help="finest voxel size in input units (overrides --detail)")
-    r.add_argument("--mise-iter", type=int, default=1, help="refinement rounds below the finest voxel (default 1)")
-    r.add_argument("--no-trim", action="store_true", help="keep surface far from the points (closes holes)")
-    r.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    r.add_argument("--solver-tol", type=float, default=1e-5, help="relative residual of the solver (default 1e-5)")
-    r.add_argument("--solver-max-iter", type=int, default=2000, help="solver iterations per level (default 2000)")
-    r.add_argument("--memory-limit", type=float, default=None, metavar="GB",
-                   help="memory the run may use (default: 3/4 of the free memory of the device)")
-    r.add_argument("--chunk-size", type=float, default=None,
-                   help="solve in overlapping cubes of this edge, input units (default: only when over the limit)")
-    r.add_argument("--overlap-ratio", type=float, default=None,
-                   help="data each chunk sees around it, as a share of its size (default 0.1)")
-    r.add_argument("--no-auto-chunk", action="store_true",
-                   help="fail instead of chunking when the scene would not fit the memory limit")
-    r.add_argument("--executor", default="inprocess",
-                   help="where chunks run: inprocess (default), processes, dask, or a Dask scheduler address")
-    r.add_argument("--workers", type=int, default=None, help="processes (or Dask threads) for chunks")
-    r.add_argument("--estimate-normals", action="store_true",
-                   help="estimate normals even when the file has them (they are estimated when it has none)")
+    options.add_flags(r)
     r.add_argument("--sensor", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="the scanner's position: estimated normals face it (default: outward/up by propagation)")
-    r.add_argument("--normal-k", type=int, default=None, help="neighbours per estimated normal (default: measured)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
     sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
     return p
@@ -111,20 +81,14 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     stages: dict[str, float] = {}
     try:
         formats.check_output(args.output, args.input)
+        opts = options.from_flags(args)  # every range checked before the input is read or torch loads
         cloud = formats.read_cloud(args.input)
         stages["read"] = time.perf_counter() - t0
         t = time.perf_counter()
         from .pipeline import reconstruct  # torch loads only once the input is known to be good
 
         stages["startup"] = time.perf_counter() - t
-        mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, detail_level=args.detail,
-                           voxel_size=args.voxel_size, mise_iter=args.mise_iter, trim=not args.no_trim,
-                           solver_tol=args.solver_tol, solver_max_iter=args.solver_max_iter,
-                           device=args.device, progress=bar, estimate_normals=args.estimate_normals,
-                           sensor=args.sensor, normal_k=args.normal_k, memory_limit_gb=args.memory_limit,
-                           chunk_size=args.chunk_size, auto_chunk=not args.no_auto_chunk, executor=args.executor,
-                           workers=args.workers,
-                           **({} if args.overlap_ratio is None else {"overlap_ratio": args.overlap_ratio}))
+        mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, opts, sensor=args.sensor, progress=bar)
         stages.update(mesh.stats.get("seconds", {}))
         t = time.perf_counter()
         formats.write_mesh(args.output, mesh)

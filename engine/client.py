@@ -29,6 +29,7 @@ import numpy as np
 
 from . import protocol
 from .mesh import Mesh
+from .options import OptionError, check
 from .protocol import Message, ProtocolError
 
 ProgressFn = Callable[[str, float, str], None]
@@ -503,14 +504,14 @@ class EngineClient:
 
         points (N, 3); normals (N, 3) or None (the engine estimates them, facing
         ``sensor`` when given: (3,) or (N, 3)); colors (N, 3|4) or None; options as for
-        ``engine.reconstruct`` (:data:`engine.protocol.OPTIONS`).  Writing the
+        ``engine.reconstruct`` (:mod:`engine.options`, checked here before anything is sent).  Writing the
         request blocks while the engine reads it (about 40 MB for 1M points).
         """
         if self._job is not None and not self._job.done:
             raise ClientError("A reconstruction is already running on this engine.", "Wait for it or cancel it.")
         try:
-            opts = protocol.check_options(options)
-        except protocol.OptionsError as exc:
+            opts = check(options)
+        except OptionError as exc:
             raise InvalidRequest(exc.message, exc.hint) from None
         arrays = {"points": _rows("points", points)}
         if normals is not None:  # without them the engine estimates normals

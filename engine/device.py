@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda")
+from .options import SPECS
 
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU.  Asking for CUDA without one is an input error."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise InputError(f"Unknown device {name!r}.", f"Use one of {', '.join(DEVICES)}.")
+    name = SPECS["device"].check(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .chunks import ChunkField, ChunkTask, solve_chunk
 from .errors import InputError
 from .optional import import_optional
+from .options import EXECUTORS
 from .progress import Run
 from .workers import start_worker
 
@@ -33,7 +34,6 @@ CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before thei
 TOKEN_POLL = 0.2  # seconds between two looks at a cancel token from a worker
 POLL = 0.1  # seconds between two cancel checks while waiting for chunks
 LOOPBACK = "127.0.0.1:0"  # where the in-process Dask cluster's HTTP servers listen: this machine only, any free port
-EXECUTORS = "'inprocess', 'processes', 'dask' or a Dask scheduler address such as 'tcp://host:8786'"
 
 
 class Executor(Protocol):
@@ -259,12 +259,13 @@ class Dask:
 
 
 def make_executor(spec: str | Executor, workers: int | None = None) -> Executor:
-    """The executor a name (or Dask scheduler address) stands for; an :class:`Executor` is used as is."""
+    """The executor a name (or Dask scheduler address) stands for; an :class:`Executor` is used as is.
+
+    Names and ``workers`` come checked by :mod:`engine.options` (the same forms as here).
+    """
     if not isinstance(spec, str):
         return spec
     name = spec.strip()
-    if workers is not None and workers < 1:
-        raise InputError(f"workers must be at least 1; got {workers}.", "Leave it unset for the default.")
     if name in ("", "inprocess"):
         return InProcess()
     if name == "processes":
@@ -275,4 +276,4 @@ def make_executor(spec: str | Executor, workers: int | None = None) -> Executor:
         return Dask("tcp://" + name[len("dask://"):], workers)
     if "://" in name and name.split("://")[0] in ("tcp", "tls", "ucx", "inproc"):
         return Dask(name, workers)
-    raise InputError(f"Unknown executor {spec!r}.", f"Use {EXECUTORS}.")
+    raise InputError(f"Unknown executor {spec!r}.", f"Use {EXECUTORS}.")  # a caller that skipped the check

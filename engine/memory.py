@@ -25,6 +25,13 @@ MAX_AXIS_VOXELS = 1 << 20
 # cloud, its sorted copy in voxel units, every chunk's compact field, and the welded output mesh
 # (about 4 triangles per point at the default refinement) with its temporaries.
 MAIN_BYTES_PER_POINT = 900
+# Refinement rounds (mise_iter) quadruple the mesh each; the terms above were fitted at one round.  Measured
+# peak RSS (2026-12, sphere and blob of 100k points, auto detail, rounds 0/1/2/3): 1116/1170/1402/4106 MiB
+# and 1017/1008/1340/4056 MiB for 0.14/0.57/2.3/9.1M faces, about 340 B per face past one round; unrefined
+# faces are about 0.47 per unknown and 1.4 per point.  With a 1.3x margin:
+BYTES_PER_FACE = 450
+FACES_PER_UNKNOWN = 0.5  # at no refinement
+FACES_PER_POINT = 1.5  # at no refinement, for the mesh a chunked run gathers in the engine's own process
 SAMPLED_CHUNKS = 3  # the most populated chunks whose memory is estimated when choosing a chunk size
 
 
@@ -63,10 +70,16 @@ def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> in
     return int(total)
 
 
-def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, base: int = BASE_BYTES) -> int:
+def refinement_bytes(unrefined_faces: float, mise_iter: int) -> int:
+    """What refinement rounds past the first add to a job's peak: the finer mesh and its temporaries."""
+    return int(unrefined_faces * max(0, 4**mise_iter - 4) * BYTES_PER_FACE)
+
+
+def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, base: int = BASE_BYTES, mise_iter: int = 1) -> int:
     """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``."""
     unknowns = estimate_unknowns(points, voxel_size, depth)
-    return int(base + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT)
+    return int(base + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT
+               + refinement_bytes(unknowns * FACES_PER_UNKNOWN, mise_iter))
 
 
 @dataclass
@@ -80,8 +93,8 @@ class MemoryPlan:
 
 
 def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, scale: float, *,
-                chunk_size: float | None = None, overlap_ratio: float = 0.1, auto_chunk: bool = True,
-                concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
+                mise_iter: int = 1, chunk_size: float | None = None, overlap_ratio: float = 0.1,
+                auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
     """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
 
     ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``scale`` maps to
@@ -90,7 +103,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
     chunks, halving their size until the largest fits next to what the engine
     itself keeps (``concurrent`` chunks at once, each in a process of its own
     with ``worker_processes``); otherwise, or when even the smallest chunks do
-    not fit, :class:`MemoryLimitError` names the setting to change.
+    not fit, :class:`MemoryLimitError` names the setting to change.  ``mise_iter``
+    refinement rounds grow the mesh, and the estimate with it.
     """
     h_world = voxel_size * scale
     hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
@@ -99,16 +113,17 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
             f"voxel size {h_world:.4g} would need over {MAX_AXIS_VOXELS} voxels along the cloud's diagonal.", hint)
     pts = torch.from_numpy(points)
     if chunk_size is None:
-        whole = job_bytes(pts, voxel_size, depth)
+        whole = job_bytes(pts, voxel_size, depth, mise_iter=mise_iter)
         if whole <= limit_bytes:
             return MemoryPlan(whole, None)
         if not auto_chunk:
             raise MemoryLimitError(
                 f"voxel size {h_world:.4g} would need about {whole / 2**30:.1f} GiB, "
                 f"more than the limit of {limit_bytes / 2**30:.1f} GiB.",
-                "Turn on automatic chunking or set a chunk size, use a larger voxel size or a lower detail level, "
-                "or raise the memory limit.")
-    main = BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
+                "Turn on automatic chunking or set a chunk size, use a larger voxel size, a lower detail level "
+                f"{'or fewer refinement rounds (mise_iter) ' if mise_iter > 1 else ''}or raise the memory limit.")
+    main = (BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
+            + refinement_bytes(points.shape[0] * FACES_PER_POINT, mise_iter))
     budget = (limit_bytes - main) // max(1, concurrent)
     base = BASE_BYTES if worker_processes else 0
     if budget <= base:
@@ -124,7 +139,7 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = 2.0 ** math.floor(math.log2(max(extent, 1.0)))
     while True:
         grid = make_grid(extent, depth, size, overlap_ratio)
-        peak = largest_chunk_bytes(x, grid, voxel_size, depth, base)
+        peak = largest_chunk_bytes(x, grid, voxel_size, depth, base, mise_iter)
         smallest = grid.size == make_grid(extent, depth, 1.0, overlap_ratio).size
         if peak <= budget:
             return MemoryPlan(main + peak * max(1, concurrent), grid, peak, automatic)
@@ -139,7 +154,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = grid.size / 2.0
 
 
-def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, base: int) -> int:
+def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, base: int,
+                        mise_iter: int = 1) -> int:
     """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units).
 
     ``base``: what the chunk's process adds besides the chunk (0 in the engine's own process).
@@ -150,5 +166,5 @@ def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth
     for i in np.argsort(counts)[::-1][:SAMPLED_CHUNKS]:
         rows = cc.rows(cc.cells[i], grid.margin)
         pts = torch.from_numpy((x[rows] * voxel_size).astype(np.float32))
-        peak = max(peak, job_bytes(pts, voxel_size, depth, base))
+        peak = max(peak, job_bytes(pts, voxel_size, depth, base, mise_iter))
     return peak

@@ -39,6 +39,7 @@ from .cloud import MIN_POINTS, _as_rows
 from .device import select_device
 from .errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
 from .knn import PointTree, grid_knn
+from .options import SPECS
 from .resolution import measure
 
 Report = Callable[[float, str], None]
@@ -83,10 +84,7 @@ def check_k(k: int | None) -> int:
     """The neighbour count to use; ``None`` means the measured default."""
     if k is None:
         return DEFAULT_K
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 5:
-        raise InputError(f"normal_k must be an integer of at least 5; got {k!r}.",
-                         f"Leave it unset for the default ({DEFAULT_K}), or use 8-40.")
-    return int(k)
+    return int(SPECS["normal_k"].check(int(k) if isinstance(k, np.integer) else k))
 
 
 def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = None,

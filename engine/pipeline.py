@@ -7,7 +7,7 @@ reports progress and checks for cancellation between and inside stages.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from .chunks import DEFAULT_OVERLAP, ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
+from .chunks import ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
 from .cloud import MIN_POINTS, Cloud, prepare_cloud
 from .colors import interpolate_colors
 from .device import select_device
-from .errors import InputError, TooFewPointsError
+from .errors import TooFewPointsError
 from .executors import Executor, make_executor
 from .fitting import solve_levels
 from .hierarchy import Level, build_levels, evaluate
@@ -27,17 +27,13 @@ from .knn import PointTree
 from .memory import MemoryPlan, available_bytes, plan_memory
 from .mesh import Mesh, vertex_normals
 from .meshing import candidate_cells, marching_cubes
-from .normals import check_k, estimate_oriented, sensor_rows
+from .normals import estimate_oriented, sensor_rows
+from .options import Options
 from .progress import CancelFn, ProgressFn, Run
 from .resolution import Resolution, choose_voxel_size
 from .system import Weights, point_weight
 from .trimming import compact, trim_distance, trim_far
 
-# The design brief suggests 4 levels.  Measured on the bunny (100k points, clean
-# and 0.5% noise): 2, 3 and 4 levels give the same Chamfer and normal
-# consistency (0.0445e-3 / 0.370e-3), while the 4th level costs 20% more time.
-# Three keep a coarsest voxel of 4h, which still bridges gaps of several voxels.
-DEFAULT_DEPTH = 3
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 
 
@@ -117,34 +113,28 @@ class Prepared:
         return self.res.voxel_size
 
 
-def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
-            voxel_size: float | None = None, device: str = "auto", depth: int = DEFAULT_DEPTH,
-            memory_limit_gb: float | None = None, estimate_normals: bool = False, sensor: Any = None,
-            normal_k: int | None = None, chunk_size: float | None = None, overlap_ratio: float = DEFAULT_OVERLAP,
-            auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False,
-            run: Run | None = None) -> Prepared:
-    """Clean, choose the resolution and the memory plan, estimate normals if needed (steps 1, 2, 10)."""
-    run = run or Run(None, None)
-    dev = select_device(device)
+def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, sensor: Any = None,
+            concurrent: int = 1, worker_processes: bool = False) -> Prepared:
+    """Clean, choose the resolution and the memory plan, estimate normals if needed (steps 1, 2, 10).
+
+    ``concurrent`` chunks at once, each in a process of its own with ``worker_processes``: the memory plan's.
+    """
+    dev = select_device(opts.device)
     with run.stage("clean"):
-        cloud = prepare_cloud(points, None if estimate_normals else normals, colors)
-        if estimate_normals:
+        cloud = prepare_cloud(points, None if opts.estimate_normals else normals, colors)
+        if opts.estimate_normals:
             cloud.normals_source = "forced"
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
-        if normal_k is not None:
-            check_k(normal_k)
-        if chunk_size is not None and not (np.isfinite(chunk_size) and chunk_size > 0):
-            raise InputError(f"chunk_size must be a positive length; got {chunk_size}.",
-                             "Leave it unset to chunk only when the scene would not fit in memory.")
     with run.stage("resolution"):
-        res = choose_voxel_size(cloud.points, detail_level, voxel_size, cloud.scale)
+        res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.scale)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
-        limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else int(0.75 * available_bytes(dev))
-        plan = plan_memory(cloud.points, res.voxel_size, max(1, int(depth)), limit, cloud.scale,
-                           chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
+        limit = (int(opts.memory_limit_gb * 2**30) if opts.memory_limit_gb is not None
+                 else int(0.75 * available_bytes(dev)))
+        plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.scale, mise_iter=opts.mise_iter,
+                           chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,
                            concurrent=concurrent, worker_processes=worker_processes)
     with run.stage("normals"):
-        cloud, normal_stats = ensure_normals(cloud, res, dev, run, normal_k, sensor)
+        cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
         if normal_stats["normals_estimated"]:
             weights = replace(weights, point=weights.point * ESTIMATED_POINT_SCALE)
     h = res.voxel_size
@@ -156,7 +146,7 @@ def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_leve
         "points_dropped": cloud.dropped,
         **normal_stats,
         "voxel_size": h * cloud.scale,
-        "detail_level": res.detail_level if res.detail_level is not None else str(detail_level),
+        "detail_level": res.detail_level if res.detail_level is not None else str(opts.detail_level),
         "noise": res.noise * cloud.scale,
         "point_weight": weights.point,
         "density": res.density / cloud.scale**2,
@@ -166,54 +156,43 @@ def prepare(points: Any, normals: Any = None, colors: Any = None, *, detail_leve
     return Prepared(cloud, res, weights, dev, plan, stats)
 
 
-def fit(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
-        voxel_size: float | None = None, solver_tol: float = 1e-5, solver_max_iter: int = 2000,
-        device: str = "auto", depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
-        estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None,
-        run: Run | None = None, prepared: Prepared | None = None) -> Fit:
-    """Clean, choose the resolution, estimate normals if needed, build the hierarchy and solve it (steps 1-6).
-
-    The whole scene in one piece: with ``memory_limit_gb`` too small for it,
-    :class:`MemoryLimitError` (chunked fitting is :func:`reconstruct`'s).
-    """
-    run = run or Run(None, None)
-    if prepared is None:
-        prepared = prepare(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size,
-                           device=device, depth=depth, memory_limit_gb=memory_limit_gb,
-                           estimate_normals=estimate_normals, sensor=sensor, normal_k=normal_k,
-                           auto_chunk=False, run=run)
+def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
+    """Build the hierarchy of a prepared cloud and solve it, in one piece (steps 3-6)."""
     cloud, h, dev = prepared.cloud, prepared.voxel_size, prepared.device
     assert cloud.normals is not None
     with run.stage("hierarchy"):
         x = torch.from_numpy(cloud.points).to(dev) / h  # finest-voxel units
         nrm = torch.from_numpy(cloud.normals).to(dev)
-        levels = build_levels(x, max(1, int(depth)))
-    iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, solver_tol, solver_max_iter, run)
+        levels = build_levels(x, opts.depth)
+    iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
+                                         run)
     stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
              "solver_iterations": iterations, "solver_residual": residuals}
     return Fit(cloud, levels, h, prepared.res.noise, dev, stats)
 
 
-def fit_field(points: Any, normals: Any = None, **options: Any) -> Callable[[np.ndarray], np.ndarray]:
+def fit_field(points: Any, normals: Any = None, options: Options | Mapping[str, Any] | None = None, *,
+              sensor: Any = None, **overrides: Any) -> Callable[[np.ndarray], np.ndarray]:
     """The fitted implicit function in the caller's coordinates: (M, 3) -> (M,) float32, negative inside.
 
     Values are roughly signed distances in units of the finest voxel.  Normals
-    and options as for :func:`reconstruct` (without chunking).
+    and options as for :func:`reconstruct`; the scene is fitted whole, never in
+    chunks (:class:`MemoryLimitError` if it does not fit the memory limit).
     """
-    f = fit(points, normals, **options)
+    opts = Options.of(options, **overrides).replace(auto_chunk=False, chunk_size=None)
+    run = Run(None, None)
+    f = fit(prepare(points, normals, None, opts, run, sensor=sensor), opts, run)
     return lambda world: f.field(f.to_voxels(world)).cpu().numpy()
 
 
-def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_level: float | str = "auto",
-                voxel_size: float | None = None, mise_iter: int = 1, trim: bool = True,
-                solver_tol: float = 1e-5, solver_max_iter: int = 2000, device: str = "auto",
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                depth: int = DEFAULT_DEPTH, memory_limit_gb: float | None = None,
-                estimate_normals: bool = False, sensor: Any = None, normal_k: int | None = None,
-                chunk_size: float | None = None, overlap_ratio: float = DEFAULT_OVERLAP, auto_chunk: bool = True,
-                executor: str | Executor = "inprocess", workers: int | None = None) -> Mesh:
+def reconstruct(points: Any, normals: Any = None, colors: Any = None,
+                options: Options | Mapping[str, Any] | None = None, *, sensor: Any = None,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None, **overrides: Any) -> Mesh:
     """Reconstruct a triangle mesh from a point cloud.
 
+    ``options`` (an :class:`engine.options.Options` or a mapping) and keyword
+    ``overrides`` are the options of :mod:`engine.options`, validated before any
+    work (:class:`engine.options.OptionError` names a bad one).
     points (N, 3); normals (N, 3) oriented (any length > 0; faces wind
     counter-clockwise seen from the side they point to), or None; colors
     (N, 3|4) optional; any float or integer dtype.  Without normals (or with
@@ -242,20 +221,19 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
     Raises :class:`engine.errors.InputError` subclasses for bad input, each
     naming the problem and the fix.
     """
+    pool_spec = overrides.pop("executor", None)
+    if pool_spec is not None and isinstance(pool_spec, str):
+        overrides["executor"], pool_spec = pool_spec, None
+    opts = Options.of(options, **overrides)
     run = Run(progress, cancel)
     t0 = time.perf_counter()
-    pool = make_executor(executor, workers)
-    prep = prepare(points, normals, colors, detail_level=detail_level, voxel_size=voxel_size, device=device,
-                   depth=depth, memory_limit_gb=memory_limit_gb, estimate_normals=estimate_normals, sensor=sensor,
-                   normal_k=normal_k, chunk_size=chunk_size, overlap_ratio=overlap_ratio, auto_chunk=auto_chunk,
-                   concurrent=pool.concurrent, worker_processes=pool.worker_processes, run=run)
+    pool = pool_spec if pool_spec is not None else make_executor(opts.executor, opts.workers)
+    prep = prepare(points, normals, colors, opts, run, sensor=sensor, concurrent=pool.concurrent,
+                   worker_processes=pool.worker_processes)
     if prep.plan.grid is not None:
-        verts, faces, vcolors, stats = reconstruct_chunked(prep, prep.plan.grid, pool, run, depth=depth,
-                                                           mise_iter=mise_iter, trim=trim, solver_tol=solver_tol,
-                                                           solver_max_iter=solver_max_iter)
+        verts, faces, vcolors, stats = reconstruct_chunked(prep, prep.plan.grid, pool, opts, run)
     else:
-        verts, faces, vcolors, stats = reconstruct_whole(prep, run, depth=depth, mise_iter=mise_iter, trim=trim,
-                                                         solver_tol=solver_tol, solver_max_iter=solver_max_iter)
+        verts, faces, vcolors, stats = reconstruct_whole(prep, opts, run)
     cloud = prep.cloud
     with run.stage("colors"):
         vnormals = vertex_normals(verts, faces)
@@ -268,10 +246,9 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None, *, detail_
 MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
 
 
-def reconstruct_whole(prep: Prepared, run: Run, *, depth: int, mise_iter: int, trim: bool, solver_tol: float,
-                      solver_max_iter: int) -> MeshArrays:
+def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
     """The scene in one piece: fit, mesh, trim, colour; canonical vertices, faces, colours, stats."""
-    f = fit(None, depth=depth, solver_tol=solver_tol, solver_max_iter=solver_max_iter, run=run, prepared=prep)
+    f = fit(prep, opts, run)
     levels, h, cloud = f.levels, f.voxel_size, f.cloud
     with run.stage("mesh"):
         def field(p: torch.Tensor) -> torch.Tensor:
@@ -280,15 +257,14 @@ def reconstruct_whole(prep: Prepared, run: Run, *, depth: int, mise_iter: int, t
 
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
-        start = levels[0] if trim else levels[-1]
-        cells, size, corner_values = candidate_cells(start.ijk, start.scale, start.depth + max(0, int(mise_iter)),
-                                                     field)
+        start = levels[0] if opts.trim else levels[-1]
+        cells, size, corner_values = candidate_cells(start.ijk, start.scale, start.depth + opts.mise_iter, field)
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = (verts_t.double() * h).cpu().numpy()  # canonical
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
         tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
-        if trim:
+        if opts.trim:
             verts, faces, _ = trim_far(verts, faces, tree, trim_distance(h, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
@@ -297,20 +273,19 @@ def reconstruct_whole(prep: Prepared, run: Run, *, depth: int, mise_iter: int, t
     return verts, faces, vcolors, f.stats
 
 
-def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, run: Run, *, depth: int, mise_iter: int,
-                        trim: bool, solver_tol: float, solver_max_iter: int) -> MeshArrays:
+def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: Options, run: Run) -> MeshArrays:
     """The scene in overlapping chunks (step 11): solve each on ``pool``, blend, mesh core by core, weld."""
     cloud, h, dev = prep.cloud, prep.voxel_size, prep.device
     assert cloud.normals is not None
-    depth, mise_iter = max(1, int(depth)), max(0, int(mise_iter))
+    depth, mise_iter = opts.depth, opts.mise_iter
     with run.stage("hierarchy"):
         cc = ChunkedCloud(cloud.points.astype(np.float64) / h, grid)
     count = cc.cells.shape[0]
     fields: dict[tuple[int, int, int], ChunkField] = {}
     with run.stage("chunks"):
         run.report("chunks", 0.0, f"{count} chunks of {grid.size * h * cloud.scale:.4g} on {pool.name}")
-        todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=solver_tol,
-                     solver_max_iter=solver_max_iter, device=str(dev))
+        todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=opts.solver_tol,
+                     solver_max_iter=opts.solver_max_iter, device=str(dev))
         for done in pool.map(todo, count, run):
             fields[done.cell] = done
             run.report("chunks", len(fields) / count,
@@ -320,7 +295,7 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, run: Ru
     blocks = []
     with run.stage("mesh"):
         for i, cell in enumerate(cc.cells):
-            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=mise_iter, trim=trim,
+            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=mise_iter, trim=opts.trim,
                                      trim_distance=trim_distance(h, prep.res.noise), cloud_points=cloud.points,
                                      colors=cloud.colors, device=dev, run=run, key_frame=frame))
             run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")

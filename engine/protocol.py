@@ -18,7 +18,8 @@ Messages (fields beyond ``type``; arrays in brackets):
 - ``hello`` engine -> client, first frame: engine_version, protocol_version,
   torch_version, devices, fvdb, python, pid.
 - ``reconstruct`` client -> engine: options [points (N, 3), normals (N, 3),
-  colors (N, 3|4) optional].  :data:`OPTIONS` lists the accepted options.
+  colors (N, 3|4) optional].  :data:`engine.options.REQUEST_SPECS` lists the
+  accepted options.
 - ``progress`` engine -> client: stage, fraction (of the stage, 0..1), text.
 - ``log`` engine -> client: level, text.
 - ``heartbeat`` engine -> client, during a job: no fields; sent whenever no
@@ -75,32 +76,6 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
 }
 MESSAGE_TYPES = frozenset(_SCHEMA)
 
-# Options of a ``reconstruct`` request: name -> (accepted JSON types, also accepts).  Names and meanings are
-# those of ``engine.reconstruct``; ``_benchmark_echo_faces`` is a benchmark hook (bench/transport.py): the
-# engine skips the solve and answers with a synthetic mesh of that many faces, to time the transport alone.
-_NUMBER = (int, float)
-OPTIONS: dict[str, tuple[type | tuple[type, ...], tuple[object, ...]]] = {
-    "detail_level": (_NUMBER, ("auto",)),
-    "voxel_size": (_NUMBER, (None,)),
-    "mise_iter": (int, ()),
-    "trim": (bool, ()),
-    "solver_tol": (_NUMBER, ()),
-    "solver_max_iter": (int, ()),
-    "device": (str, ()),
-    "depth": (int, ()),
-    "memory_limit_gb": (_NUMBER, (None,)),
-    "estimate_normals": (bool, ()),
-    "normal_k": (int, (None,)),
-    "mesh_edges": (bool, ()),
-    "chunk_size": (_NUMBER, (None,)),
-    "overlap_ratio": (_NUMBER, ()),
-    "auto_chunk": (bool, ()),
-    "executor": (str, ()),
-    "workers": (int, (None,)),
-    "_benchmark_echo_faces": (int, ()),
-}
-
-_KIND_NAMES: dict[object, str] = {bool: "true or false", int: "an integer", str: "a string"}
 _PREFIX = struct.Struct("<I")
 _FIRST_ALLOCATION = 1 << 28  # bytes reserved for a payload before its bytes arrive; more as they do
 
@@ -120,16 +95,6 @@ class ProtocolError(EngineError):
         self.resync = resync
 
 
-class OptionsError(ProtocolError):
-    """A ``reconstruct`` request names an unknown option or gives one a value of the wrong type."""
-
-    code = "bad_option"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, f"Accepted options: {', '.join(sorted(o for o in OPTIONS if o[0] != '_'))}.",
-                         resync=True)
-
-
 @dataclass
 class Message:
     """One decoded frame: its type, its JSON fields (without type and arrays), and its arrays by name."""
@@ -143,25 +108,6 @@ class Message:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
-
-
-def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options as a plain dict; :class:`OptionsError` naming the first unknown or mistyped one."""
-    for name, value in options.items():
-        if name not in OPTIONS:
-            raise OptionsError(f"Unknown option {name!r}.")
-        kinds, extra = OPTIONS[name]
-        if any(value is e or (isinstance(e, str) and value == e) for e in extra):
-            continue
-        # bool is an int to Python, never a number to a user; ints are fine where floats are.
-        if isinstance(value, bool) != (kinds is bool) or not isinstance(value, kinds):
-            want = _KIND_NAMES.get(kinds, "a number")
-            alts = "".join(f" or {json.dumps(e)}" for e in extra)
-            got = json.dumps(_jsonable(value)) if isinstance(value, str | int | float | None) else type(value).__name__
-            raise OptionsError(f"Option {name!r} must be {want}{alts}; got {got[:100]}.")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OptionsError(f"Option {name!r} must be finite; got {value}.")
-    return dict(options)
 
 
 # -- encoding ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
 from .knn import PointTree
 
 AUTO_DETAIL = 0.75
@@ -71,21 +70,15 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 def choose_voxel_size(points: np.ndarray, detail_level: float | str = "auto",
                       voxel_size: float | None = None, scale: float = 1.0) -> Resolution:
-    """The finest voxel size in canonical units; ``voxel_size`` is in the caller's units (``scale`` = diagonal)."""
+    """The finest voxel size in canonical units; ``voxel_size`` is in the caller's units (``scale`` = diagonal).
+
+    Both options come checked by :mod:`engine.options`.
+    """
     density, noise = measure(points)
     if voxel_size is not None:
-        if not (np.isfinite(voxel_size) and voxel_size > 0):
-            raise InputError(f"voxel_size must be a positive number; got {voxel_size}.",
-                             "Leave it unset to derive it from the detail level.")
         return Resolution(float(voxel_size) / scale, density, noise, None)
     if detail_level == "auto":
         h = max(np.sqrt(points_per_voxel(AUTO_DETAIL) / density), NOISE_FACTOR * noise)
         return Resolution(float(h), density, noise, None)
-    try:
-        d = float(detail_level)
-    except (TypeError, ValueError):
-        raise InputError(f"detail_level must be 'auto' or a number in [0, 1]; got {detail_level!r}.",
-                         "Use 'auto', 0 (smooth) ... 1 (finest).") from None
-    if not 0.0 <= d <= 1.0:
-        raise InputError(f"detail_level must be in [0, 1]; got {d}.", "Use 0 (smooth) ... 1 (finest), or 'auto'.")
+    d = float(detail_level)
     return Resolution(float(np.sqrt(points_per_voxel(d) / density)), density, noise, d)

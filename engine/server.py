@@ -37,6 +37,7 @@ import numpy as np
 from . import __version__, protocol
 from .errors import Cancelled, EngineError, InputError, MemoryLimitError
 from .mesh import mesh_edges
+from .options import check
 from .protocol import Message, ProtocolError
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_PROTOCOL, EXIT_INTERNAL = 0, 1, 2, 3
@@ -182,7 +183,7 @@ def error_reply(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, MemoryLimitError):
         return "memory", exc.message, exc.hint
     if isinstance(exc, ProtocolError):
-        return ("input" if isinstance(exc, protocol.OptionsError) else "protocol"), exc.message, exc.hint
+        return "protocol", exc.message, exc.hint
     if isinstance(exc, InputError):
         return "input", exc.message, exc.hint or "Check the point cloud and the options."
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
@@ -223,7 +224,7 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
     out.stage = ""
     out.working = True
     try:
-        options = protocol.check_options(request["options"])
+        options = check(request["options"])  # types and ranges, before any work
         echo = options.pop("_benchmark_echo_faces", None)
         with_edges = options.pop("mesh_edges", False)
         pts, nrm, col = request.arrays["points"], request.arrays.get("normals"), request.arrays.get("colors")
@@ -232,8 +233,6 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
             options["sensor"] = sensors[0] if len(sensors) == 1 else sensors
         log.info("job %d: %d points, options %s", job, len(pts), options)
         if echo is not None:
-            if echo < 0:
-                raise protocol.OptionsError(f"Option '_benchmark_echo_faces' must be >= 0; got {echo}.")
             arrays = synthetic_mesh(echo, col is not None, with_edges)
             stats: dict[str, Any] = {"benchmark_echo": True, "points_in": len(pts)}
             origin = [0.0, 0.0, 0.0]

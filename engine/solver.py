@@ -5,6 +5,8 @@ the preconditioner is the inverse diagonal (Jacobi), and each level starts
 from the coarser levels' fit, so few iterations are needed.  A ``check``
 callback runs after every iteration: it reports progress and may raise
 :class:`engine.errors.Cancelled`, which stops the solve within one iteration.
+A breakdown (a zero or non-finite step, reached when the tolerance is below
+float precision) ends the solve with the iterate it has, never a division by zero.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, inv_dia
     it = 0
     while it < max_iter and rel > tol:
         ap = matvec(p)
-        alpha = rz / float(torch.dot(p, ap))
+        pap = float(torch.dot(p, ap))
+        if not pap > 0.0:  # breakdown: the residual is zero to float precision (or A lost definiteness); keep x
+            break
+        alpha = rz / pap
         x.add_(alpha * p)
         r.sub_(alpha * ap)
         it += 1
@@ -49,6 +54,8 @@ def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, inv_dia
             break
         z = inv_diag * r
         rz_new = float(torch.dot(r, z))
+        if not rz_new > 0.0:  # the same breakdown, seen from the preconditioned residual
+            break
         p.mul_(rz_new / rz).add_(z)
         rz = rz_new
     return SolveResult(x, it, rel)

@@ -40,6 +40,11 @@ EXPORTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+# The engine options this command takes (flags, help and ranges from the engine's option table).
+FLAGS = ("detail_level", "voxel_size", "mise_iter", "trim", "estimate_normals", "chunk_size", "overlap_ratio",
+         "memory_limit_gb", "workers")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would call sys.exit inside Blender
         raise ValueError(f"{self.format_usage().strip()}\nnksr: error: {message}")
@@ -50,20 +55,9 @@ def parser() -> argparse.ArgumentParser:
                 description="Reconstruct a surface from a point cloud file with NKSR and write the mesh.")
     p.add_argument("input", help=f"point cloud ({', '.join(IMPORTERS)}), with or without normals and colours")
     p.add_argument("output", help=f"mesh file ({', '.join(EXPORTERS)})")
-    p.add_argument("--detail", default="auto", help="'auto' (default) or 0 (smooth) .. 1 (finest)")
-    p.add_argument("--voxel-size", type=float, default=0.0, help="finest voxel size in scene units (0: from detail)")
-    p.add_argument("--mise-iter", type=int, default=1, help="refinement rounds below the finest voxel")
-    p.add_argument("--no-trim", action="store_true", help="keep surface far from the points")
+    engine_link.options_api().add_flags(p, FLAGS)
     p.add_argument("--no-colors", action="store_true", help="do not carry colours onto the mesh")
-    p.add_argument("--estimate-normals", action="store_true",
-                   help="estimate normals even when the file has them (they are estimated when it has none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--chunk-size", type=float, default=0.0,
-                   help="solve in overlapping cubes of this edge, scene units (0: only when over the memory limit)")
-    p.add_argument("--overlap-ratio", type=float, default=0.1, help="data around each chunk, share of its size")
-    p.add_argument("--memory-limit", type=float, default=0.0, metavar="GB",
-                   help="memory the engine may use (0: 3/4 of the free memory)")
-    p.add_argument("--workers", type=int, default=1, help="chunks solved at once, each in its own process")
     return p
 
 
@@ -107,9 +101,12 @@ def run(argv: list[str]) -> int:
     """The command's handler: returns the exit code, prints what went wrong and how to fix it."""
     try:
         args = parser().parse_args(argv)
-        detail = None if args.detail == "auto" else float(args.detail)
+        opts = engine_link.options_api().from_flags(args, FLAGS)
     except ValueError as exc:
         print(exc)
+        return EXIT_USAGE
+    except engine_link.options_api().OptionError as exc:
+        print(f"nksr: {exc.message}\n{exc.hint}")
         return EXIT_USAGE
     source, target = Path(args.input), Path(args.output)
     if source.suffix.lower() not in IMPORTERS or target.suffix.lower() not in EXPORTERS:
@@ -137,13 +134,14 @@ def run(argv: list[str]) -> int:
     for obj in view_layer.objects:
         obj.select_set(obj in imported)
     view_layer.objects.active = imported[0]
-    options: dict[str, Any] = {"voxel_size": args.voxel_size, "mise_iter": args.mise_iter, "trim": not args.no_trim,
+    # The operator's properties cannot be empty: 0 stands for unset (and 1 worker for the engine itself).
+    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter, "trim": opts.trim,
                                "keep_colors": not args.no_colors, "device": args.device.upper(),
-                               "estimate_normals": args.estimate_normals, "chunk_size": args.chunk_size,
-                               "overlap_ratio": args.overlap_ratio, "memory_limit_gb": args.memory_limit,
-                               "workers": args.workers}
-    if detail is not None:
-        options["detail_level"] = detail
+                               "estimate_normals": opts.estimate_normals, "chunk_size": opts.chunk_size or 0.0,
+                               "overlap_ratio": opts.overlap_ratio, "memory_limit_gb": opts.memory_limit_gb or 0.0,
+                               "workers": opts.workers or 1}
+    if opts.detail_level != "auto":
+        options["detail_level"] = opts.detail_level
     try:
         bpy.ops.nksr.reconstruct(**options)  # type: ignore[attr-defined]
     except RuntimeError as exc:

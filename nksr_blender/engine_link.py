@@ -74,6 +74,11 @@ def client_api() -> ModuleType:
     return engine_module("client")
 
 
+def options_api() -> ModuleType:
+    """The engine's option table (stdlib only): the properties take defaults, ranges and help from it."""
+    return engine_module("options")
+
+
 def user_folder(name: str) -> Path:
     """A writable folder of this extension (Blender's extension user path; a temp folder outside one)."""
     try:

@@ -20,50 +20,65 @@ DEVICES = [
     ("CUDA", "CUDA", "An NVIDIA GPU (fails clearly when the engine has none)"),
 ]
 
+SPECS: dict[str, Any] = engine_link.options_api().SPECS
+
+
+def _text(name: str, note: str = "") -> str:
+    """The option's help as a tooltip (capitalised), with what is Blender's own about it."""
+    text = SPECS[name].help
+    return text[0].upper() + text[1:] + note
+
+
+def _number(prop: Any, name: str, label: str, *, zero_unsets: bool = False, default: Any = None, note: str = "",
+            **extra: Any) -> Any:
+    """A Float/IntProperty with the option's range, default and help.
+
+    A property cannot be empty: with ``zero_unsets`` its 0 stands for the option's unset value.
+    """
+    spec = SPECS[name]
+    low = 0 if zero_unsets else spec.minimum
+    bounds = {k: v for k, v in (("min", low), ("max", spec.maximum)) if v is not None}
+    if default is None:
+        default = 0 if spec.default is None else spec.default
+    return prop(name=label, default=default,
+                description=_text(name, "; 0 leaves it unset" if zero_unsets else note), **bounds, **extra)
+
+
+def _flag(name: str, label: str) -> Any:
+    return BoolProperty(name=label, default=SPECS[name].default, description=_text(name))
+
 
 class ReconstructOptions:
     """The reconstruction options, defined once: the panel's settings and the operator's properties.
 
-    The operator takes the panel's value for every one a script did not set.
+    Defaults, ranges and tooltips come from the engine's option table (``engine/options.py``); the
+    operator takes the panel's value for every one a script did not set.
     """
 
     auto_detail: BoolProperty(  # type: ignore[valid-type]
         name="Automatic Detail", default=True,
         description="Choose the voxel size from the measured point spacing and noise")
-    detail_level: FloatProperty(  # type: ignore[valid-type]
-        name="Detail", default=0.75, min=0.0, max=1.0,
-        description="0 smooth and coarse, 1 as fine as the points allow (used when Automatic Detail is off)")
-    voxel_size: FloatProperty(  # type: ignore[valid-type]
-        name="Voxel Size", default=0.0, min=0.0, subtype="DISTANCE", precision=4,
-        description="Finest voxel size in world units; 0 chooses it from Detail")
-    mise_iter: IntProperty(  # type: ignore[valid-type]
-        name="Refinement", default=1, min=0, max=3,
-        description="Meshing rounds below the finest voxel (each halves the triangle size)")
-    trim: BoolProperty(  # type: ignore[valid-type]
-        name="Trim", default=True, description="Cut away surface far from the points (off closes holes)")
+    detail_level: _number(FloatProperty, "detail_level", "Detail", default=0.75)  # type: ignore[valid-type]
+    voxel_size: _number(FloatProperty, "voxel_size", "Voxel Size", zero_unsets=True,  # type: ignore[valid-type]
+                        subtype="DISTANCE", precision=4)
+    mise_iter: _number(IntProperty, "mise_iter", "Refinement")  # type: ignore[valid-type]
+    trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
-    estimate_normals: BoolProperty(  # type: ignore[valid-type]
-        name="Estimate Normals", default=False,
-        description="Ignore the points' normals and estimate them (clouds without normals are always estimated)")
+    estimate_normals: _flag("estimate_normals", "Estimate Normals")  # type: ignore[valid-type]
     viewpoint: EnumProperty(  # type: ignore[valid-type]
         name="Viewpoint", items=VIEWPOINTS, default="AUTO", description="Which way estimated normals face")
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device", items=[("PREFERENCES", "Default", "The device set in the add-on preferences"), *DEVICES],
         default="PREFERENCES")
-    chunk_size: FloatProperty(  # type: ignore[valid-type]
-        name="Chunk Size", default=0.0, min=0.0, subtype="DISTANCE", precision=2,
-        description="Solve large scenes in overlapping cubes of this edge (world units), blended without seams; "
-                    "0 splits only when the scene would not fit in the memory limit")
-    overlap_ratio: FloatProperty(  # type: ignore[valid-type]
-        name="Overlap", default=0.1, min=0.0, max=0.5, subtype="FACTOR",
-        description="Points each chunk also sees around it, as a share of the chunk size")
-    memory_limit_gb: FloatProperty(  # type: ignore[valid-type]
-        name="Memory Limit (GB)", default=0.0, min=0.0, precision=1,
-        description="Memory the engine may use; 0 takes 3/4 of the free memory (of the GPU on CUDA)")
-    workers: IntProperty(  # type: ignore[valid-type]
-        name="Parallel Chunks", default=1, min=1, max=64,
-        description="Chunks solved at once, each in its own engine process (1 solves them in the engine itself)")
+    chunk_size: _number(FloatProperty, "chunk_size", "Chunk Size", zero_unsets=True,  # type: ignore[valid-type]
+                        subtype="DISTANCE", precision=2)
+    overlap_ratio: _number(FloatProperty, "overlap_ratio", "Overlap", subtype="FACTOR")  # type: ignore[valid-type]
+    memory_limit_gb: _number(FloatProperty, "memory_limit_gb", "Memory Limit (GB)",  # type: ignore[valid-type]
+                             zero_unsets=True, precision=1)
+    workers: _number(  # type: ignore[valid-type]
+        IntProperty, "workers", "Parallel Chunks", default=1, soft_max=64,
+        note="; more than 1 runs each in an engine process of its own, 1 in the engine itself")
 
 
 class NKSR_Settings(ReconstructOptions, bpy.types.PropertyGroup):

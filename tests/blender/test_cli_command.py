@@ -90,3 +90,13 @@ def test_full_disk_keeps_the_previous_output(scene: bpy.types.Scene, tmp_path: P
     assert "previous file is unchanged" in printed
     if suffix == ".ply":  # our check after the exporter; a .blend save's error text is Blender's own (4.2 differs)
         assert "No space left on device" in printed and "Free space" in printed
+
+
+def test_out_of_range_options_are_refused_before_anything_is_imported(scene: bpy.types.Scene, tmp_path: Path,
+                                                                      addon: ModuleType,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    before = set(bpy.data.objects)
+    code = addon.cli_command.run([str(_cloud(tmp_path)), str(tmp_path / "out.ply"), "--mise-iter", "10"])
+    assert code == 2
+    assert "'mise_iter' must be an integer from 0 to 3" in capsys.readouterr().out
+    assert set(bpy.data.objects) == before and not (tmp_path / "out.ply").exists()

@@ -140,7 +140,7 @@ def test_voxel_size_absurdly_small() -> None:
 
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
 def test_bad_voxel_size(bad: float) -> None:
-    expect(InputError, "voxel_size must be a positive number", P, N, voxel_size=bad)
+    expect(InputError, "'voxel_size' must be a number above 0", P, N, voxel_size=bad)
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, "fine"])
@@ -149,4 +149,4 @@ def test_bad_detail(bad: object) -> None:
 
 
 def test_unknown_device() -> None:
-    expect(InputError, "Unknown device", P, N, device="tpu")
+    expect(InputError, "'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'", P, N, device="tpu")

@@ -157,8 +157,6 @@ def test_grid_sizes() -> None:
     assert g.margin == 80, "the overlap is a share of the chunk size"
     assert make_grid(1000.0, 3, 1.0, 0.1).size == 64, "the smallest chunk"
     assert make_grid(1000.0, 3, 64.0, 0.5).margin <= 32
-    with pytest.raises(InputError, match="overlap_ratio"):
-        make_grid(1000.0, 3, 100.0, 0.7)
 
 
 def small_city(n: int = 60_000, size: float = 40.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,10 +303,10 @@ def test_auto_chunk_when_over_the_limit() -> None:
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"chunk_size": -1.0}, "chunk_size must be a positive length"),
-    ({"chunk_size": 10.0, "overlap_ratio": 0.9}, "overlap_ratio must be between 0 and 0.5"),
-    ({"chunk_size": 10.0, "executor": "spark"}, "Unknown executor 'spark'"),
-    ({"chunk_size": 10.0, "executor": "processes", "workers": 0}, "workers must be at least 1"),
+    ({"chunk_size": -1.0}, "'chunk_size' must be a number above 0"),
+    ({"chunk_size": 10.0, "overlap_ratio": 0.9}, "'overlap_ratio' must be a number from 0 to 0.5"),
+    ({"chunk_size": 10.0, "executor": "spark"}, "'executor' must be 'inprocess', 'processes', 'dask'"),
+    ({"chunk_size": 10.0, "executor": "processes", "workers": 0}, "'workers' must be an integer from 1 to 1024"),
     ({"chunk_size": 10.0, "executor": "tcp://127.0.0.1:9"}, "Cannot reach the Dask scheduler"),
 ])
 def test_bad_chunk_options(options: dict[str, Any], match: str) -> None:

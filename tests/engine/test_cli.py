@@ -186,9 +186,9 @@ def test_chunk_options_refused_clearly(tmp_path: Path) -> None:
     write_sphere(tmp_path / "in.xyz", 50)
     out = str(tmp_path / "out.ply")
     no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--chunk-size", "-2"),
-                 "chunk_size must be a positive length")
+                 "'chunk_size' must be a number above 0")
     no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--executor", "mpi", "--chunk-size", "1"),
-                 "Unknown executor 'mpi'", "processes")
+                 "'executor' must be 'inprocess', 'processes'", "Where chunks run")
     no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), out, "--memory-limit", "0.01",
                             "--no-auto-chunk"), "more than the limit")
     assert not (tmp_path / "out.ply").exists()

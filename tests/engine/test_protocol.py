@@ -260,20 +260,6 @@ def test_messages_before_a_bad_frame_come_first() -> None:
         dec.feed(b"")
 
 
-def test_options() -> None:
-    ok = {"detail_level": 0.5, "voxel_size": None, "mise_iter": 1, "trim": False, "solver_tol": 1,
-          "solver_max_iter": 10, "device": "cpu", "depth": 3, "memory_limit_gb": 2.5}
-    assert protocol.check_options(ok) == ok
-    assert protocol.check_options({"detail_level": "auto"}) == {"detail_level": "auto"}
-    for bad, text in [({"voxelsize": 0.1}, "Unknown option 'voxelsize'"), ({"trim": 1}, "'trim' must be true"),
-                      ({"depth": 2.5}, "'depth' must be an integer"), ({"mise_iter": True}, "an integer"),
-                      ({"detail_level": "fine"}, "a number or \"auto\""), ({"device": None}, "a string"),
-                      ({"solver_tol": float("nan")}, "finite"), ({"voxel_size": [1]}, "got list")]:
-        with pytest.raises(protocol.OptionsError, match=text) as info:
-            protocol.check_options(bad)
-        assert "Accepted options: auto_chunk, chunk_size, depth, detail_level" in info.value.hint
-
-
 # -- fuzzing: anything fed to the decoder decodes or raises ProtocolError, and never hangs ---------------------------
 
 VALID = encoded(EXAMPLES)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine import __version__, protocol, server
+from engine.options import OptionError
 from engine.protocol import Decoder, Message
 from tests.engine import malformed
 from tests.engine.engines import COLORS, ENV, NORMALS, POINTS, PYTHON, ROOT, collapse, expected_stages, in_process
@@ -137,8 +138,12 @@ def test_bad_frames_get_an_error_and_the_engine_goes_on(raw: Raw, name: str) -> 
 BAD_REQUESTS = {
     "unknown option": ({"voxelsize": 0.1}, POINTS, NORMALS, "input", "Unknown option 'voxelsize'"),
     "option of the wrong type": ({"trim": "yes"}, POINTS, NORMALS, "input", "Option 'trim' must be true or false"),
-    "bad option value": ({"detail_level": 3.0}, POINTS, NORMALS, "input", "detail_level must be in"),
-    "unknown device": ({"device": "tpu"}, POINTS, NORMALS, "input", "Unknown device"),
+    "bad option value": ({"detail_level": 3.0}, POINTS, NORMALS, "input", "'detail_level' must be a number from 0"),
+    "unbounded refinement": ({"mise_iter": 10}, POINTS, NORMALS, "input", "'mise_iter' must be an integer from 0 to 3"),
+    "negative tolerance": ({"solver_tol": -1}, POINTS, NORMALS, "input", "'solver_tol' must be a number above 0"),
+    "no solver iterations": ({"solver_max_iter": 0}, POINTS, NORMALS, "input", "'solver_max_iter' must be an integer"),
+    "huge benchmark echo": ({"_benchmark_echo_faces": 10**9}, POINTS, NORMALS, "input", "'_benchmark_echo_faces'"),
+    "unknown device": ({"device": "tpu"}, POINTS, NORMALS, "input", "'device' must be 'auto'"),
     "mismatched lengths": ({}, POINTS, NORMALS[:-1], "input", "normals has 1999 rows but points has 2000"),
     "wrong width": ({}, POINTS[:, :2], NORMALS, "input", "points must be an array of shape"),
     "too few points": ({}, POINTS[:3], NORMALS[:3], "input", "3 usable points"),
@@ -232,7 +237,7 @@ def test_error_codes() -> None:
     assert server.error_reply(TooFewPointsError("m", "h"))[:2] == ("input", "m")
     assert server.error_reply(InputError("m"))[2]  # always a hint
     assert server.error_reply(MemoryError())[0] == "memory"
-    assert server.error_reply(protocol.OptionsError("bad"))[0] == "input"
+    assert server.error_reply(OptionError("bad"))[0] == "input"
     assert server.error_reply(protocol.ProtocolError("bad"))[0] == "protocol"
     code, message, hint = server.error_reply(ZeroDivisionError("boom"))
     assert code == "internal" and "ZeroDivisionError: boom" in message and "log" in hint

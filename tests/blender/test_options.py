@@ -1,0 +1,40 @@
+"""The panel's and the operator's properties take their defaults, ranges and tooltips from the engine's table."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import bpy
+import pytest
+
+# Blender property -> what stands for the option's unset value (None: the option has a value of its own).
+ZERO_UNSETS = {"voxel_size": True, "chunk_size": True, "memory_limit_gb": True}
+SHARED = ["detail_level", "voxel_size", "mise_iter", "trim", "estimate_normals", "chunk_size", "overlap_ratio",
+          "memory_limit_gb", "workers"]
+
+
+@pytest.mark.parametrize("owner", ["NKSR_Settings", "NKSR_OT_reconstruct"])
+@pytest.mark.parametrize("name", SHARED)
+def test_property_follows_the_option_table(addon: ModuleType, owner: str, name: str) -> None:
+    spec = addon.engine_link.options_api().SPECS[name]
+    rna = (addon.settings.NKSR_Settings.bl_rna if owner == "NKSR_Settings"
+           else bpy.ops.nksr.reconstruct.get_rna_type()).properties[name]
+    help_text = spec.help[0].upper() + spec.help[1:]
+    assert rna.description.startswith(help_text), (rna.description, help_text)
+    if spec.kind is bool:
+        assert rna.default == spec.default
+        return
+    low = 0 if ZERO_UNSETS.get(name) else spec.minimum
+    assert rna.hard_min == pytest.approx(low)
+    if spec.maximum is not None:
+        assert rna.hard_max == pytest.approx(spec.maximum)
+    if spec.default is not None and not isinstance(spec.default, str):
+        assert rna.default == pytest.approx(spec.default)
+    if ZERO_UNSETS.get(name):
+        assert rna.default == 0 and "0 leaves it unset" in rna.description
+
+
+def test_refinement_is_capped_where_the_engine_caps_it(addon: ModuleType, scene: bpy.types.Scene) -> None:
+    """The engine refuses mise_iter 4 and above; the panel cannot even hold it (it clamps to the same range)."""
+    scene.nksr.mise_iter = 10
+    assert scene.nksr.mise_iter == addon.engine_link.options_api().SPECS["mise_iter"].maximum == 3
