@@ -2,7 +2,10 @@
 """The project's one entry point.
 
     python3 build.py demo       the example cloud through Blender: out/example.blend, example_mesh.ply and .png
-    python3 build.py test       lint, type checks and the test suite (engine and Blender)
+    python3 build.py check      lint and type checks only (ruff, mypy): seconds
+    python3 build.py test       the check and the whole test suite (engine and Blender); what CI runs
+    python3 build.py test --quick   for development: the check and the tests not marked ``slow``
+                                (Blender 5.0 only, not the 4.2 rerun), in a few minutes
     python3 build.py extension  build and validate the Blender extension zip in dist/
     python3 build.py bench      the quality and speed benchmark against Poisson (see bench/README.md)
 
@@ -76,19 +79,37 @@ def blender_env() -> dict[str, str]:
     return {"NKSR_ENGINE_PYTHON": str(PY)}
 
 
-def cmd_test(extra: list[str]) -> int:
+def cmd_check(extra: list[str]) -> int:
+    """Ruff and mypy only: the answer in seconds, before (and as part of) the test suite."""
     ensure_venv()
-    ensure_venv(BLENDER_REQUIREMENTS, BLENDER_VENV)
-    ensure_venv(BLENDER_LTS_REQUIREMENTS, BLENDER_LTS_VENV)
     for check in ([str(PY), "-m", "ruff", "check", "engine", "nksr_blender", "tests", "bench", "examples",
                    "build.py"],
                   [str(PY), "-m", "mypy", "engine"],
                   [str(PY), "-m", "mypy", "nksr_blender"]):
         if run(check) != 0:
             return 1
+    return 0
+
+
+def cmd_test(extra: list[str]) -> int:
+    """The check, then every test; ``--quick`` leaves out the tests marked ``slow`` and the Blender 4.2 rerun.
+
+    Other arguments go to pytest.  Without ``--quick`` nothing is deselected: CI runs this.
+    """
+    quick = "--quick" in extra
+    extra = [a for a in extra if a != "--quick"]
+    if quick:
+        extra = ["-m", "not slow", *extra]
+    blender_venvs = [BLENDER_VENV] if quick else [BLENDER_VENV, BLENDER_LTS_VENV]
+    ensure_venv()
+    ensure_venv(BLENDER_REQUIREMENTS, BLENDER_VENV)
+    if not quick:
+        ensure_venv(BLENDER_LTS_REQUIREMENTS, BLENDER_LTS_VENV)
+    if cmd_check([]) != 0:
+        return 1
     if run([str(PY), "-m", "pytest", "-q", "tests/engine", "tests/extension", *extra]) != 0:
         return 1
-    for venv in (BLENDER_VENV, BLENDER_LTS_VENV):
+    for venv in blender_venvs:
         if run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "tests/blender", *extra], blender_env()) != 0:
             return 1
     return 0
@@ -156,10 +177,10 @@ def cmd_bench(extra: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["demo", "test", "extension", "bench"])
+    parser.add_argument("command", choices=["demo", "check", "test", "extension", "bench"])
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the command")
     ns = parser.parse_args()
-    commands = {"demo": cmd_demo, "test": cmd_test, "extension": cmd_extension, "bench": cmd_bench}
+    commands = {"demo": cmd_demo, "check": cmd_check, "test": cmd_test, "extension": cmd_extension, "bench": cmd_bench}
     return commands[ns.command](ns.args)
 
 
