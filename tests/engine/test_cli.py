@@ -169,6 +169,7 @@ def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "out.ply").exists()
 
 
+@pytest.mark.slow
 def test_chunked(tmp_path: Path) -> None:
     p, n = shapes.sphere(20_000)
     np.savetxt(tmp_path / "in.xyz", np.hstack([p, n]), fmt="%.9g")

@@ -112,6 +112,7 @@ def test_per_point_sensors() -> None:
     assert agreement(inverted, -true) >= 0.995  # the sensor decides, even against "outward"
 
 
+@pytest.mark.slow
 def test_grazing_views_are_dropped_and_counted() -> None:
     """Seen from far above, the sides of a box are edge-on: their sign is a guess, so they are left out."""
     points, true = shapes.box(20_000)
