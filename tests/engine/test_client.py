@@ -330,6 +330,7 @@ def test_points_alone_get_estimated_normals_facing_the_sensor(client: EngineClie
         assert np.abs(radius - 2.0).max() < 0.5 * result.stats["voxel_size"]
 
 
+@pytest.mark.slow
 def test_chunked_job_on_worker_processes_keeps_the_stream_clean(client: EngineClient) -> None:
     """Chunks solved by a process pool inside the engine: its workers must not write to the protocol's stdout."""
     points, normals = shapes.sphere(20_000, radius=2.0)

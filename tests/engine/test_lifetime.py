@@ -89,6 +89,7 @@ def test_a_stopped_engine_is_noticed_within_the_stall_limit_and_killed(tmp_path:
         client.close()
 
 
+@pytest.mark.slow
 def test_a_long_silent_stage_is_not_a_stall(tmp_path: Path) -> None:
     """Chunks on worker processes: the engine's main thread sends nothing between two finished chunks (seconds
     each, longer than the stall limit), but its heartbeat thread keeps beating."""
