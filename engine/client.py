@@ -36,6 +36,7 @@ ProgressFn = Callable[[str, float, str], None]
 
 _PIPE_SIZE = 1 << 20  # Linux pipes hold 64 KiB by default; bigger ones cut the syscalls per megabyte 16-fold
 _WAIT_SLICE = 0.1
+_CONTROL_PATIENCE = 1.0  # seconds a cancel or shutdown frame may wait for the engine to read (then: kill)
 STALL_TIMEOUT = 30.0  # seconds of silence from a working engine after which it counts as stalled (it beats every 0.5)
 _HINT_PYTHON = ("Set the engine's Python to an interpreter with the engine's requirements "
                 "(python -m pip install torch numpy scipy).")
@@ -330,8 +331,8 @@ class Job:
             self._cancel_grace = grace
             self._cancel_deadline = time.monotonic() + grace
             try:
-                self._client._send(Message("cancel"))
-            except (OSError, ValueError):  # dead, or its pipe already closed
+                self._client._send(Message("cancel"), patience=_CONTROL_PATIENCE)
+            except (OSError, ValueError, EngineStalled):  # dead, or its pipe already closed
                 pass  # already dead: poll() reports it
         while wait and not self.done:
             self._client._wait_readable(0.05)
@@ -482,8 +483,8 @@ class EngineClient:
         if self._job is not None:
             self._job._fail(EngineCrashed("The engine was closed during the reconstruction.", "Nothing was changed."))
         try:
-            self._send(Message("shutdown"))
-        except (OSError, ValueError):  # dead, or its pipe already closed at exit
+            self._send(Message("shutdown"), patience=_CONTROL_PATIENCE)
+        except (OSError, ValueError, EngineStalled):  # dead, or its pipe already closed at exit
             pass
         _stop_process(proc, timeout)
         self._forget()
@@ -526,6 +527,10 @@ class EngineClient:
         self._heard = time.monotonic()
         try:
             self._send(Message("reconstruct", {"options": opts}, arrays))
+        except EngineStalled as exc:
+            self._kill()
+            job._fail(exc)
+            raise
         except OSError:
             job.poll()  # the engine died while reading: say how
             if not job.done:
@@ -576,6 +581,7 @@ class EngineClient:
         self._eof = False
         _nonblocking(proc.stdout.fileno())
         if os.name != "nt":
+            os.set_blocking(proc.stdin.fileno(), False)  # _send writes with a deadline
             try:
                 import fcntl
 
@@ -617,10 +623,29 @@ class EngineClient:
                                     f"The machine may be busy; try again.  Log: {self.log_path}")
         return None
 
-    def _send(self, msg: Message) -> None:
+    def _send(self, msg: Message, patience: float | None = None) -> None:
+        """Write one frame; an engine that takes no byte of it for ``patience`` s (default: the stall limit) is
+        stalled: EngineStalled, so that a frozen engine cannot block the caller in a write either."""
         if self._proc is None or self._proc.stdin is None:
             raise BrokenPipeError("no engine")
-        protocol.write_message(self._proc.stdin, msg)
+        patience = self.stall_timeout if patience is None else patience
+        stream = self._proc.stdin
+        if os.name == "nt" or patience is None:
+            protocol.write_message(stream, msg)
+            return
+        fd = stream.fileno()  # non-blocking since the spawn; nothing buffers in ``stream``
+        for piece in protocol.encode(msg):
+            view = memoryview(piece).cast("B")
+            while view:
+                if not select.select([], [fd], [], patience)[1]:
+                    raise EngineStalled(
+                        f"The engine took nothing of the request for {patience:g} s (stalled); it was stopped.",
+                        "The system may have suspended or frozen it.  Nothing was changed; the next "
+                        "reconstruction starts a fresh engine.")
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:  # the pipe filled between select and write
+                    continue
 
     def _receive(self, budget: float) -> tuple[list[Message], ProtocolError | None]:
         """Messages the pipe holds now (reading for about ``budget`` s at most), and a protocol failure if any."""
