@@ -1,7 +1,8 @@
 """NKSR-style neural-kernel surface reconstruction engine (torch; never imports bpy).
 
-``reconstruct(points, normals=None, colors=None, ...) -> Mesh`` is the API
-(``estimate_normals(points, ...)`` gives the normals it would estimate);
+``reconstruct(points, normals=None, colors=None, options=None, **overrides) -> Mesh``
+is the API (options: :class:`Options`, the table in :mod:`engine.options`;
+``estimate_normals(points, ...)`` gives the normals it would estimate);
 ``python -m engine reconstruct IN OUT`` the command line.
 
 The package imports lazily (PEP 562): ``import engine`` and its light modules
@@ -20,13 +21,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",
-    "Mesh": ".mesh", "estimate_normals": ".normals", "fit_field": ".pipeline", "reconstruct": ".pipeline",
+    "Mesh": ".mesh", "Options": ".options", "estimate_normals": ".normals",
+    "fit_field": ".pipeline", "reconstruct": ".pipeline",
 }
 
 if TYPE_CHECKING:
     from .errors import Cancelled, EngineError, InputError
     from .mesh import Mesh
     from .normals import estimate_normals
+    from .options import Options
     from .pipeline import fit_field, reconstruct
 
 
@@ -36,5 +39,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "estimate_normals", "fit_field", "reconstruct",
+__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "Options", "estimate_normals", "fit_field", "reconstruct",
            "__version__"]

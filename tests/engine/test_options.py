@@ -32,7 +32,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"device": None}, "'device' must be"),
     ({"device": "cuda:x"}, "'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"solver_tol": float("nan")}, "'solver_tol' must be a number above 0"),
-    ({"solver_tol": -1.0}, "'solver_tol' must be a number above 0 to 0.1"),
+    ({"solver_tol": -1.0}, "'solver_tol' must be a number above 0 and at most 0.1"),
     ({"solver_tol": 0}, "'solver_tol' must be a number above 0"),
     ({"solver_max_iter": 0}, "'solver_max_iter' must be an integer from 1"),
     ({"voxel_size": [1]}, "got list"),
