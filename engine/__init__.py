@@ -20,14 +20,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",
-    "Mesh": ".mesh", "estimate_normals": ".normals", "fit_field": ".pipeline", "reconstruct": ".pipeline",
+    "Mesh": ".mesh", "estimate_normals": ".solver.normals", "fit_field": ".pipeline", "reconstruct": ".pipeline",
 }
 
 if TYPE_CHECKING:
     from .errors import Cancelled, EngineError, InputError
     from .mesh import Mesh
-    from .normals import estimate_normals
     from .pipeline import fit_field, reconstruct
+    from .solver.normals import estimate_normals
 
 
 def __getattr__(name: str) -> Any:

@@ -118,7 +118,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
-        from .server import main as serve
+        from .service.server import main as serve
 
         return serve()
     return run_reconstruct(args)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cloud import PointCloud
-from .errors import InputError, MissingPackageError
+from ..cloud import PointCloud
+from ..errors import InputError, MissingPackageError
+from ..optional import import_optional
 from .fields import cloud_from_fields
-from .optional import import_optional
 
 LAZ_HINT = "Install a LAZ backend into the engine's Python: pip install lazrs (pinned in requirements/optional.txt)."
 

@@ -35,11 +35,11 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from .cloud import MIN_POINTS, _as_rows
-from .device import select_device
-from .errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
+from ..cloud import MIN_POINTS, _as_rows
+from ..device import select_device
+from ..errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
+from ..options import SPECS
 from .knn import PointTree, grid_knn
-from .options import SPECS
 from .resolution import measure
 
 Report = Callable[[float, str], None]

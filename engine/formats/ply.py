@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty
 
-from .cloud import PointCloud
-from .errors import InputError
+from ..cloud import PointCloud
+from ..errors import InputError
+from ..mesh import Mesh, needs_float64
 from .fields import cloud_from_fields
-from .mesh import Mesh, needs_float64
 
 # What we write; reading accepts every spelling in engine.fields.
 COLOR_NAMES = ("red", "green", "blue", "alpha")

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..mesh import Mesh
+from ..options import OptionError, check
 from . import protocol
-from .mesh import Mesh
-from .options import OptionError, check
 from .protocol import Message, ProtocolError
 
 ProgressFn = Callable[[str, float, str], None]
@@ -391,7 +391,7 @@ class EngineClient:
                  log_path: Path | None = None, env: dict[str, str] | None = None,
                  start_timeout: float = 120.0, stall_timeout: float | None = STALL_TIMEOUT) -> None:
         self.python = os.fspath(python)
-        self.engine_dir = Path(engine_dir) if engine_dir is not None else Path(__file__).resolve().parent.parent
+        self.engine_dir = Path(engine_dir) if engine_dir is not None else Path(__file__).resolve().parents[2]
         self._temp_logs: list[Path] = []  # the temporary log this client made, while it is to be removed
         self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path is not None else self._new_temp_log()

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cloud import PointCloud, normalize_colors
-from .errors import InputError, ShapeMismatchError
+from ..cloud import PointCloud, normalize_colors
+from ..errors import InputError, ShapeMismatchError
 from .fields import cloud_from_fields, field_key
 
 CONVENTION = "3 (x y z), 4 (x y z intensity), 6 (x y z nx ny nz, or x y z r g b), 7 (x y z intensity r g b) " \

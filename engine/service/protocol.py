@@ -50,7 +50,7 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from .errors import EngineError
+from ..errors import EngineError
 
 PROTOCOL_VERSION = 2  # 2: heartbeat
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..solver.voxels import unique_voxels_inverse
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
-from .voxels import unique_voxels_inverse
 
 KEEP_SLOPE = 1.15
 KEEP_CURVATURE = 0.4

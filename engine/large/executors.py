@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
+from ..errors import InputError
+from ..optional import import_optional
+from ..options import EXECUTORS
+from ..progress import Run
 from .chunks import ChunkField, ChunkTask, solve_chunk
-from .errors import InputError
-from .optional import import_optional
-from .options import EXECUTORS
-from .progress import Run
 from .workers import start_worker
 
 CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed
