@@ -214,7 +214,7 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     raises :class:`engine.errors.MemoryLimitError` instead.  Chunks run on
     ``executor``: "inprocess", "processes" (a local pool of ``workers``),
     "dask" or "dask://host:port" (Dask distributed), or an
-    :class:`engine.executors.Executor`.
+    :class:`engine.large.executors.Executor`.
 
     ``progress(stage, fraction, text)`` is called often; ``cancel()``
     returning True stops the run with :class:`engine.errors.Cancelled`.

@@ -3,7 +3,7 @@
 Positions come scaled and offset to float64 as laspy gives them (LiDAR
 coordinates carry offsets of 1e5-1e6).  LAS has no standard normal fields:
 CloudCompare and PDAL store them as extra dimensions (``NormalX`` / ``nx`` ...),
-which are read under any spelling of :mod:`engine.fields`.  16-bit colours
+which are read under any spelling of :mod:`engine.formats.fields`.  16-bit colours
 holding 8-bit values (common) are recognised by their range.
 """
 

@@ -6,7 +6,7 @@ level's voxels align with the cores.  Every core with points in it or within
 ``margin`` voxels of its faces is a chunk, solved on the points of its core
 grown by ``margin`` voxels on every side, with bounded memory and no
 knowledge of its neighbours (:func:`solve_chunk`, a picklable task for any
-:mod:`engine.executors` executor).
+:mod:`engine.large.executors` executor).
 
 The chunks' fields are blended into one field with a partition of unity: along
 each axis a chunk's weight falls smoothly from 1 to 0 across a band of

@@ -1,4 +1,4 @@
-"""``python -m engine serve``: a persistent engine speaking :mod:`engine.protocol` on stdin/stdout.
+"""``python -m engine serve``: a persistent engine speaking :mod:`engine.service.protocol` on stdin/stdout.
 
 It sends ``hello``, then answers each ``reconstruct`` request with
 ``progress`` frames and exactly one ``result`` or ``error``; ``shutdown`` or
