@@ -1,6 +1,6 @@
 """Triangle-mesh PLY I/O for the benchmark: the engine's own reader and writer, with float32 vertices.
 
-``engine.ply`` needs only numpy and plyfile (the engine package imports lazily),
+``engine.formats.ply`` needs only numpy and plyfile (the engine package imports lazily),
 so the peers' environment, which has no torch, uses it too.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.formats.ply import read_mesh, write_mesh  # noqa: E402
 from engine.mesh import Mesh  # noqa: E402
-from engine.ply import read_mesh, write_mesh  # noqa: E402
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:

@@ -6,10 +6,23 @@ is the API (options: :class:`Options`, the table in :mod:`engine.options`;
 ``python -m engine reconstruct IN OUT`` the command line.
 
 The package imports lazily (PEP 562): ``import engine`` and its light modules
-(the wire protocol, the client) need only the standard library and numpy, so the
-Blender side can use them without torch.  Every module imports its siblings
-relatively, so the package also works under another name (the extension bundles
-it as ``nksr_blender.engine``).
+need only the standard library and numpy, so the Blender side can use them
+without torch.  The folders follow that boundary and what changes together:
+
+- ``service/``: the engine as a process (protocol, client, server); light.
+- ``formats/``: every point-cloud reader and mesh writer; light.
+- ``solver/``: points to a fitted field (resolution, knn, normals, voxels, basis,
+  hierarchy, system, cg, fitting); torch.
+- ``surface/``: field to mesh (marching cubes, trimming, colours); torch.
+- ``large/``: large scenes (chunks, executors, workers, memory guard); torch.
+- top level: the option table, errors, the Mesh type, input clouds, atomic output
+  files, optional packages, progress (light); the device choice and the pipeline
+  that sequences the stages (torch); the command line.
+
+pyproject.toml (ruff TID253) lists the files that may import torch at module
+level and tests/engine/test_architecture.py checks the rest load without it.
+Every module imports its siblings relatively, so the package also works under
+another name (the extension bundles it as ``nksr_blender.engine``).
 """
 
 from __future__ import annotations
@@ -21,16 +34,16 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",
-    "Mesh": ".mesh", "Options": ".options", "estimate_normals": ".normals",
+    "Mesh": ".mesh", "Options": ".options", "estimate_normals": ".solver.normals",
     "fit_field": ".pipeline", "reconstruct": ".pipeline",
 }
 
 if TYPE_CHECKING:
     from .errors import Cancelled, EngineError, InputError
     from .mesh import Mesh
-    from .normals import estimate_normals
     from .options import Options
     from .pipeline import fit_field, reconstruct
+    from .solver.normals import estimate_normals
 
 
 def __getattr__(name: str) -> Any:

@@ -15,24 +15,24 @@ import numpy as np
 import torch
 
 from . import __version__
-from .chunks import ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
 from .cloud import MIN_POINTS, Cloud, prepare_cloud
-from .colors import interpolate_colors
 from .device import select_device
 from .errors import TooFewPointsError
-from .executors import Executor, make_executor
-from .fitting import solve_levels
-from .hierarchy import Level, build_levels, evaluate
-from .knn import PointTree
-from .memory import MemoryPlan, available_bytes, plan_memory
+from .large.chunks import ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
+from .large.executors import Executor, make_executor
+from .large.memory import MemoryPlan, available_bytes, plan_memory
 from .mesh import Mesh, vertex_normals
-from .meshing import candidate_cells, marching_cubes
-from .normals import estimate_oriented, sensor_rows
 from .options import Options
 from .progress import CancelFn, ProgressFn, Run
-from .resolution import Resolution, choose_voxel_size
-from .system import Weights, point_weight
-from .trimming import compact, trim_distance, trim_far
+from .solver.fitting import solve_levels
+from .solver.hierarchy import Level, build_levels, evaluate
+from .solver.knn import PointTree
+from .solver.normals import estimate_oriented, sensor_rows
+from .solver.resolution import Resolution, choose_voxel_size
+from .solver.system import Weights, point_weight
+from .surface.colors import interpolate_colors
+from .surface.meshing import candidate_cells, marching_cubes
+from .surface.trimming import compact, trim_distance, trim_far
 
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 
@@ -214,7 +214,7 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     raises :class:`engine.errors.MemoryLimitError` instead.  Chunks run on
     ``executor``: "inprocess", "processes" (a local pool of ``workers``),
     "dask" or "dask://host:port" (Dask distributed), or an
-    :class:`engine.executors.Executor`.
+    :class:`engine.large.executors.Executor`.
 
     ``progress(stage, fraction, text)`` is called often; ``cancel()``
     returning True stops the run with :class:`engine.errors.Cancelled`.

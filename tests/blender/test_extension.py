@@ -22,7 +22,7 @@ def test_installed_extension_registers_operator_panel_preferences_and_command(ad
     assert addon.cli_command._handle is not None
     # The engine's source travels inside the zip and its light modules load under the add-on's name.
     assert (addon.engine_link.engine_root() / "engine" / "pipeline.py").is_file()
-    assert addon.engine_link.client_api().__name__ == f"{ADDON}.engine.client"
+    assert addon.engine_link.client_api().__name__ == f"{ADDON}.engine.service.client"
     assert "engine" not in sys.modules and "torch" not in sys.modules
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Mesh, protocol, reconstruct
+from engine import Mesh, reconstruct
+from engine.service import protocol
 from tests import shapes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from engine.ply import read_mesh
+from engine.formats.ply import read_mesh
 from tests import shapes
 from tests.meshcheck import boundary_edges
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj

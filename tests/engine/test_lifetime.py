@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.client import EngineClient, EngineStalled, EngineTimeout, Job
+from engine.service.client import EngineClient, EngineStalled, EngineTimeout, Job
 from tests import shapes
 from tests.engine.engines import ENV, LONG, NORMALS, POINTS, PYTHON, all_gone_within, descendants
 

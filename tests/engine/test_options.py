@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from engine import options, reconstruct
-from engine.client import EngineClient, InvalidRequest
 from engine.errors import MemoryLimitError
-from engine.memory import plan_memory
+from engine.large.memory import plan_memory
 from engine.options import SPECS, OptionError, Options
+from engine.service.client import EngineClient, InvalidRequest
 from tests import shapes
 from tests.engine.engines import ENV, NORMALS, POINTS, PYTHON, ROOT
 from tests.engine.test_cli import engine_cli, no_traceback

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import protocol
-from engine.protocol import Decoder, Message, ProtocolError
+from engine.service import protocol
+from engine.service.protocol import Decoder, Message, ProtocolError
 from tests.engine import malformed
 
 rng = np.random.default_rng(0)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import __version__, protocol, server
+from engine import __version__
 from engine.options import OptionError
-from engine.protocol import Decoder, Message
+from engine.service import protocol, server
+from engine.service.protocol import Decoder, Message
 from tests.engine import malformed
 from tests.engine.engines import COLORS, ENV, NORMALS, POINTS, PYTHON, ROOT, collapse, expected_stages, in_process
 

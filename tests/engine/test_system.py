@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.basis import TAP_OFFSETS, split_points, tap_weights
-from engine.hierarchy import build_levels
-from engine.system import Weights, _smoothness_terms, assemble
+from engine.solver.basis import TAP_OFFSETS, split_points, tap_weights
+from engine.solver.hierarchy import build_levels
+from engine.solver.system import Weights, _smoothness_terms, assemble
 
 W = Weights(point=0.7, normal=1.3, smooth=0.2)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import MemoryLimitError
+from ..errors import MemoryLimitError
 
 BRICK_BITS = 3
 BRICK = 1 << BRICK_BITS

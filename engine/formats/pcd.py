@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cloud import PointCloud, normalize_colors
-from .errors import InputError
+from ..cloud import PointCloud, normalize_colors
+from ..errors import InputError
+from ..optional import import_optional
 from .fields import cloud_from_fields
-from .optional import import_optional
 
 
 def unpack_rgb(packed: np.ndarray, alpha: bool, text: bool) -> np.ndarray:

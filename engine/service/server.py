@@ -1,4 +1,4 @@
-"""``python -m engine serve``: a persistent engine speaking :mod:`engine.protocol` on stdin/stdout.
+"""``python -m engine serve``: a persistent engine speaking :mod:`engine.service.protocol` on stdin/stdout.
 
 It sends ``hello``, then answers each ``reconstruct`` request with
 ``progress`` frames and exactly one ``result`` or ``error``; ``shutdown`` or
@@ -34,10 +34,11 @@ from typing import IO, Any, NoReturn
 
 import numpy as np
 
-from . import __version__, protocol
-from .errors import Cancelled, EngineError, InputError, MemoryLimitError
-from .mesh import mesh_edges
-from .options import check
+from .. import __version__
+from ..errors import Cancelled, EngineError, InputError, MemoryLimitError
+from ..mesh import mesh_edges
+from ..options import check
+from . import protocol
 from .protocol import Message, ProtocolError
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_PROTOCOL, EXIT_INTERNAL = 0, 1, 2, 3
@@ -295,7 +296,7 @@ def _binary(fd: int) -> int:
 def start_and_serve(inbox: Inbox, out: Outbox) -> int:
     """Import the pipeline, say hello, serve; the exit code."""
     try:
-        from .pipeline import reconstruct
+        from ..pipeline import reconstruct
 
         hello = hello_fields()
     except Exception as exc:  # a broken install: say so in a frame, not only in the log

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from ..progress import Run
+from .cg import pcg
 from .hierarchy import Level, evaluate_level
-from .progress import Run
-from .solver import pcg
 from .system import Weights, assemble
 
 COARSE_TOL = 1e-3

@@ -6,7 +6,7 @@ probes on a subsample, vertex colours, trimming distances), so it runs on the
 CPU whatever the compute device is.  Its build on 1M points takes ~0.3 s here.
 
 :func:`grid_knn` is the all-points search normal estimation needs on any
-device: points are bucketed in cubic cells (a :class:`~engine.voxels.VoxelIndex`
+device: points are bucketed in cubic cells (a :class:`~engine.solver.voxels.VoxelIndex`
 over the occupied cells, points sorted by cell), each query scans the 27 cells
 around its own, and a result is accepted only where it is provably exact (the
 k-th distance is at most one cell, so nothing outside the 27 cells can be

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from .mesh import Mesh, needs_float64
+from ..mesh import Mesh, needs_float64
 
 CHUNK = 65536  # rows formatted per write: bounded memory, few Python calls
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .cloud import PointCloud, normalize_colors
-from .errors import InputError
+from ..cloud import PointCloud, normalize_colors
+from ..errors import InputError
 
 # Each group lists one spelling of a role's components, in order; the first group found wins.
 POINT_GROUPS = (("x", "y", "z"),)

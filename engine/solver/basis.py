@@ -7,7 +7,7 @@ is the centred quadratic B-spline of support 3.  A point ``x`` inside cell
 {-1, 0, 1}^3.  Writing ``u = x - floor(x) - 1/2`` (in [-1/2, 1/2)), the three
 1-D weights are the polynomials in ``PHI`` below, so every product of basis
 functions over one cell is a polynomial in ``u``: that is what lets
-:mod:`engine.system` assemble the data term from per-cell moments.
+:mod:`engine.solver.system` assemble the data term from per-cell moments.
 """
 
 from __future__ import annotations

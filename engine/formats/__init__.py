@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import columns, files, gltf, las, obj, pcd, ply
-from .cloud import PointCloud
-from .errors import InputError
-from .mesh import Mesh
-from .optional import import_optional
+from .. import files
+from ..cloud import PointCloud
+from ..errors import InputError
+from ..mesh import Mesh
+from ..optional import import_optional
+from . import columns, gltf, las, obj, pcd, ply
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Level:
 
     @property
     def neighbours(self) -> torch.Tensor:
-        """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.basis`), -1 where absent."""
+        """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.solver.basis`); -1: absent."""
         if self._neighbours is None:
             rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
             for start in range(0, len(self), CHUNK):

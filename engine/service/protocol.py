@@ -23,7 +23,7 @@ Messages (fields beyond ``type``; arrays in brackets):
 - ``progress`` engine -> client: stage, fraction (of the stage, 0..1), text.
 - ``log`` engine -> client: level, text.
 - ``heartbeat`` engine -> client, during a job: no fields; sent whenever no
-  other frame went out for a while (``engine.server.HEARTBEAT_INTERVAL``), so
+  other frame went out for a while (``engine.service.server.HEARTBEAT_INTERVAL``), so
   the client tells a long, silent stage from a stopped engine (new in 2).
 - ``result`` engine -> client, ends a job: stats, origin [vertices (V, 3) f4,
   faces (F, 3) i4, colors (V, 4) f4 optional, normals (V, 3) f4 optional;
@@ -50,7 +50,7 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from .errors import EngineError
+from ..errors import EngineError
 
 PROTOCOL_VERSION = 2  # 2: heartbeat
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..solver.voxels import unique_voxels_inverse
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
-from .voxels import unique_voxels_inverse
 
 KEEP_SLOPE = 1.15
 KEEP_CURVATURE = 0.4
@@ -89,7 +89,7 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
     Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
     edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
     through those edges, so meshes of neighbouring cell sets can be welded on them
-    (:mod:`engine.chunks`).
+    (:mod:`engine.large.chunks`).
     """
     device = cells.device
     if cells.shape[0] == 0:

@@ -6,7 +6,7 @@ level's voxels align with the cores.  Every core with points in it or within
 ``margin`` voxels of its faces is a chunk, solved on the points of its core
 grown by ``margin`` voxels on every side, with bounded memory and no
 knowledge of its neighbours (:func:`solve_chunk`, a picklable task for any
-:mod:`engine.executors` executor).
+:mod:`engine.large.executors` executor).
 
 The chunks' fields are blended into one field with a partition of unity: along
 each axis a chunk's weight falls smoothly from 1 to 0 across a band of
@@ -30,17 +30,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .colors import interpolate_colors
-from .device import select_device
-from .errors import MemoryLimitError
-from .fitting import solve_levels
-from .hierarchy import Level, build_levels, evaluate
-from .knn import PointTree
-from .meshing import candidate_cells, marching_cubes
-from .progress import CancelFn, ProgressFn, Run
-from .system import Weights
-from .trimming import compact, trim_far
-from .voxels import VoxelIndex
+from ..device import select_device
+from ..errors import MemoryLimitError
+from ..progress import CancelFn, ProgressFn, Run
+from ..solver.fitting import solve_levels
+from ..solver.hierarchy import Level, build_levels, evaluate
+from ..solver.knn import PointTree
+from ..solver.system import Weights
+from ..solver.voxels import VoxelIndex
+from ..surface.colors import interpolate_colors
+from ..surface.meshing import candidate_cells, marching_cubes
+from ..surface.trimming import compact, trim_far
 
 # The blend band reaches margin / 4 voxels either side of a core face, and data 3 margin / 4 beyond
 # it: 4 coarsest voxels of margin cover the coarsest basis support (3 voxels) past the band's end.

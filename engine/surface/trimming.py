@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .knn import PointTree
+from ..solver.knn import PointTree
 
 TRIM_VOXELS = 1.5
 TRIM_NOISE = 2.0

@@ -16,7 +16,7 @@ Column convention, by the number of columns (text files and plain (N, C) arrays)
 
 A first line that names the columns (``x y z nx ny nz red green blue``, or
 CloudCompare's ``//X,Y,Z,R,G,B,Nx,Ny,Nz``) overrides the convention, in any
-order, with the spellings of :mod:`engine.fields`.  PTS files start with a
+order, with the spellings of :mod:`engine.formats.fields`.  PTS files start with a
 line holding the point count, which is checked.  Values are separated by
 spaces, tabs, commas or semicolons; lines starting with ``#`` are comments.
 Colours are 0-255 or 0-1 (see :func:`engine.cloud.normalize_colors`).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cloud import PointCloud, normalize_colors
-from .errors import InputError, ShapeMismatchError
+from ..cloud import PointCloud, normalize_colors
+from ..errors import InputError, ShapeMismatchError
 from .fields import cloud_from_fields, field_key
 
 CONVENTION = "3 (x y z), 4 (x y z intensity), 6 (x y z nx ny nz, or x y z r g b), 7 (x y z intensity r g b) " \

@@ -2,7 +2,7 @@
 
 Estimation: the normal of a point is the direction of least spread of its k
 nearest neighbours (the smallest eigenvector of their covariance), in torch on
-the engine's device.  Neighbours come from :mod:`engine.knn`: SciPy's k-d tree
+the engine's device.  Neighbours come from :mod:`engine.solver.knn`: SciPy's k-d tree
 on the CPU (queried in spatial order), the voxel-hash search on CUDA.
 
 Orientation gives each unoriented normal a sign:
@@ -35,11 +35,11 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from .cloud import MIN_POINTS, _as_rows
-from .device import select_device
-from .errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
+from ..cloud import MIN_POINTS, _as_rows
+from ..device import select_device
+from ..errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
+from ..options import SPECS
 from .knn import PointTree, grid_knn
-from .options import SPECS
 from .resolution import measure
 
 Report = Callable[[float, str], None]
@@ -92,7 +92,7 @@ def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = 
     """Distances and indices (M, k) of the k nearest points (N, 3) to each query (default: the points).
 
     On the CPU SciPy's k-d tree, queried in the tree's own (spatial) order,
-    beat the voxel-hash search of :func:`engine.knn.grid_knn` 5-9x (bunny, 2
+    beat the voxel-hash search of :func:`engine.solver.knn.grid_knn` 5-9x (bunny, 2
     cores, k = 12: 0.20 s against 1.8 s at 100k points, 2.5 s against 12.5 s
     at 1M); the hash search is vectorised torch and runs on CUDA.
     """
@@ -385,7 +385,7 @@ def estimate_oriented(points: torch.Tensor, k: int | None = None, sensor: torch.
 
     ``k`` neighbours per fit, by default ``DEFAULT_K``.  ``sensor`` (3,) or
     (N, 3) in the same frame.  ``density`` (points per unit area) and
-    ``noise`` (RMS, same units) as :func:`engine.resolution.measure` gives
+    ``noise`` (RMS, same units) as :func:`engine.solver.resolution.measure` gives
     them: on noisy scans normals are fitted on a subsample
     (:func:`noise_fraction`), by default with ``NOISY_K`` neighbours, and
     carried to every point.  ``report(fraction, text)`` is called between

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .knn import PointTree
+from ..solver.knn import PointTree
 
 NEIGHBOURS = 4
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .mesh import Mesh, vertex_normals
-from .optional import import_optional
+from ..mesh import Mesh, vertex_normals
+from ..optional import import_optional
 
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 FLOAT, UNSIGNED_INT = 5126, 5125

@@ -3,7 +3,7 @@
 Positions come scaled and offset to float64 as laspy gives them (LiDAR
 coordinates carry offsets of 1e5-1e6).  LAS has no standard normal fields:
 CloudCompare and PDAL store them as extra dimensions (``NormalX`` / ``nx`` ...),
-which are read under any spelling of :mod:`engine.fields`.  16-bit colours
+which are read under any spelling of :mod:`engine.formats.fields`.  16-bit colours
 holding 8-bit values (common) are recognised by their range.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cloud import PointCloud
-from .errors import InputError, MissingPackageError
+from ..cloud import PointCloud
+from ..errors import InputError, MissingPackageError
+from ..optional import import_optional
 from .fields import cloud_from_fields
-from .optional import import_optional
 
 LAZ_HINT = "Install a LAZ backend into the engine's Python: pip install lazrs (pinned in requirements/optional.txt)."
 

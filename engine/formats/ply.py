@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty
 
-from .cloud import PointCloud
-from .errors import InputError
+from ..cloud import PointCloud
+from ..errors import InputError
+from ..mesh import Mesh, needs_float64
 from .fields import cloud_from_fields
-from .mesh import Mesh, needs_float64
 
-# What we write; reading accepts every spelling in engine.fields.
+# What we write; reading accepts every spelling in engine.formats.fields.
 COLOR_NAMES = ("red", "green", "blue", "alpha")
 NORMAL_NAMES = ("nx", "ny", "nz")
 PLY_TYPES = {"f4": "float", "f8": "double", "u1": "uchar", "i4": "int"}  # numpy -> PLY names of what we write
