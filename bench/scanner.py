@@ -59,7 +59,8 @@ class ScanParams:
     views: int = 8  # views on the turntable ring, evenly spaced in azimuth
     elevations: tuple[float, ...] = (25.0, -15.0)  # degrees; view i uses elevations[i % len]
     up: str = "z"  # turntable axis: x, y or z
-    resolution: int = 160  # image width and height in pixels (sets the point count)
+    resolution: int = 160  # image width and height in pixels (sets the point count) ...
+    points: int = 0  # ... unless this is > 0: then the resolution is chosen to give about this many points
     distance: float = 3.0  # sensor distance from the centre, in bounding-sphere radii (the sphere fills the view)
     depth_noise: float = 0.0  # sigma along the ray at distance r0, share of the diagonal
     misregister_deg: float = 0.0  # rotation of each view, degrees
@@ -76,9 +77,9 @@ class ScanParams:
 
 
 PRESETS: dict[str, ScanParams] = {
-    "clean": ScanParams(),
+    "clean": ScanParams(points=150_000),
     # The real-scans issue's scanner-like input, plus a mild dropout at grazing angles.
-    "scanner": ScanParams(depth_noise=0.002, misregister_deg=0.1, misregister_shift=0.001,
+    "scanner": ScanParams(points=150_000, depth_noise=0.002, misregister_deg=0.1, misregister_shift=0.001,
                           outliers=0.005, flying=0.005, grazing_power=0.5, range_power=2.0, max_incidence=85.0),
 }
 PRESETS["scanner+outliers"] = dataclasses.replace(PRESETS["scanner"], outliers=0.01, flying=0.01)
@@ -122,7 +123,8 @@ class Scan:
     def stats(self) -> str:
         """Points per view and the share of each label, one line each (a render-free sanity check)."""
         n = len(self.points)
-        lines = [f"{n} points, {len(self.view_sensors)} views, diagonal {self.diagonal:.4g}"]
+        lines = [f"{n} points, {len(self.view_sensors)} views of {self.params.resolution}x{self.params.resolution} "
+                 f"pixels, diagonal {self.diagonal:.4g}"]
         per_view = np.bincount(self.views, minlength=len(self.view_sensors))
         lines.append("points per view: " + " ".join(str(c) for c in per_view))
         lines.append("shares: " + ", ".join(f"{name} {np.mean(self.labels == k):.4%}"
@@ -434,6 +436,25 @@ def pca_normals(points: np.ndarray, sensors: np.ndarray, k: int) -> np.ndarray:
     return nrm.astype(np.float32)
 
 
+def _keep_probability(cos_inc: np.ndarray, rng_: np.ndarray, r_ref: float, p: ScanParams) -> np.ndarray:
+    """Chance that a hit is returned: lower at grazing incidence and long range, zero beyond max_incidence."""
+    keep = np.minimum(1.0, cos_inc**p.grazing_power * (r_ref / rng_) ** p.range_power)
+    return np.where(cos_inc >= np.cos(np.deg2rad(p.max_incidence)) - 1e-12, keep, 0.0)
+
+
+def _resolution_for(v: np.ndarray, f: np.ndarray, centre: np.ndarray, radius: float, p: ScanParams) -> int:
+    """The image size that yields about p.points kept hits, from the expected yield of a 48-pixel pre-pass."""
+    low = dataclasses.replace(p, resolution=48)
+    face_n, _ = face_geometry(v, f)
+    expected = 0.0
+    for cam in ring_cameras(centre, radius, low):
+        rng_img, face = first_hits(v, f, cam)
+        pix = np.nonzero(face >= 0)[0]
+        cos_inc = np.abs(np.einsum("ij,ij->i", face_n[face[pix]], cam.directions()[pix]))
+        expected += float(_keep_probability(cos_inc, rng_img[pix], p.distance * radius, p).sum())
+    return max(8, int(round(48 * np.sqrt(p.points / max(expected, 1.0)))))
+
+
 def scan(mesh: tuple[np.ndarray, np.ndarray], params: ScanParams = PRESETS["scanner"], seed: int = 0) -> Scan:
     """Simulate a turntable scan of a closed triangle mesh (vertices (V,3), faces (F,3)); see the module docstring."""
     p = params
@@ -444,6 +465,8 @@ def scan(mesh: tuple[np.ndarray, np.ndarray], params: ScanParams = PRESETS["scan
     centre = (lo + hi) / 2
     diag = bbox_diagonal(v[np.unique(f)])
     radius = float(np.linalg.norm(v[np.unique(f)] - centre, axis=1).max())
+    if p.points > 0:
+        p = dataclasses.replace(p, resolution=_resolution_for(v, f, centre, radius, p))
     cams = ring_cameras(centre, radius, p)
     r_ref = p.distance * radius
     face_n, _ = face_geometry(v, f)
@@ -455,8 +478,7 @@ def scan(mesh: tuple[np.ndarray, np.ndarray], params: ScanParams = PRESETS["scan
         d = cam.directions()[pix]
         t = rng_img[pix]
         cos_inc = np.abs(np.einsum("ij,ij->i", face_n[face[pix]], d))
-        keep = np.minimum(1.0, cos_inc**p.grazing_power * (r_ref / t) ** p.range_power)
-        keep = (rng.random(len(pix)) < keep) & (cos_inc >= np.cos(np.deg2rad(p.max_incidence)) - 1e-12)
+        keep = rng.random(len(pix)) < _keep_probability(cos_inc, t, r_ref, p)
         edge = depth_edges(rng_img.reshape(cam.height, cam.width), p.edge_jump * diag).reshape(-1)[pix]
         hits.append({"d": d[keep], "t": t[keep], "face": face[pix][keep], "edge": edge[keep],
                      "view": np.full(int(keep.sum()), i, np.int16)})
@@ -531,6 +553,8 @@ def params_from_args(args: argparse.Namespace) -> ScanParams:
         val = getattr(args, fld.name)
         if val is not None:
             changes[fld.name] = tuple(float(x) for x in val.split(",")) if fld.name == "elevations" else val
+    if "resolution" in changes and "points" not in changes:
+        changes["points"] = 0  # an explicit resolution replaces the preset's point target
     return dataclasses.replace(base, **changes)
 
 
