@@ -37,8 +37,10 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -154,7 +156,8 @@ def _revolve(z: np.ndarray, rho: np.ndarray, segments: int) -> tuple[np.ndarray,
     return v, np.vstack(f).astype(np.int64)
 
 
-def _profile_by_arclength(z_lo: float, z_hi: float, radius, rings: int) -> tuple[np.ndarray, np.ndarray]:
+def _profile_by_arclength(z_lo: float, z_hi: float, radius: Callable[[np.ndarray], np.ndarray],
+                          rings: int) -> tuple[np.ndarray, np.ndarray]:
     """Resample the profile rho = radius(z) evenly by arc length (even triangles, including near the poles)."""
     zs = z_lo + (z_hi - z_lo) * (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, 20001)))
     rs = radius(zs)
@@ -205,7 +208,8 @@ def box_mesh(half: tuple[float, float, float] = (1.0, 0.7, 0.5), round_radius: f
     h = np.asarray(half, np.float64)
     t = np.linspace(-1.0, 1.0, cells + 1)
     uu, vv = np.meshgrid(t, t, indexing="ij")
-    verts, faces = [], []
+    verts: list[np.ndarray] = []
+    faces: list[np.ndarray] = []
     for axis in range(3):
         for sign in (-1.0, 1.0):
             p = np.empty(uu.shape + (3,))
@@ -229,7 +233,7 @@ def box_mesh(half: tuple[float, float, float] = (1.0, 0.7, 0.5), round_radius: f
     return v[first], inv.reshape(-1)[f].astype(np.int64)
 
 
-PROCEDURAL = {
+PROCEDURAL: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
     "sphere": sphere_mesh,
     "torus": torus_mesh,
     "dumbbell": dumbbell_mesh,
@@ -351,7 +355,7 @@ def first_hits(v: np.ndarray, f: np.ndarray, cam: Camera) -> tuple[np.ndarray, n
     occlusion is exact up to floating point.
     """
     col, row, z = cam.project(v)
-    if np.any(z[np.unique(f)] <= 0):
+    if z[f].min() <= 0:
         raise ValueError("part of the mesh is behind the camera; increase the distance.")
     tri_c, tri_r = col[f], row[f]
     c0 = np.maximum(np.ceil(tri_c.min(1) - 1e-7), 0).astype(np.int64)
@@ -461,10 +465,11 @@ def scan(mesh: tuple[np.ndarray, np.ndarray], params: ScanParams = PRESETS["scan
     v = np.asarray(mesh[0], np.float64)
     f = np.asarray(mesh[1], np.int64)
     rng = np.random.default_rng(seed)
-    lo, hi = v[np.unique(f)].min(0), v[np.unique(f)].max(0)
+    used = v[np.unique(f)]  # vertices no triangle references play no part
+    lo, hi = used.min(0), used.max(0)
     centre = (lo + hi) / 2
-    diag = bbox_diagonal(v[np.unique(f)])
-    radius = float(np.linalg.norm(v[np.unique(f)] - centre, axis=1).max())
+    diag = bbox_diagonal(used)
+    radius = float(np.linalg.norm(used - centre, axis=1).max())
     if p.points > 0:
         p = dataclasses.replace(p, resolution=_resolution_for(v, f, centre, radius, p))
     cams = ring_cameras(centre, radius, p)
@@ -548,7 +553,7 @@ def write_scan(path: str | Path, s: Scan) -> None:
 def params_from_args(args: argparse.Namespace) -> ScanParams:
     """The preset, with every option given on the command line replacing its value."""
     base = PRESETS[args.preset]
-    changes = {}
+    changes: dict[str, Any] = {}
     for fld in dataclasses.fields(ScanParams):
         val = getattr(args, fld.name)
         if val is not None:

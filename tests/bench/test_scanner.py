@@ -187,3 +187,16 @@ def test_command_line_writes_a_ply_the_engine_reads(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.stack([vert["sx"], vert["sy"], vert["sz"]], 1), s.sensors)
     np.testing.assert_array_equal(vert["label"], s.labels)
     np.testing.assert_array_equal(vert["view"], s.views)
+
+
+def test_an_obj_mesh_with_quads_loads_as_closed_triangles(tmp_path: Path) -> None:
+    corners = "\n".join(f"v {x} {y} {z}" for x in (-1, 1) for y in (-1, 1) for z in (-1, 1))
+    quads = ["1 2 4 3", "5 7 8 6", "1 5 6 2", "3 4 8 7", "1/1/1 3/1/1 7/1/1 5/1/1", "-7 -3 -1 -5"]
+    path = tmp_path / "cube.obj"
+    path.write_text(corners + "\nvn 0 0 1\nvt 0 0\n" + "\n".join("f " + q for q in quads) + "\n")
+    v, f = scanner.load_mesh(str(path))
+    assert v.shape == (8, 3) and f.shape == (12, 3)
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    assert (np.unique(edges, axis=0, return_counts=True)[1] == 2).all(), "every edge shared by two triangles"
+    s = scanner.scan((v, f), CLEAN, seed=0)
+    np.testing.assert_allclose(np.abs(s.points).max(axis=1), 1.0, atol=1e-9)
