@@ -570,8 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output PLY")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="scanner")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: the case's, else 0)")
+    from shapes import parse_size  # '150k' -> 150000, as the bench's --sizes
+
     for fld in dataclasses.fields(ScanParams):
-        kind = str if fld.name in ("elevations", "up") else type(fld.default)
+        kind = str if fld.name in ("elevations", "up") else parse_size if fld.name == "points" else type(fld.default)
         ap.add_argument("--" + fld.name.replace("_", "-"), dest=fld.name, type=kind, default=None,
                         help=f"(preset value if not given; clean: {fld.default})")
     args = ap.parse_args(argv)
