@@ -422,6 +422,7 @@ def rotation(axis: np.ndarray, deg: float) -> np.ndarray:
 
 
 def _unit(rng: np.random.Generator) -> np.ndarray:
+    """A random direction, uniform on the unit sphere."""
     g = rng.normal(size=3)
     return g / np.linalg.norm(g)
 
