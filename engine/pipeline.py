@@ -18,9 +18,11 @@ from . import __version__
 from .cloud import MIN_POINTS, Cloud, prepare_cloud
 from .device import select_device
 from .errors import TooFewPointsError
-from .large.chunks import ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
+from .large.blend import key_frame, mesh_block, weld
 from .large.executors import Executor, make_executor
 from .large.memory import MemoryPlan, available_bytes, plan_memory
+from .large.partition import ChunkedCloud, ChunkGrid
+from .large.tasks import ChunkField, tasks
 from .mesh import Mesh, vertex_normals
 from .options import Options
 from .progress import CancelFn, ProgressFn, Run

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import MemoryLimitError
 from ..solver.voxels import unique_voxels
-from .chunks import ChunkedCloud, ChunkGrid, make_grid
+from .partition import ChunkedCloud, ChunkGrid, make_grid
 
 # Peak = BASE + unknowns * BYTES_PER_UNKNOWN + points * BYTES_PER_POINT, with the unknowns of
 # estimate_unknowns.  Fitted to the peak RSS of CLI runs on this machine's CPU (2026-11, MiB peak against

@@ -89,7 +89,7 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
     Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
     edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
     through those edges, so meshes of neighbouring cell sets can be welded on them
-    (:mod:`engine.large.chunks`).
+    (:mod:`engine.large.blend`).
     """
     device = cells.device
     if cells.shape[0] == 0:
