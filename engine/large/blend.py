@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
+from ..frames import Frame
 from ..progress import Run
 from ..solver.hierarchy import Level, evaluate
 from ..solver.knn import PointTree
@@ -83,7 +84,7 @@ def edge_keys(edges: torch.Tensor, kmin: np.ndarray, dims: np.ndarray) -> np.nda
 
 
 def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField], cell: np.ndarray, *,
-               voxel_size: float, mise_iter: int, trim: bool, trim_distance: float, cloud_points: np.ndarray,
+               frame: Frame, mise_iter: int, trim: bool, trim_distance: float, cloud_points: np.ndarray,
                colors: np.ndarray | None, device: torch.device, run: Run, key_frame: tuple[np.ndarray, np.ndarray]
                ) -> BlockMesh:
     """Mesh the blended field inside one core, trim it against the points near it and colour it."""
@@ -98,18 +99,18 @@ def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField],
 
     # Trimmed surface lies within the finest band; untrimmed starts from the coarsest level.
     depth = 0 if trim else len(own.levels) - 1
-    scale, ijk, _ = own.levels[depth]
-    start = torch.from_numpy(ijk.astype(np.int64) + (lo // int(scale))).to(device)
-    inside = ((start * int(scale) >= torch.from_numpy(lo).to(device))
-              & (start * int(scale) < torch.from_numpy(hi).to(device))).all(dim=1)
-    cells, size, values = candidate_cells(start[inside], scale, depth + max(0, mise_iter), evaluate_checked)
+    level_size, ijk, _ = own.levels[depth]
+    start = torch.from_numpy(ijk.astype(np.int64) + (lo // int(level_size))).to(device)
+    inside = ((start * int(level_size) >= torch.from_numpy(lo).to(device))
+              & (start * int(level_size) < torch.from_numpy(hi).to(device))).all(dim=1)
+    cells, size, values = candidate_cells(start[inside], level_size, depth + max(0, mise_iter), evaluate_checked)
     verts_t, faces_t, edges_t = marching_cubes(cells, size, values)
-    verts = (verts_t.double() * voxel_size).cpu().numpy()  # canonical
+    verts = frame.from_voxels(verts_t.double()).cpu().numpy()
     faces = faces_t.cpu().numpy()
     keys = edge_keys(edges_t, *key_frame)
     # Points up to the trim distance beyond the core decide its vertices' trim (and colours): the
     # neighbour meshing the other side of a shared face then decides the same.
-    rows = cc.rows(cell, min(grid.size, max(grid.margin, math.ceil(trim_distance / voxel_size) + 2)))
+    rows = cc.rows(cell, min(grid.size, max(grid.margin, math.ceil(frame.to_voxels(trim_distance)) + 2)))
     tree = PointTree(cloud_points[rows])
     if trim:
         verts, faces, kept = trim_far(verts, faces, tree, trim_distance)

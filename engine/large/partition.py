@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..solver.basis import TAP_OFFSETS
+
 # The blend band reaches margin / 4 voxels either side of a core face, and data 3 margin / 4 beyond
 # it: 4 coarsest voxels of margin cover the coarsest basis support (3 voxels) past the band's end.
 MIN_MARGIN_COARSE = 4
@@ -65,9 +67,6 @@ def make_grid(extent_voxels: float, depth: int, chunk_voxels: float | None, over
     return ChunkGrid(size_int, min(margin, size_int // 2))
 
 
-_OFFSETS = np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T
-
-
 class ChunkedCloud:
     """A cloud (global voxel units) sorted by core, so each chunk's points are a few slices away."""
 
@@ -89,7 +88,7 @@ class ChunkedCloud:
         near = [ukeys]
         frac = x - cell * grid.size
         low, high = frac < grid.margin, frac >= grid.size - grid.margin
-        for off in _OFFSETS:
+        for off in TAP_OFFSETS:  # the 27 cores around (order: results are sorted)
             if not off.any():
                 continue
             mask = np.ones(x.shape[0], dtype=bool)
@@ -118,7 +117,7 @@ class ChunkedCloud:
         """Rows of the points in the core of ``cell`` grown by ``grow`` voxels (grow <= size)."""
         lo, hi = self.grid.bounds(cell)
         parts = [np.zeros(0, dtype=np.int64)]
-        for off in _OFFSETS:
+        for off in TAP_OFFSETS:  # the 27 cores around (order: results are sorted)
             r = self.ranges.get(int(self._key(np.asarray(cell) + off)))
             if r is not None:
                 parts.append(self.order[r[0]:r[1]])

@@ -52,7 +52,7 @@ class ChunkField:
     index: int
     cell: tuple[int, int, int]
     lo: tuple[int, int, int]
-    levels: list[tuple[float, np.ndarray, np.ndarray]]  # (scale, ijk (M, 3) int32 relative to lo, coeffs (M,) f4)
+    levels: list[tuple[float, np.ndarray, np.ndarray]]  # (size, ijk (M, 3) int32 relative to lo, coeffs (M,) f4)
     points: int
     iterations: list[int]
     residuals: list[float]
@@ -66,13 +66,13 @@ class ChunkField:
         """Evaluable levels holding only the voxels whose support reaches the box (global voxel units)."""
         out = []
         lo = np.asarray(self.lo, dtype=np.int64)
-        for depth, (scale, ijk, coeffs) in enumerate(self.levels):
-            rel_lo, rel_hi = (box_lo - lo) / scale, (box_hi - lo) / scale
-            # a voxel v touches points whose cell at this scale is v-1, v or v+1: [v-1, v+2) voxels
+        for depth, (size, ijk, coeffs) in enumerate(self.levels):
+            rel_lo, rel_hi = (box_lo - lo) / size, (box_hi - lo) / size
+            # a voxel v touches points whose cell at this size is v-1, v or v+1: [v-1, v+2) voxels
             keep = ((ijk - 1 <= rel_hi) & (ijk + 2 >= rel_lo)).all(axis=1)
             if not keep.any():
                 continue
-            level = Level(depth=depth, scale=scale,
+            level = Level(depth=depth, size=size,
                           index=VoxelIndex(torch.from_numpy(ijk[keep].astype(np.int64)).to(device)))
             level.set_coeffs(torch.from_numpy(coeffs[keep]).to(device))
             out.append(level)
@@ -95,7 +95,7 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
     packed = []
     for lv in levels:
         assert lv.coeffs is not None
-        packed.append((lv.scale, lv.ijk.to(torch.int32).cpu().numpy(), lv.coeffs.float().cpu().numpy()))
+        packed.append((lv.size, lv.ijk.to(torch.int32).cpu().numpy(), lv.coeffs.float().cpu().numpy()))
     return ChunkField(task.index, task.cell, task.lo, packed, int(x.shape[0]), iterations, residuals,
                       time.perf_counter() - start)
 
