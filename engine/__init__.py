@@ -14,7 +14,8 @@ without torch.  The folders follow that boundary and what changes together:
 - ``solver/``: points to a fitted field (resolution, knn, normals, voxels, basis,
   hierarchy, system, cg, fitting); torch.
 - ``surface/``: field to mesh (marching cubes, trimming, colours); torch.
-- ``large/``: large scenes (chunks, executors, workers, memory guard); torch.
+- ``large/``: large scenes (partition into chunks, chunk tasks, blending, executors, workers,
+  memory guard); torch.
 - top level: the option table, errors, the Mesh type, input clouds, atomic output
   files, optional packages, progress (light); the device choice and the pipeline
   that sequences the stages (torch); the command line.

@@ -17,13 +17,13 @@ import numpy as np
 
 from ..mesh import Mesh, needs_float64
 
-CHUNK = 65536  # rows formatted per write: bounded memory, few Python calls
+BATCH = 65536  # rows formatted per write: bounded memory, few Python calls
 
 
 def _write_rows(out: TextIO, row: str, values: np.ndarray) -> None:
     """``row % values[i]`` for every row, formatted a chunk at a time."""
-    for start in range(0, values.shape[0], CHUNK):
-        block = values[start:start + CHUNK]
+    for start in range(0, values.shape[0], BATCH):
+        block = values[start:start + BATCH]
         out.write((row * block.shape[0]) % tuple(block.ravel().tolist()))
 
 

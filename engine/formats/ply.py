@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty
+from plyfile import PlyData, PlyElementParseError, PlyListProperty
 
 from ..cloud import PointCloud
 from ..errors import InputError
@@ -85,24 +85,6 @@ def _check_nothing_after(path: str | Path, ply: PlyData, end: int | None) -> Non
                      "to the number of rows, or export the cloud again; read as it is, points would be lost.")
 
 
-def write_points(path: str | Path, points: np.ndarray, normals: np.ndarray | None = None,
-                 colors: np.ndarray | None = None, text: bool = False) -> None:
-    """A point-only PLY (as scanners and Blender write them); colours as uint8 RGB(A)."""
-    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
-    cols: list[np.ndarray] = [points[:, 0], points[:, 1], points[:, 2]]
-    if normals is not None:
-        fields += [(n, "f4") for n in NORMAL_NAMES]
-        cols += [normals[:, 0], normals[:, 1], normals[:, 2]]
-    if colors is not None:
-        c8 = colors if colors.dtype == np.uint8 else np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
-        fields += [(n, "u1") for n in COLOR_NAMES[: c8.shape[1]]]
-        cols += [c8[:, i] for i in range(c8.shape[1])]
-    data = np.empty(points.shape[0], dtype=fields)
-    for (name, _), col in zip(fields, cols, strict=True):
-        data[name] = col
-    PlyData([PlyElement.describe(data, "vertex")], text=text).write(str(path))
-
-
 def write_mesh(path: str | Path, mesh: Mesh) -> None:
     """Binary PLY with vertex normals and colours; double coordinates when float32 would lose precision."""
     verts = mesh.vertices64
@@ -130,17 +112,3 @@ def write_mesh(path: str | Path, mesh: Mesh) -> None:
         out.write(("\n".join(header) + "\n").encode("ascii"))
         out.write(v.tobytes())
         out.write(faces.tobytes())
-
-
-def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V, 3) float64 and triangles (F, 3) int64 of a triangle PLY mesh.
-
-    Faces are read as fixed-length lists (plyfile's fast path: 2M faces in well
-    under a second instead of 12 s); a face that is not a triangle is an error.
-    """
-    ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
-    v = ply["vertex"].data
-    verts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    if "face" not in ply or len(ply["face"].data) == 0:
-        return verts, np.zeros((0, 3), dtype=np.int64)
-    return verts, np.asarray(ply["face"].data["vertex_indices"], dtype=np.int64).reshape(-1, 3)

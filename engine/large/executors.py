@@ -1,6 +1,6 @@
 """Where a large scene's chunks are solved: in this process, a local process pool, or a Dask cluster.
 
-An executor takes the chunk tasks of :mod:`engine.large.chunks` (plain, picklable
+An executor takes the chunk tasks of :mod:`engine.large.tasks` (plain, picklable
 data) and yields their solved fields as they finish, in any order.  It keeps
 only a few tasks in flight, since each holds a copy of its points, and stops
 for the run's cancel check between chunks; inside a chunk, a worker in another
@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..optional import import_optional
 from ..options import EXECUTORS
 from ..progress import Run
-from .chunks import ChunkField, ChunkTask, solve_chunk
+from .tasks import ChunkField, ChunkTask, solve_chunk
 from .workers import start_worker
 
 CANCEL_GRACE = 10.0  # seconds running chunks get to notice a cancel before their processes are killed

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import MemoryLimitError
 from ..solver.voxels import unique_voxels
-from .chunks import ChunkedCloud, ChunkGrid, make_grid
+from .partition import ChunkedCloud, ChunkGrid, make_grid
 
 # Peak = BASE + unknowns * BYTES_PER_UNKNOWN + points * BYTES_PER_POINT, with the unknowns of
 # estimate_unknowns.  Fitted to the peak RSS of CLI runs on this machine's CPU (2026-11, MiB peak against
@@ -92,12 +92,12 @@ class MemoryPlan:
     automatic: bool = False  # chunking chosen by the guard, not asked for
 
 
-def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, scale: float, *,
+def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, diagonal: float, *,
                 mise_iter: int = 1, chunk_size: float | None = None, overlap_ratio: float = 0.1,
                 auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
     """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
 
-    ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``scale`` maps to
+    ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``diagonal`` maps to
     the caller's units for the messages and ``chunk_size`` (caller's units, None:
     whole when it fits).  With ``auto_chunk`` a job over the limit is split in
     chunks, halving their size until the largest fits next to what the engine
@@ -106,7 +106,7 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
     not fit, :class:`MemoryLimitError` names the setting to change.  ``mise_iter``
     refinement rounds grow the mesh, and the estimate with it.
     """
-    h_world = voxel_size * scale
+    h_world = voxel_size * diagonal
     hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
     if 1.0 / voxel_size > MAX_AXIS_VOXELS:
         raise MemoryLimitError(

@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,10 +28,9 @@ import numpy as np
 
 from ..mesh import Mesh
 from ..options import OptionError, check
+from ..progress import ProgressFn
 from . import protocol
 from .protocol import Message, ProtocolError
-
-ProgressFn = Callable[[str, float, str], None]
 
 _PIPE_SIZE = 1 << 20  # Linux pipes hold 64 KiB by default; bigger ones cut the syscalls per megabyte 16-fold
 _WAIT_SLICE = 0.1
@@ -433,7 +431,7 @@ class EngineClient:
         return self._proc is not None and self.hello is not None and self._proc.poll() is None
 
     def start(self, wait: bool = True) -> dict[str, Any] | None:
-        """Start the engine unless it runs, and return its ``hello`` (versions, devices, fvdb, pid).
+        """Start the engine unless it runs, and return its ``hello`` (versions, devices, python, pid).
 
         ``wait=False`` spawns it and returns None at once (torch takes seconds to
         import); a UI timer then calls :meth:`poll_start` until the hello is there.

@@ -16,7 +16,7 @@ the order the header lists them.  No pickle: only JSON and whitelisted dtypes
 Messages (fields beyond ``type``; arrays in brackets):
 
 - ``hello`` engine -> client, first frame: engine_version, protocol_version,
-  torch_version, devices, fvdb, python, pid.
+  torch_version, devices, python, executable, pid.
 - ``reconstruct`` client -> engine: options [points (N, 3), normals (N, 3),
   colors (N, 3|4) optional].  :data:`engine.options.REQUEST_SPECS` lists the
   accepted options.

@@ -18,7 +18,6 @@ from a stopped engine.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import queue
@@ -163,7 +162,7 @@ def heartbeats(out: Outbox) -> threading.Thread:
 
 
 def hello_fields() -> dict[str, Any]:
-    """What the client shows and checks before the first job: versions, devices, optional backends."""
+    """What the client shows and checks before the first job: versions, devices, the interpreter."""
     import torch
 
     devices: list[dict[str, Any]] = [{"id": "cpu", "name": "CPU", "memory_gb": None}]
@@ -173,7 +172,6 @@ def hello_fields() -> dict[str, Any]:
             devices.append({"id": f"cuda:{i}", "name": props.name, "memory_gb": props.total_memory / 2**30})
     return {"engine_version": __version__, "protocol_version": protocol.PROTOCOL_VERSION,
             "torch_version": torch.__version__, "devices": devices,
-            "fvdb": importlib.util.find_spec("fvdb") is not None,  # installed; imported only when used
             "python": sys.version.split()[0], "executable": sys.executable, "pid": os.getpid()}
 
 

@@ -1,4 +1,4 @@
-"""Quadratic tensor-product B-spline basis (DESIGN section 3, step 4).
+"""Step 4: the quadratic tensor-product B-spline basis.
 
 Voxel ``c`` (integer coordinates, in the level's own voxel units) carries the
 basis ``B_c(x) = b(x0 - c0 - 1/2) b(x1 - c1 - 1/2) b(x2 - c2 - 1/2)`` where ``b``
@@ -34,15 +34,15 @@ def weights_1d(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w, d
 
 
-def tap_weights(u: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def tap_weights(u: torch.Tensor, size: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Values (N, 27) and gradients (N, 27, 3) of the 27 touching basis functions.
 
-    ``u`` is (N, 3) local coordinates in the level's voxel units; ``scale`` is the
+    ``u`` is (N, 3) local coordinates in the level's voxel units; ``size`` is the
     level's voxel size in the caller's length unit, so gradients are per that unit.
     """
     w, d = weights_1d(u)
     wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
-    dx, dy, dz = d[:, 0] / scale, d[:, 1] / scale, d[:, 2] / scale
+    dx, dy, dz = d[:, 0] / size, d[:, 1] / size, d[:, 2] / size
 
     def outer(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return (c[:, :, None, None] * b[:, None, :, None] * a[:, None, None, :]).reshape(-1, 27)

@@ -1,11 +1,11 @@
 """Step 3: the sparse voxel hierarchy and the field it carries.
 
-Coordinates here are in finest-voxel units (canonical / voxel_size).  Level d
-has voxels of size ``2**d``; it holds every voxel whose basis support touches
+Coordinates here are in finest-voxel units (:mod:`engine.frames`).  Level d
+has voxels of edge ``2**d`` (:attr:`Level.size`); it holds every voxel whose basis support touches
 an input point (the 27 taps of each occupied cell), and levels d >= 1 are
 dilated once more so that coarse fields bridge holes in the scan.  The field
 is the sum over levels of ``a_v B_v(x)``; it is fitted coarse to fine
-(:mod:`engine.pipeline`), each level solving for what the coarser ones left.
+(:mod:`engine.solver.fitting`), each level solving for what the coarser ones left.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import torch
 from .basis import TAP_OFFSETS, split_points, weights_1d
 from .voxels import VoxelIndex, dilate, unique_voxels
 
-CHUNK = 1 << 18
+BATCH = 1 << 18  # points per batch of field evaluations and lookups
 
 
 @dataclass
 class Level:
-    """One level: voxel size ``scale`` (finest-voxel units), voxels (M, 3) int64, coefficients (M,)."""
+    """One level: voxel edge ``size`` = 2**depth finest voxels, voxels (M, 3) int64, coefficients (M,)."""
 
     depth: int
-    scale: float
+    size: float
     index: VoxelIndex
     coeffs: torch.Tensor | None = field(default=None)
     _neighbours: torch.Tensor | None = field(default=None, repr=False)
@@ -44,8 +44,8 @@ class Level:
         """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.solver.basis`); -1: absent."""
         if self._neighbours is None:
             rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
-            for start in range(0, len(self), CHUNK):
-                rows[start:start + CHUNK] = self._lookup_taps(self.ijk[start:start + CHUNK]).to(torch.int32)
+            for start in range(0, len(self), BATCH):
+                rows[start:start + BATCH] = self._lookup_taps(self.ijk[start:start + BATCH]).to(torch.int32)
             self._neighbours = rows
         return self._neighbours
 
@@ -87,9 +87,9 @@ def tap_offsets(device: torch.device) -> torch.Tensor:
     return torch.from_numpy(TAP_OFFSETS).to(device)
 
 
-def level_voxels(x: torch.Tensor, scale: float, extra_dilation: int) -> torch.Tensor:
-    """Voxels (M, 3) at voxel size ``scale`` touched by the points x (N, 3), dilated ``extra_dilation`` times."""
-    cells, _ = split_points(x / scale)
+def level_voxels(x: torch.Tensor, size: float, extra_dilation: int) -> torch.Tensor:
+    """Voxels (M, 3) at voxel size ``size`` touched by the points x (N, 3), dilated ``extra_dilation`` times."""
+    cells, _ = split_points(x / size)
     vox = dilate(unique_voxels(cells), tap_offsets(x.device))
     for _ in range(extra_dilation):
         vox = dilate(vox, tap_offsets(x.device))
@@ -100,13 +100,13 @@ def build_levels(x: torch.Tensor, depth: int, coarse_dilation: int = 1) -> list[
     """The hierarchy, finest first, for points x (N, 3) in finest-voxel units."""
     levels = []
     for d in range(depth):
-        scale = float(2**d)
-        vox = level_voxels(x, scale, coarse_dilation if d > 0 else 0)
-        levels.append(Level(depth=d, scale=scale, index=VoxelIndex(vox)))
+        size = float(2**d)
+        vox = level_voxels(x, size, coarse_dilation if d > 0 else 0)
+        levels.append(Level(depth=d, size=size, index=VoxelIndex(vox)))
     return levels
 
 
-def contract(a: torch.Tensor, u: torch.Tensor, scale: float, with_grad: bool
+def contract(a: torch.Tensor, u: torch.Tensor, size: float, with_grad: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Field values (N,) and gradients (N, 3) from tap coefficients a (N, 27) and local coordinates u (N, 3).
 
@@ -120,7 +120,7 @@ def contract(a: torch.Tensor, u: torch.Tensor, scale: float, with_grad: bool
     t = torch.einsum("nzcd,nez->ncde", t, per_axis[:, 2])
     if not with_grad:
         return t[:, 0, 0, 0], None
-    grads = torch.stack((t[:, 1, 0, 0], t[:, 0, 1, 0], t[:, 0, 0, 1]), dim=1) / scale
+    grads = torch.stack((t[:, 1, 0, 0], t[:, 0, 1, 0], t[:, 0, 0, 1]), dim=1) / size
     return t[:, 0, 0, 0], grads
 
 
@@ -130,13 +130,13 @@ def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
     assert level.coeffs is not None
     values = torch.zeros(x.shape[0], dtype=level.coeffs.dtype, device=x.device)
     grads = torch.zeros(x.shape[0], 3, dtype=level.coeffs.dtype, device=x.device) if with_grad else None
-    for start in range(0, x.shape[0], CHUNK):
-        cell, u = split_points(x[start:start + CHUNK] / level.scale)
+    for start in range(0, x.shape[0], BATCH):
+        cell, u = split_points(x[start:start + BATCH] / level.size)
         a = level.tap_coeffs(cell)
-        v, g = contract(a, u, level.scale, with_grad)
-        values[start:start + CHUNK] = v
+        v, g = contract(a, u, level.size, with_grad)
+        values[start:start + BATCH] = v
         if grads is not None and g is not None:
-            grads[start:start + CHUNK] = g
+            grads[start:start + BATCH] = g
     return values, grads
 
 

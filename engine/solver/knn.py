@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .basis import TAP_OFFSETS
 from .voxels import VoxelIndex, unique_voxels_inverse
 
 
@@ -43,7 +44,6 @@ class PointTree:
 # (bunny, 100k points, k = 16: 68 candidates on average, 91% exact in the first pass).
 CELL_FILL = 3.0
 CANDIDATE_BUDGET = 1 << 22  # distances computed per chunk of queries (48 MiB of float32 offsets)
-_OFFSETS = np.array([(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)], dtype=np.int64)
 
 
 def _cell_size(points: torch.Tensor, k: int) -> float:
@@ -78,7 +78,7 @@ def _search(points: torch.Tensor, queries: torch.Tensor, k: int, size: float,
     index = VoxelIndex(cells)
     count_pad = torch.cat((count, count.new_zeros(1)))  # row -1 (absent cell) -> 0 points
     start_pad = torch.cat((start, start.new_zeros(1)))
-    offsets = torch.from_numpy(_OFFSETS).to(device)
+    offsets = torch.from_numpy(TAP_OFFSETS).to(device)  # the 27 cells around the query's
     qcell = torch.floor(queries / size).to(torch.int64)
     rows = index.lookup(qcell[:, None, :] + offsets)  # (Q, 27), -1 where absent
     qcount = count_pad[rows]

@@ -1,4 +1,4 @@
-"""Step 10: normals for clouds that have none (DESIGN section 3): estimate, then orient.
+"""Step 10: normals for clouds that have none: estimate, then orient.
 
 Estimation: the normal of a point is the direction of least spread of its k
 nearest neighbours (the smallest eigenvector of their covariance), in torch on
@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from ..cloud import MIN_POINTS, _as_rows
 from ..device import select_device
 from ..errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
+from ..frames import Frame
 from ..options import SPECS
 from .knn import PointTree, grid_knn
 from .resolution import measure
@@ -59,7 +60,7 @@ OPEN_FLAT = 0.7  # |mean normal| above which a piece counts as an open, roughly 
 NOISE_RADIUS = 6.0  # neighbourhoods span at least this many times the measured noise (measured: README)
 MIN_SUBSAMPLE = 2000
 SUBSAMPLE_FROM = 0.7  # fit on all points when the subsample would hold more than this share of them
-CHUNK = 1 << 18
+BATCH = 1 << 18  # points per batch of neighbour queries and fits
 
 
 @dataclass
@@ -105,10 +106,10 @@ def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = 
     order = tree.tree.indices if queries is None else PointTree(q).tree.indices
     dist = np.empty((q.shape[0], k))
     idx = np.empty((q.shape[0], k), dtype=np.int64)
-    for start in range(0, q.shape[0], CHUNK):
+    for start in range(0, q.shape[0], BATCH):
         if check is not None:
             check()
-        rows = order[start:start + CHUNK]
+        rows = order[start:start + BATCH]
         dist[rows], idx[rows] = tree.query(q[rows], k)
     return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
 
@@ -145,12 +146,12 @@ def pca_normals(points: torch.Tensor, idx: torch.Tensor, check: Callable[[], Non
     ``check`` is called between chunks, for cancellation.
     """
     out = torch.empty((idx.shape[0], 3), dtype=points.dtype, device=points.device)
-    for start in range(0, idx.shape[0], CHUNK):
+    for start in range(0, idx.shape[0], BATCH):
         if check is not None:
             check()
-        nb = points[idx[start:start + CHUNK]]  # (C, k, 3); offsets from the mean lose nothing in float32
+        nb = points[idx[start:start + BATCH]]  # (C, k, 3); offsets from the mean lose nothing in float32
         nb = nb - nb.mean(dim=1, keepdim=True)
-        out[start:start + CHUNK] = smallest_eigenvectors((nb.transpose(1, 2) @ nb).double()).to(points.dtype)
+        out[start:start + BATCH] = smallest_eigenvectors((nb.transpose(1, 2) @ nb).double()).to(points.dtype)
     return out
 
 
@@ -166,8 +167,8 @@ class Edges:
         """The edges to the ``GRAPH_K`` nearest neighbours of each point (idx (N, k), itself first)."""
         nbr = idx[:, 1:GRAPH_K + 1]
         dot = torch.empty(nbr.shape, dtype=normals.dtype, device=normals.device)
-        for start in range(0, nbr.shape[0], CHUNK):
-            rows = slice(start, start + CHUNK)
+        for start in range(0, nbr.shape[0], BATCH):
+            rows = slice(start, start + BATCH)
             dot[rows] = (normals[rows, None, :] * normals[nbr[rows]]).sum(dim=2)
         self_loop = nbr == torch.arange(nbr.shape[0], device=nbr.device)[:, None]  # duplicates of a point
         return cls(nbr, torch.where(self_loop, 0.0, dot))
@@ -425,15 +426,13 @@ def estimate_normals(points: Any, k: int | None = None, sensor: Any = None, *, d
     if rows.size < MIN_POINTS:
         raise TooFewPointsError(f"The cloud has {rows.size} finite points; normals need at least {MIN_POINTS}.",
                                 "Give a cloud that samples a surface.")
-    lo, hi = p[rows].min(axis=0), p[rows].max(axis=0)
-    centre, scale = 0.5 * (lo + hi), max(float(np.linalg.norm(hi - lo)), 1e-300)
+    frame = Frame.around(p[rows], least=1e-300)
     dev = select_device(device)
-    canon = torch.from_numpy((p[rows] - centre) / scale).to(dev, torch.float32)
+    canon = torch.from_numpy(frame.to_canonical(p[rows])).to(dev, torch.float32)
     sens = None
     if sensor is not None:
         s = sensor_rows(sensor, p.shape[0])
-        s = (s if s.ndim == 1 else s[rows]) - centre
-        sens = torch.from_numpy(s / scale).to(dev, torch.float32)
+        sens = torch.from_numpy(frame.to_canonical(s if s.ndim == 1 else s[rows])).to(dev, torch.float32)
 
     def report(fraction: float, text: str) -> None:
         if progress is not None:

@@ -69,14 +69,14 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 
 def choose_voxel_size(points: np.ndarray, detail_level: float | str = "auto",
-                      voxel_size: float | None = None, scale: float = 1.0) -> Resolution:
-    """The finest voxel size in canonical units; ``voxel_size`` is in the caller's units (``scale`` = diagonal).
+                      voxel_size: float | None = None, diagonal: float = 1.0) -> Resolution:
+    """The finest voxel size in canonical units; ``voxel_size`` is in the caller's units (``diagonal`` too).
 
     Both options come checked by :mod:`engine.options`.
     """
     density, noise = measure(points)
     if voxel_size is not None:
-        return Resolution(float(voxel_size) / scale, density, noise, None)
+        return Resolution(float(voxel_size) / diagonal, density, noise, None)
     if detail_level == "auto":
         h = max(np.sqrt(points_per_voxel(AUTO_DETAIL) / density), NOISE_FACTOR * noise)
         return Resolution(float(h), density, noise, None)

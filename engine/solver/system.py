@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from .basis import product_polynomials, split_points, tap_weights
-from .hierarchy import CHUNK, Level
+from .hierarchy import BATCH, Level
 from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
-CELL_CHUNK = 1 << 13
+ASSEMBLY_BATCH = 1 << 13  # cells whose (729-wide) local matrices are formed at once
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ def _pair_tables() -> tuple[np.ndarray, np.ndarray]:
 PAIR_ROW, PAIR_OFFSET = _pair_tables()
 
 
-def moment_operator(weights: Weights, scale: float) -> torch.Tensor:
+def moment_operator(weights: Weights, size: float) -> torch.Tensor:
     """(125, 729): maps a cell's monomial moments sum u_x^i u_y^j u_z^k to its 27 x 27 matrix."""
     cv, cd = product_polynomials()
     value = np.einsum("xXi,yYj,zZk->ijkzyxZYX", cv, cv, cv)
     grad = (np.einsum("xXi,yYj,zZk->ijkzyxZYX", cd, cv, cv) + np.einsum("xXi,yYj,zZk->ijkzyxZYX", cv, cd, cv)
             + np.einsum("xXi,yYj,zZk->ijkzyxZYX", cv, cv, cd))
-    k = weights.point * value + weights.normal / scale**2 * grad
+    k = weights.point * value + weights.normal / size**2 * grad
     return torch.from_numpy(k.reshape(125, 729))
 
 
@@ -103,19 +103,19 @@ def _monomials(u: torch.Tensor) -> torch.Tensor:
 def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torch.Tensor) -> None:
     """Add the data term's matrix to ``stencil`` (M * 125,) in place."""
     n = x.shape[0]
-    cell, u = split_points(x / level.scale)
+    cell, u = split_points(x / level.size)
     cells, inverse = unique_voxels_inverse(cell)
     moments = torch.zeros(cells.shape[0], 125, dtype=torch.float64, device=x.device)
-    for start in range(0, n, CHUNK):
-        moments.index_add_(0, inverse[start:start + CHUNK], _monomials(u[start:start + CHUNK].double()))
+    for start in range(0, n, BATCH):
+        moments.index_add_(0, inverse[start:start + BATCH], _monomials(u[start:start + BATCH].double()))
     moments /= n
-    op = moment_operator(weights, level.scale).to(x.device, stencil.dtype)
+    op = moment_operator(weights, level.size).to(x.device, stencil.dtype)
     pair_row = torch.from_numpy(PAIR_ROW).to(x.device)
     pair_offset = torch.from_numpy(PAIR_OFFSET).to(x.device)
     moments32 = moments.to(stencil.dtype)  # accumulated in float64, multiplied in float32
-    for start in range(0, cells.shape[0], CELL_CHUNK):
-        local = moments32[start:start + CELL_CHUNK] @ op  # (C, 729)
-        taps = level.taps(cells[start:start + CELL_CHUNK])  # (C, 27), all present by construction
+    for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
+        local = moments32[start:start + ASSEMBLY_BATCH] @ op  # (C, 729)
+        taps = level.taps(cells[start:start + ASSEMBLY_BATCH])  # (C, 27), all present by construction
         flat = taps[:, pair_row] * N_OFFSETS + pair_offset
         stencil.index_add_(0, flat.reshape(-1), local.reshape(-1))
 
@@ -147,14 +147,14 @@ def _smoothness_terms() -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]
 def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> None:
     """Add lam/M * sum |D2 a|^2 to ``stencil`` in place, for stencils whose taps all exist."""
     nbr = level.neighbours
-    scale = weight / len(level)
+    factor = weight / len(level)
     for taps, coeffs, w, support in _smoothness_terms():
         need = nbr[:, [_tap_column(o) for o in support]]
         rows = nbr[(need >= 0).all(dim=1)][:, [_tap_column(o) for o in taps]]
         for p in range(len(taps)):
             for q in range(len(taps)):
                 flat = rows[:, p] * N_OFFSETS + int(offset_index(taps[q] - taps[p]))
-                stencil.index_add_(0, flat, torch.full(flat.shape, scale * w * coeffs[p] * coeffs[q],
+                stencil.index_add_(0, flat, torch.full(flat.shape, factor * w * coeffs[p] * coeffs[q],
                                                        dtype=stencil.dtype, device=stencil.device))
 
 
@@ -189,17 +189,17 @@ def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad:
          weights: Weights) -> torch.Tensor:
     n = x.shape[0]
     b = torch.zeros(len(level), dtype=torch.float32, device=x.device)
-    for start in range(0, n, CHUNK):
-        cell, u = split_points(x[start:start + CHUNK] / level.scale)
-        w, g = tap_weights(u, level.scale)
-        contrib = (weights.point / n) * w * target_value[start:start + CHUNK, None]
-        contrib += (weights.normal / n) * (g * target_grad[start:start + CHUNK, None, :]).sum(dim=-1)
+    for start in range(0, n, BATCH):
+        cell, u = split_points(x[start:start + BATCH] / level.size)
+        w, g = tap_weights(u, level.size)
+        contrib = (weights.point / n) * w * target_value[start:start + BATCH, None]
+        contrib += (weights.normal / n) * (g * target_grad[start:start + BATCH, None, :]).sum(dim=-1)
         rows = level.taps(cell)
         b.index_add_(0, rows.reshape(-1), contrib.reshape(-1))
     return b
 
 
-ROW_CHUNK = 1 << 17
+ROW_BATCH = 1 << 17
 KEEP_COLUMNS = 1 << 26  # int32 entries (256 MiB) of column table worth keeping between the two passes
 
 
@@ -214,8 +214,8 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
     keep = m * N_OFFSETS <= KEEP_COLUMNS  # small levels: compute the columns once and keep them
     kept: list[torch.Tensor] = []
     counts = []
-    for start in range(0, m, ROW_CHUNK):
-        c = _csr_columns(level, start, start + ROW_CHUNK)
+    for start in range(0, m, ROW_BATCH):
+        c = _csr_columns(level, start, start + ROW_BATCH)
         counts.append((c >= 0).sum(dim=1))
         if keep:
             kept.append(c)
@@ -224,13 +224,13 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
     nnz = int(crow[-1])
     cols = torch.empty(nnz, dtype=torch.int32, device=stencil.device)
     values = torch.empty(nnz, dtype=stencil.dtype, device=stencil.device)
-    for i, start in enumerate(range(0, m, ROW_CHUNK)):
-        c = kept[i] if keep else _csr_columns(level, start, start + ROW_CHUNK)
+    for i, start in enumerate(range(0, m, ROW_BATCH)):
+        c = kept[i] if keep else _csr_columns(level, start, start + ROW_BATCH)
         # nonzero + index_select: boolean-mask indexing of wide arrays is 3x slower on the CPU
         flat = (c >= 0).view(-1).nonzero().squeeze(1)
-        lo, hi = int(crow[start]), int(crow[min(start + ROW_CHUNK, m)])
+        lo, hi = int(crow[start]), int(crow[min(start + ROW_BATCH, m)])
         cols[lo:hi] = c.view(-1).index_select(0, flat)
-        values[lo:hi] = stencil[start:start + ROW_CHUNK].reshape(-1).index_select(0, flat)
+        values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))

@@ -14,7 +14,7 @@ s^2`` keeps every cell where that deviation could reach zero. Splitting
 continues ``mise_iter`` rounds below the finest voxel (MISE-style refinement).
 All final cells have one size, so marching cubes over them, with vertices
 shared through global edge keys, gives an indexed mesh that is closed and
-manifold wherever the cells surround the surface. (The design brief's dual
+manifold wherever the cells surround the surface. (Dual
 marching cubes over leaf cells of mixed sizes would give fewer triangles in
 smooth regions; uniform final cells keep the mesh crack-free with much simpler
 code.)
@@ -31,7 +31,7 @@ from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 
 KEEP_SLOPE = 1.15
 KEEP_CURVATURE = 0.4
-CELL_CHUNK = 1 << 17
+EVAL_BATCH = 1 << 17  # cells whose corners are evaluated at once
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,8 +58,8 @@ def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: 
 
     Returns the final cells (K, 3), their size and their corner values (K, 8),
     which :func:`marching_cubes` uses without evaluating the field again.  Each
-    round works through the cells in chunks, so memory stays bounded (corners
-    shared by two chunks are evaluated twice, which is cheap).
+    round works through the cells in batches, so memory stays bounded (corners
+    shared by two batches are evaluated twice, which is cheap).
     """
     children = torch.from_numpy(CORNERS).to(start.device)
     cells, size = start, start_size
@@ -67,11 +67,11 @@ def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: 
     for r in range(rounds + 1):
         final = r == rounds
         kept_cells, kept_values = [], []
-        for i in range(0, cells.shape[0], CELL_CHUNK):
-            chunk = cells[i:i + CELL_CHUNK]
-            v = _corner_field(chunk, size, field)
+        for i in range(0, cells.shape[0], EVAL_BATCH):
+            batch = cells[i:i + EVAL_BATCH]
+            v = _corner_field(batch, size, field)
             keep = _keep(v, size, final)
-            kept_cells.append(chunk[keep])
+            kept_cells.append(batch[keep])
             kept_values.append(v[keep])
         cells = torch.cat(kept_cells) if kept_cells else cells[:0]
         if final:
@@ -89,7 +89,7 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
     Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
     edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
     through those edges, so meshes of neighbouring cell sets can be welded on them
-    (:mod:`engine.large.chunks`).
+    (:mod:`engine.large.blend`).
     """
     device = cells.device
     if cells.shape[0] == 0:

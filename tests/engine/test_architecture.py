@@ -70,7 +70,7 @@ def test_the_boundary_lists_are_what_the_layout_says() -> None:
                  "engine.formats", "engine.formats.ply", "engine.formats.gltf"):
         assert name in light
     for name in ("engine.pipeline", "engine.device", "engine.solver.cg", "engine.surface.meshing",
-                 "engine.large.chunks"):
+                 "engine.large.blend"):
         assert name in engine_modules() and name not in light
 
 

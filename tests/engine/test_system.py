@@ -17,8 +17,8 @@ def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor) -> t
     m, n = len(level), x.shape[0]
     a = np.zeros((m, m))
     b = np.zeros(m)
-    cell, u = split_points(x / level.scale)
-    w, g = tap_weights(u.double(), level.scale)
+    cell, u = split_points(x / level.size)
+    w, g = tap_weights(u.double(), level.size)
     rows = level.taps(cell).numpy()
     for p in range(n):
         r, wp, gp = rows[p], w[p].numpy(), g[p].numpy()
@@ -56,6 +56,6 @@ def test_every_point_has_all_its_taps() -> None:
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.normal(size=(500, 3)) * 6).float()
     for level in build_levels(x, 3):
-        cell, _ = split_points(x / level.scale)
+        cell, _ = split_points(x / level.size)
         assert (level.taps(cell) >= 0).all()
         assert (level.index.lookup(cell[:, None, :] + torch.from_numpy(TAP_OFFSETS)) >= 0).all()
