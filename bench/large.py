@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from engine.ply import read_mesh, write_points  # noqa: E402
+from tests.meshfiles import read_mesh, write_points  # noqa: E402
 from tests.shapes import city  # noqa: E402
 
 THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}

@@ -1,7 +1,7 @@
-"""Triangle-mesh PLY I/O for the benchmark: the engine's own reader and writer, with float32 vertices.
+"""Triangle-mesh PLY I/O for the benchmark: the engine's writer and the tests' reader, with float32 vertices.
 
-``engine.ply`` needs only numpy and plyfile (the engine package imports lazily),
-so the peers' environment, which has no torch, uses it too.
+``engine.formats.ply`` and ``tests.meshfiles`` need only numpy and plyfile (the engine package
+imports lazily), so the peers' environment, which has no torch, uses them too.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.formats.ply import write_mesh  # noqa: E402
 from engine.mesh import Mesh  # noqa: E402
-from engine.ply import read_mesh, write_mesh  # noqa: E402
+from tests.meshfiles import read_mesh  # noqa: E402
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/transport.py [--points 1000000] [--faces 2000000] [--repeat 5]
 
 The engine is started once (warm) and answers through the benchmark hook
-``_benchmark_echo_faces`` (engine/protocol.py): it decodes the request but
+``_benchmark_echo_faces`` (engine/service/protocol.py): it decodes the request but
 skips the solve and sends back a synthetic mesh of that many faces (cached in
 the engine, so it costs no time), so the figures are encoding, pipe, decoding
 and the client's polling alone.  Each row is the median and best of
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.client import EngineClient  # noqa: E402
+from engine.service.client import EngineClient  # noqa: E402
 
 REFERENCE_SECONDS = 15.2
 

@@ -1,14 +1,29 @@
 """NKSR-style neural-kernel surface reconstruction engine (torch; never imports bpy).
 
-``reconstruct(points, normals=None, colors=None, ...) -> Mesh`` is the API
-(``estimate_normals(points, ...)`` gives the normals it would estimate);
+``reconstruct(points, normals=None, colors=None, options=None, **overrides) -> Mesh``
+is the API (options: :class:`Options`, the table in :mod:`engine.options`;
+``estimate_normals(points, ...)`` gives the normals it would estimate);
 ``python -m engine reconstruct IN OUT`` the command line.
 
 The package imports lazily (PEP 562): ``import engine`` and its light modules
-(the wire protocol, the client) need only the standard library and numpy, so the
-Blender side can use them without torch.  Every module imports its siblings
-relatively, so the package also works under another name (the extension bundles
-it as ``nksr_blender.engine``).
+need only the standard library and numpy, so the Blender side can use them
+without torch.  The folders follow that boundary and what changes together:
+
+- ``service/``: the engine as a process (protocol, client, server); light.
+- ``formats/``: every point-cloud reader and mesh writer; light.
+- ``solver/``: points to a fitted field (resolution, knn, normals, voxels, basis,
+  hierarchy, system, cg, fitting); torch.
+- ``surface/``: field to mesh (marching cubes, trimming, colours); torch.
+- ``large/``: large scenes (partition into chunks, chunk tasks, blending, executors, workers,
+  memory guard); torch.
+- top level: the option table, errors, the Mesh type, input clouds, atomic output
+  files, optional packages, progress (light); the device choice and the pipeline
+  that sequences the stages (torch); the command line.
+
+pyproject.toml (ruff TID253) lists the files that may import torch at module
+level and tests/engine/test_architecture.py checks the rest load without it.
+Every module imports its siblings relatively, so the package also works under
+another name (the extension bundles it as ``nksr_blender.engine``).
 """
 
 from __future__ import annotations
@@ -20,14 +35,16 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",
-    "Mesh": ".mesh", "estimate_normals": ".normals", "fit_field": ".pipeline", "reconstruct": ".pipeline",
+    "Mesh": ".mesh", "Options": ".options", "estimate_normals": ".solver.normals",
+    "fit_field": ".pipeline", "reconstruct": ".pipeline",
 }
 
 if TYPE_CHECKING:
     from .errors import Cancelled, EngineError, InputError
     from .mesh import Mesh
-    from .normals import estimate_normals
+    from .options import Options
     from .pipeline import fit_field, reconstruct
+    from .solver.normals import estimate_normals
 
 
 def __getattr__(name: str) -> Any:
@@ -36,5 +53,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "estimate_normals", "fit_field", "reconstruct",
+__all__ = ["Cancelled", "EngineError", "InputError", "Mesh", "Options", "estimate_normals", "fit_field", "reconstruct",
            "__version__"]

@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--sensor", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="the scanner's position: estimated normals face it (default: outward/up by propagation)")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
-    sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/protocol.py)")
+    sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/service/protocol.py)")
     return p
 
 
@@ -50,7 +50,8 @@ class _Bar:
     def __call__(self, stage: str, fraction: float, text: str) -> None:
         if self.bar is None:
             return
-        order = ["clean", "resolution", "normals", "hierarchy", "chunks", "system", "solve", "mesh", "trim", "colors"]
+        order = ["clean", "resolution", "normals", "hierarchy", "chunks", "system", "solve", "mesh", "trim", "colors",
+                 "weld", "vertex_normals"]
         done = order.index(stage) if stage in order else 0
         self.bar.n = int(1000 * (done + fraction) / len(order))
         self.bar.set_description_str(text or stage, refresh=False)
@@ -118,7 +119,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
-        from .server import main as serve
+        from .service.server import main as serve
 
         return serve()
     return run_reconstruct(args)

@@ -1,10 +1,10 @@
-"""Step 1: validate, clean and normalise the input cloud (DESIGN section 3).
+"""Step 1: validate, clean and normalise the input cloud.
 
 The caller's coordinates may carry georeferenced offsets of 1e6 and any unit,
 so everything is recentred in float64 on the bounding-box centre and scaled by
 the bounding-box diagonal before it becomes float32: the solver always sees a
-cloud of diagonal 1 centred at the origin, and ``center`` and ``scale`` map
-results back to the caller's frame.
+cloud of diagonal 1 centred at the origin (the canonical frame), and the
+cloud's :class:`engine.frames.Frame` maps results back to the caller's frame.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import DegenerateInputError, InputError, ShapeMismatchError, TooFewPointsError
+from .frames import Frame
 
 MIN_POINTS = 10
 FLAT_RATIO = 1e-6  # thickness / extent below which a cloud counts as flat (or straight)
@@ -25,8 +26,8 @@ class Cloud:
 
     points (N, 3) float32 canonical; normals (N, 3) float32 unit, or None when
     they must be estimated; colors (N, 4) float32 RGBA in [0, 1] or None; kept
-    (N,) int64 rows of the caller's arrays; center (3,) float64 and scale
-    (float) map canonical -> caller coordinates.  ``normals_source`` says
+    (N,) int64 rows of the caller's arrays; frame maps canonical <-> caller
+    coordinates (its voxel size is set later, by the resolution stage).  ``normals_source`` says
     where normals come from: "given", "missing" (none passed) or "all zero"
     (passed, but not one row was usable: some exporters write zeros for
     "none"), the last two to be estimated.
@@ -36,8 +37,7 @@ class Cloud:
     normals: np.ndarray | None
     colors: np.ndarray | None
     kept: np.ndarray
-    center: np.ndarray
-    scale: float
+    frame: Frame
     dropped: int
     normals_source: str = "given"
 
@@ -84,8 +84,8 @@ def normalize_colors(colors: np.ndarray) -> np.ndarray:
     """
     c = np.nan_to_num(np.asarray(colors, dtype=np.float64))
     top = 255.0 if colors.dtype == np.uint8 else float(c.max(initial=0.0))
-    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
-    c = (c / scale).astype(np.float32)
+    full = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0  # the full-intensity value
+    c = (c / full).astype(np.float32)
     if c.shape[1] == 3:
         c = np.concatenate([c, np.ones((c.shape[0], 1), np.float32)], axis=1)
     return np.clip(c, 0.0, 1.0)
@@ -150,18 +150,16 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
             f"The cloud has {kept.size} usable points{detail}; at least {MIN_POINTS} are needed.",
             "Check the input for NaN/Inf values and zero normals, or use a denser cloud.")
     p64 = p64[kept]
-    lo, hi = p64.min(axis=0), p64.max(axis=0)
-    center = 0.5 * (lo + hi)
-    scale = float(np.linalg.norm(hi - lo))
-    if not scale > 0.0:
+    frame = Frame.around(p64)
+    if not frame.diagonal > 0.0:
         raise DegenerateInputError("All points are at the same position.", "Give a cloud that samples a surface.")
-    canon = (p64 - center) / scale
+    canon = frame.to_canonical(p64)
     centred = canon - canon.mean(axis=0)
     sv = np.linalg.svd(centred[:: max(1, centred.shape[0] // 200_000)], compute_uv=False)
     sv = sv / sv[0]
     if sv[1] < FLAT_RATIO or sv[2] < FLAT_RATIO:
         shape = "one straight line" if sv[1] < FLAT_RATIO else "one plane"
-        rounded = float32_rounding(p64, scale)
+        rounded = float32_rounding(p64, frame.diagonal)
         if rounded is not None:
             raise DegenerateInputError(f"All points lie on {shape}, {rounded}",
                                        "Export the cloud with double-precision (float64) coordinates, or subtract "
@@ -178,4 +176,4 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
         unit = (nk / np.linalg.norm(nk, axis=1, keepdims=True)).astype(np.float32)
     return Cloud(points=canon.astype(np.float32), normals=unit,
                  colors=None if c is None else normalize_colors(c[kept]),
-                 kept=kept, center=center, scale=scale, dropped=int(n_in - kept.size), normals_source=source)
+                 kept=kept, frame=frame, dropped=int(n_in - kept.size), normals_source=source)

@@ -1,4 +1,4 @@
-"""Choice of the torch device the engine computes on (DESIGN section 4)."""
+"""Choice of the torch device the engine computes on: CUDA when available, else the CPU (option ``device``)."""
 
 from __future__ import annotations
 

@@ -15,24 +15,27 @@ import numpy as np
 import torch
 
 from . import __version__
-from .chunks import ChunkedCloud, ChunkField, ChunkGrid, key_frame, mesh_block, tasks, weld
 from .cloud import MIN_POINTS, Cloud, prepare_cloud
-from .colors import interpolate_colors
 from .device import select_device
 from .errors import TooFewPointsError
-from .executors import Executor, make_executor
-from .fitting import solve_levels
-from .hierarchy import Level, build_levels, evaluate
-from .knn import PointTree
-from .memory import MemoryPlan, available_bytes, plan_memory
+from .frames import Frame
+from .large.blend import key_frame, mesh_block, weld
+from .large.executors import Executor, make_executor
+from .large.memory import MemoryPlan, available_bytes, plan_memory
+from .large.partition import ChunkedCloud, ChunkGrid
+from .large.tasks import ChunkField, tasks
 from .mesh import Mesh, vertex_normals
-from .meshing import candidate_cells, marching_cubes
-from .normals import estimate_oriented, sensor_rows
 from .options import Options
 from .progress import CancelFn, ProgressFn, Run
-from .resolution import Resolution, choose_voxel_size
-from .system import Weights, point_weight
-from .trimming import compact, trim_distance, trim_far
+from .solver.fitting import solve_levels
+from .solver.hierarchy import Level, build_levels, evaluate
+from .solver.knn import PointTree
+from .solver.normals import estimate_oriented, sensor_rows
+from .solver.resolution import Resolution, choose_voxel_size
+from .solver.system import Weights, point_weight
+from .surface.colors import interpolate_colors
+from .surface.meshing import candidate_cells, marching_cubes
+from .surface.trimming import compact, trim_distance, trim_far
 
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 
@@ -52,10 +55,15 @@ class Fit:
         """The field at x (M, 3) in finest-voxel units (negative inside, about a distance in voxels)."""
         return evaluate(self.levels, x)[0]
 
+    @property
+    def frame(self) -> Frame:
+        return self.cloud.frame.with_voxel(self.voxel_size)
+
     def to_voxels(self, world: np.ndarray) -> torch.Tensor:
         """Caller coordinates (M, 3) -> finest-voxel units on the engine's device."""
-        canon = (np.asarray(world, dtype=np.float64) - self.cloud.center) / self.cloud.scale
-        return torch.from_numpy(canon / self.voxel_size).to(self.device, torch.float32)
+        frame = self.frame
+        canon = frame.to_canonical(np.asarray(world, dtype=np.float64))
+        return torch.from_numpy(frame.to_voxels(canon)).to(self.device, torch.float32)
 
 
 # Estimated normals are the points' own planes, smoothed over k neighbours: they add direction but
@@ -79,7 +87,7 @@ def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k
     sens = None
     if sensor is not None:
         s = sensor[cloud.kept] if sensor.ndim == 2 else sensor
-        sens = torch.from_numpy((s - cloud.center) / cloud.scale).to(dev, torch.float32)
+        sens = torch.from_numpy(cloud.frame.to_canonical(s)).to(dev, torch.float32)
     est = estimate_oriented(torch.from_numpy(cloud.points).to(dev), k, sens,
                             lambda f, t: run.report("normals", f, t), density=res.density, noise=res.noise)
     keep = (~est.doubtful).cpu().numpy()
@@ -112,6 +120,10 @@ class Prepared:
     def voxel_size(self) -> float:
         return self.res.voxel_size
 
+    @property
+    def frame(self) -> Frame:
+        return self.cloud.frame.with_voxel(self.voxel_size)
+
 
 def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, sensor: Any = None,
             concurrent: int = 1, worker_processes: bool = False) -> Prepared:
@@ -126,18 +138,19 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
             cloud.normals_source = "forced"
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
     with run.stage("resolution"):
-        res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.scale)
+        res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.frame.diagonal)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
         limit = (int(opts.memory_limit_gb * 2**30) if opts.memory_limit_gb is not None
                  else int(0.75 * available_bytes(dev)))
-        plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.scale, mise_iter=opts.mise_iter,
+        plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.frame.diagonal,
+                           mise_iter=opts.mise_iter,
                            chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,
                            concurrent=concurrent, worker_processes=worker_processes)
     with run.stage("normals"):
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
         if normal_stats["normals_estimated"]:
             weights = replace(weights, point=weights.point * ESTIMATED_POINT_SCALE)
-    h = res.voxel_size
+    frame = cloud.frame
     stats: dict[str, Any] = {
         "engine_version": __version__,
         "device": str(dev),
@@ -145,11 +158,11 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         "points_used": int(cloud.points.shape[0]),
         "points_dropped": cloud.dropped,
         **normal_stats,
-        "voxel_size": h * cloud.scale,
+        "voxel_size": frame.from_canonical(res.voxel_size),
         "detail_level": res.detail_level if res.detail_level is not None else str(opts.detail_level),
-        "noise": res.noise * cloud.scale,
+        "noise": frame.from_canonical(res.noise),
         "point_weight": weights.point,
-        "density": res.density / cloud.scale**2,
+        "density": res.density / frame.diagonal**2,  # points per canonical area -> per caller's area
         "memory_limit_bytes": limit,
         "memory_estimate_bytes": plan.estimate,
     }
@@ -158,17 +171,17 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
 
 def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
     """Build the hierarchy of a prepared cloud and solve it, in one piece (steps 3-6)."""
-    cloud, h, dev = prepared.cloud, prepared.voxel_size, prepared.device
+    cloud, dev = prepared.cloud, prepared.device
     assert cloud.normals is not None
     with run.stage("hierarchy"):
-        x = torch.from_numpy(cloud.points).to(dev) / h  # finest-voxel units
+        x = prepared.frame.to_voxels(torch.from_numpy(cloud.points).to(dev))
         nrm = torch.from_numpy(cloud.normals).to(dev)
         levels = build_levels(x, opts.depth)
     iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
                                          run)
     stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
              "solver_iterations": iterations, "solver_residual": residuals}
-    return Fit(cloud, levels, h, prepared.res.noise, dev, stats)
+    return Fit(cloud, levels, prepared.voxel_size, prepared.res.noise, dev, stats)
 
 
 def fit_field(points: Any, normals: Any = None, options: Options | Mapping[str, Any] | None = None, *,
@@ -214,7 +227,7 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     raises :class:`engine.errors.MemoryLimitError` instead.  Chunks run on
     ``executor``: "inprocess", "processes" (a local pool of ``workers``),
     "dask" or "dask://host:port" (Dask distributed), or an
-    :class:`engine.executors.Executor`.
+    :class:`engine.large.executors.Executor`.
 
     ``progress(stage, fraction, text)`` is called often; ``cancel()``
     returning True stops the run with :class:`engine.errors.Cancelled`.
@@ -235,12 +248,12 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     else:
         verts, faces, vcolors, stats = reconstruct_whole(prep, opts, run)
     cloud = prep.cloud
-    with run.stage("colors"):
+    with run.stage("vertex_normals"):
         vnormals = vertex_normals(verts, faces)
     stats = {**stats, "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]), "seconds": run.seconds,
              "total_seconds": time.perf_counter() - t0}
-    return Mesh(local_vertices=(verts * cloud.scale).astype(np.float32), faces=faces.astype(np.int32),
-                origin=cloud.center.copy(), colors=vcolors, normals=vnormals, stats=stats)
+    return Mesh(local_vertices=cloud.frame.from_canonical(verts).astype(np.float32), faces=faces.astype(np.int32),
+                origin=cloud.frame.center.copy(), colors=vcolors, normals=vnormals, stats=stats)
 
 
 MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
@@ -249,7 +262,7 @@ MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
 def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
     """The scene in one piece: fit, mesh, trim, colour; canonical vertices, faces, colours, stats."""
     f = fit(prep, opts, run)
-    levels, h, cloud = f.levels, f.voxel_size, f.cloud
+    levels, frame, cloud = f.levels, f.frame, f.cloud
     with run.stage("mesh"):
         def field(p: torch.Tensor) -> torch.Tensor:
             run.check()
@@ -258,14 +271,14 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
         start = levels[0] if opts.trim else levels[-1]
-        cells, size, corner_values = candidate_cells(start.ijk, start.scale, start.depth + opts.mise_iter, field)
+        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + opts.mise_iter, field)
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
-        verts = (verts_t.double() * h).cpu().numpy()  # canonical
+        verts = frame.from_voxels(verts_t.double()).cpu().numpy()
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
         tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
         if opts.trim:
-            verts, faces, _ = trim_far(verts, faces, tree, trim_distance(h, f.noise))
+            verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
     with run.stage("colors"):
@@ -275,15 +288,16 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
 
 def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: Options, run: Run) -> MeshArrays:
     """The scene in overlapping chunks (step 11): solve each on ``pool``, blend, mesh core by core, weld."""
-    cloud, h, dev = prep.cloud, prep.voxel_size, prep.device
+    cloud, frame, dev = prep.cloud, prep.frame, prep.device
     assert cloud.normals is not None
     depth, mise_iter = opts.depth, opts.mise_iter
     with run.stage("hierarchy"):
-        cc = ChunkedCloud(cloud.points.astype(np.float64) / h, grid)
+        cc = ChunkedCloud(frame.to_voxels(cloud.points.astype(np.float64)), grid)
     count = cc.cells.shape[0]
     fields: dict[tuple[int, int, int], ChunkField] = {}
     with run.stage("chunks"):
-        run.report("chunks", 0.0, f"{count} chunks of {grid.size * h * cloud.scale:.4g} on {pool.name}")
+        size = frame.from_canonical(frame.from_voxels(grid.size))  # caller's units
+        run.report("chunks", 0.0, f"{count} chunks of {size:.4g} on {pool.name}")
         todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=opts.solver_tol,
                      solver_max_iter=opts.solver_max_iter, device=str(dev))
         for done in pool.map(todo, count, run):
@@ -291,20 +305,22 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
             run.report("chunks", len(fields) / count,
                        f"chunk {done.index + 1}/{count} solved: {done.points:,} points, {done.unknowns:,} unknowns, "
                        f"{done.seconds:.1f} s")
-    frame = key_frame(cc, mise_iter)
+    edges = key_frame(cc, mise_iter)
     blocks = []
     with run.stage("mesh"):
         for i, cell in enumerate(cc.cells):
-            blocks.append(mesh_block(cc, fields, cell, voxel_size=h, mise_iter=mise_iter, trim=opts.trim,
-                                     trim_distance=trim_distance(h, prep.res.noise), cloud_points=cloud.points,
-                                     colors=cloud.colors, device=dev, run=run, key_frame=frame))
+            blocks.append(mesh_block(cc, fields, cell, frame=frame, mise_iter=mise_iter, trim=opts.trim,
+                                     trim_distance=trim_distance(prep.voxel_size, prep.res.noise),
+                                     cloud_points=cloud.points, colors=cloud.colors, device=dev, run=run,
+                                     key_frame=edges))
             run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")
-    with run.stage("trim"):
+    with run.stage("weld"):
         verts, faces, vcolors = weld(blocks)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
-    stats = {**prep.stats, "chunks": count, "chunk_size": grid.size * h * cloud.scale,
-             "chunk_origin": cloud.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
-             "chunk_overlap": grid.margin * h * cloud.scale, "chunking": "auto" if prep.plan.automatic else "set",
+    stats = {**prep.stats, "chunks": count, "chunk_size": size,
+             "chunk_origin": frame.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
+             "chunk_overlap": frame.from_canonical(frame.from_voxels(grid.margin)),
+             "chunking": "auto" if prep.plan.automatic else "set",
              "executor": pool.name, "chunk_memory_estimate_bytes": prep.plan.chunk_estimate,
              "levels": [sum(f.levels[d][1].shape[0] for f in ordered) for d in range(depth)],
              "unknowns": sum(f.unknowns for f in ordered),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.ply import write_points
+from tests.meshfiles import write_points
 
 TUBE_RADIUS = 0.42
 

@@ -34,7 +34,7 @@ class EngineSetupError(Exception):
 def engine_root() -> Path:
     """The folder that contains the ``engine`` package (bundled in the zip, or the repository)."""
     for root in (HERE / "engine_source", HERE.parent):
-        if (root / "engine" / "protocol.py").is_file():
+        if (root / "engine" / "service" / "protocol.py").is_file():
             return root
     raise EngineSetupError("The engine's source is missing from the add-on (engine_source/engine). "
                            "Reinstall the extension from its zip.")
@@ -71,7 +71,7 @@ def engine_module(name: str) -> ModuleType:
 
 def client_api() -> ModuleType:
     """The engine's client module (stdlib + numpy), imported under this add-on's name."""
-    return engine_module("client")
+    return engine_module("service.client")
 
 
 def options_api() -> ModuleType:

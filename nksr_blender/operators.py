@@ -450,7 +450,7 @@ class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.
 
 
 class NKSR_OT_check_engine(bpy.types.Operator):
-    """Start the engine with the configured interpreter and show its torch version, devices and fVDB"""
+    """Start the engine with the configured interpreter and show its torch version and devices"""
 
     bl_idname = "nksr.check_engine"
     bl_label = "Check Engine"
@@ -467,8 +467,7 @@ class NKSR_OT_check_engine(bpy.types.Operator):
         hello = client.hello or {}
         devices = ", ".join(f"{d.get('id')} ({d.get('name')})" for d in hello.get("devices", []))
         info = (f"Engine {hello.get('engine_version')} at {engine_link.session.python}\n"
-                f"torch {hello.get('torch_version')}, devices: {devices}, "
-                f"fVDB: {'yes' if hello.get('fvdb') else 'no'}")
+                f"torch {hello.get('torch_version')}, devices: {devices}")
         if prefs is not None:
             prefs.engine_info = info
         self.report({"INFO"}, info.replace("\n", "; "))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Mesh, protocol, reconstruct
+from engine import Mesh, reconstruct
+from engine.service import protocol
 from tests import shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,8 @@ def in_process() -> Mesh:
 
 
 def expected_stages(levels: int) -> list[str]:
-    return ["clean", "resolution", "normals", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "colors"]
+    return ["clean", "resolution", "normals", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "colors",
+            "vertex_normals"]
 
 
 def collapse(stages: list[str]) -> list[str]:

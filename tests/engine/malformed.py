@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from engine import protocol
+from engine.service import protocol
 
 
 def raw(header: object, payload: bytes = b"") -> bytes:

@@ -124,8 +124,8 @@ def test_memory_cap_below_what_the_engine_itself_needs() -> None:
 def test_memory_estimate_is_not_below_the_real_size() -> None:
     import torch
 
-    from engine.hierarchy import build_levels
-    from engine.memory import estimate_unknowns
+    from engine.large.memory import estimate_unknowns
+    from engine.solver.hierarchy import build_levels
 
     for count, voxel in [(20_000, 0.05), (20_000, 0.01), (3000, 0.002)]:
         p, _ = shapes.sphere(count)

@@ -24,10 +24,10 @@ import torch
 from scipy.spatial import cKDTree
 
 from engine import reconstruct
-from engine.chunks import ChunkGrid, make_grid
 from engine.errors import Cancelled, InputError
-from engine.ply import read_mesh, write_points
+from engine.large.partition import ChunkGrid, make_grid
 from tests import shapes
+from tests.meshfiles import read_mesh, write_points
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_partition_of_unity() -> None:
 
 def test_cores_near_points_get_chunks_too() -> None:
     """A core without points but with points within the margin of its faces is solved and meshed too."""
-    from engine.chunks import ChunkedCloud
+    from engine.large.partition import ChunkedCloud
 
     grid = ChunkGrid(size=64, margin=16)
     x = np.array([[10.0, 10, 10], [60.0, 30, 30], [63.0, 63, 63], [30.0, 30, 2]])
@@ -227,6 +227,9 @@ def test_progress_per_chunk(small: dict[str, Any]) -> None:
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     meshed = [t for s, _, t in small["progress"] if s == "mesh" and "meshed" in t]
     assert len(meshed) == count
+    # Chunks trim and colour inside "mesh"; welding and vertex normals are timed under their own names.
+    seconds = small["chunked"].stats["seconds"]
+    assert {"chunks", "mesh", "weld", "vertex_normals"} <= set(seconds) and not {"trim", "colors"} & set(seconds)
 
 
 @pytest.mark.slow

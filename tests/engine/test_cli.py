@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from engine.ply import read_mesh
 from tests import shapes
 from tests.meshcheck import boundary_edges
-from tests.meshfiles import glb_world_z_up, read_glb, read_obj
+from tests.meshfiles import glb_world_z_up, read_glb, read_mesh, read_obj
 from tests.mounts import read_only_folder
 
 ROOT = Path(__file__).resolve().parents[2]

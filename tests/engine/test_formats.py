@@ -20,7 +20,7 @@ from plyfile import PlyData, PlyElement
 from engine import formats
 from engine.cloud import PointCloud, normalize_colors
 from engine.errors import InputError, MissingPackageError
-from engine.gltf import srgb_to_linear
+from engine.formats.gltf import srgb_to_linear
 from engine.mesh import Mesh, vertex_normals
 from tests import shapes
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj
@@ -515,8 +515,8 @@ def test_writing_through_a_symlink_replaces_its_target(tmp_path: Path, mesh: Mes
 def test_fast_ply_mesh_writer_matches_plyfile_byte_for_byte(tmp_path: Path, offset: float, extras: bool) -> None:
     from plyfile import PlyData, PlyElement
 
+    from engine.formats.ply import write_mesh
     from engine.mesh import Mesh
-    from engine.ply import write_mesh
 
     rng = np.random.default_rng(3)
     verts = rng.normal(size=(50, 3)) + offset

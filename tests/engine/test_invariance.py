@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine import reconstruct
-from engine.knn import PointTree
+from engine.solver.knn import PointTree
 from tests import shapes
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.client import EngineClient, EngineStalled, EngineTimeout, Job
+from engine.service.client import EngineClient, EngineStalled, EngineTimeout, Job
 from tests import shapes
 from tests.engine.engines import ENV, LONG, NORMALS, POINTS, PYTHON, all_gone_within, descendants
 
@@ -84,6 +84,24 @@ def test_a_stopped_engine_is_noticed_within_the_stall_limit_and_killed(tmp_path:
             job.wait()  # no timeout: only the stall check ends it
         assert STALL - 0.2 < time.monotonic() - stopped < STALL + 1.0
         assert info.value.hint and all_gone_within({engine}, 2.0) == set()
+        assert client.reconstruct(POINTS[:5], NORMALS[:5], _benchmark_echo_faces=3).faces.shape == (3, 3)
+    finally:
+        client.close()
+
+
+def test_a_request_to_a_stopped_engine_is_noticed_within_the_stall_limit(tmp_path: Path) -> None:
+    """A request larger than the pipe holds (here about 50 MB) to an engine frozen before it reads: the write
+    itself must give up, not block the caller (Blender's UI thread) for ever."""
+    client = EngineClient(PYTHON, log_path=tmp_path / "engine.log", env=ENV, stall_timeout=STALL)
+    try:
+        engine = client.start()["pid"]
+        os.kill(engine, signal.SIGSTOP)
+        points = np.random.default_rng(0).normal(size=(1_000_000, 3))
+        stopped = time.monotonic()
+        with pytest.raises(EngineStalled, match="took nothing of the request"):
+            client.submit(points, points, device="cpu")
+        assert time.monotonic() - stopped < STALL + 1.0
+        assert all_gone_within({engine}, 2.0) == set()
         assert client.reconstruct(POINTS[:5], NORMALS[:5], _benchmark_echo_faces=3).faces.shape == (3, 3)
     finally:
         client.close()

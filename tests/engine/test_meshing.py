@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.mc_table import CORNERS, EDGES, TRIANGLES
-from engine.meshing import candidate_cells, marching_cubes
+from engine.surface.mc_table import CORNERS, EDGES, TRIANGLES
+from engine.surface.meshing import candidate_cells, marching_cubes
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges, signed_volume
 
 

@@ -10,7 +10,7 @@ import torch
 
 from engine import Cancelled, estimate_normals, reconstruct
 from engine.errors import InputError, ShapeMismatchError
-from engine.knn import PointTree, grid_knn
+from engine.solver.knn import PointTree, grid_knn
 from tests import shapes
 from tests.meshcheck import signed_volume
 
@@ -73,8 +73,8 @@ def test_orientation_does_not_depend_on_position_scale_or_order() -> None:
 
 def test_noisy_scan_fits_planes_wider_than_the_noise() -> None:
     """Noise of 2% of the radius: planes fitted on a subsample span several times the noise."""
-    from engine.normals import estimate_oriented
-    from engine.resolution import measure
+    from engine.solver.normals import estimate_oriented
+    from engine.solver.resolution import measure
 
     points, true = shapes.sphere(40_000)
     noisy = points + np.random.default_rng(1).normal(scale=0.02, size=points.shape)
@@ -230,8 +230,8 @@ def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
 
 def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole estimate with the voxel-hash search (the CUDA path) instead of the k-d tree, run on the CPU."""
-    import engine.normals as normals_module
-    from engine.normals import estimate_oriented
+    import engine.solver.normals as normals_module
+    from engine.solver.normals import estimate_oriented
 
     points, true = shapes.blob(8000)
     x = torch.from_numpy(points.astype(np.float32))

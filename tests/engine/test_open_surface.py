@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine import reconstruct
-from engine.knn import PointTree
+from engine.solver.knn import PointTree
 from tests import shapes
 from tests.meshcheck import boundary_edges, components
 

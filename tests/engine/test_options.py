@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from engine import options, reconstruct
-from engine.client import EngineClient, InvalidRequest
 from engine.errors import MemoryLimitError
-from engine.memory import plan_memory
+from engine.large.memory import plan_memory
 from engine.options import SPECS, OptionError, Options
+from engine.service.client import EngineClient, InvalidRequest
 from tests import shapes
 from tests.engine.engines import ENV, NORMALS, POINTS, PYTHON, ROOT
 from tests.engine.test_cli import engine_cli, no_traceback
@@ -32,7 +32,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"device": None}, "'device' must be"),
     ({"device": "cuda:x"}, "'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"solver_tol": float("nan")}, "'solver_tol' must be a number above 0"),
-    ({"solver_tol": -1.0}, "'solver_tol' must be a number above 0 to 0.1"),
+    ({"solver_tol": -1.0}, "'solver_tol' must be a number above 0 and at most 0.1"),
     ({"solver_tol": 0}, "'solver_tol' must be a number above 0"),
     ({"solver_max_iter": 0}, "'solver_max_iter' must be an integer from 1"),
     ({"voxel_size": [1]}, "got list"),

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import protocol
-from engine.protocol import Decoder, Message, ProtocolError
+from engine.service import protocol
+from engine.service.protocol import Decoder, Message, ProtocolError
 from tests.engine import malformed
 
 rng = np.random.default_rng(0)
@@ -21,7 +21,7 @@ N = 50
 EXAMPLES: list[Message] = [
     Message("hello", {"engine_version": "0.1.0", "protocol_version": protocol.PROTOCOL_VERSION,
                       "torch_version": "2.13.0", "devices": [{"id": "cpu", "name": "CPU", "memory_gb": None}],
-                      "fvdb": False, "python": "3.11.7", "pid": 123}),
+                      "python": "3.11.7", "pid": 123}),
     Message("reconstruct", {"options": {"detail_level": "auto", "voxel_size": None, "trim": True}},
             {"points": rng.normal(size=(N, 3)), "normals": rng.normal(size=(N, 3)).astype(np.float32),
              "colors": rng.integers(0, 256, (N, 3), dtype=np.uint8)}),

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from engine.solver import pcg
+from engine.solver.cg import pcg
 
 
 def _system(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:

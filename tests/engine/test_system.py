@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.basis import TAP_OFFSETS, split_points, tap_weights
-from engine.hierarchy import build_levels
-from engine.system import Weights, _smoothness_terms, assemble
+from engine.solver.basis import TAP_OFFSETS, split_points, tap_weights
+from engine.solver.hierarchy import build_levels
+from engine.solver.system import Weights, _smoothness_terms, assemble
 
 W = Weights(point=0.7, normal=1.3, smooth=0.2)
 
@@ -17,8 +17,8 @@ def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor) -> t
     m, n = len(level), x.shape[0]
     a = np.zeros((m, m))
     b = np.zeros(m)
-    cell, u = split_points(x / level.scale)
-    w, g = tap_weights(u.double(), level.scale)
+    cell, u = split_points(x / level.size)
+    w, g = tap_weights(u.double(), level.size)
     rows = level.taps(cell).numpy()
     for p in range(n):
         r, wp, gp = rows[p], w[p].numpy(), g[p].numpy()
@@ -56,6 +56,6 @@ def test_every_point_has_all_its_taps() -> None:
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.normal(size=(500, 3)) * 6).float()
     for level in build_levels(x, 3):
-        cell, _ = split_points(x / level.scale)
+        cell, _ = split_points(x / level.size)
         assert (level.taps(cell) >= 0).all()
         assert (level.index.lookup(cell[:, None, :] + torch.from_numpy(TAP_OFFSETS)) >= 0).all()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.voxels import VoxelIndex, dilate, unique_voxels
+from engine.solver.voxels import VoxelIndex, dilate, unique_voxels
 
 
 @pytest.mark.parametrize("spread", [6, 40, 300])

@@ -1,0 +1,170 @@
+"""Memory guard: refuse resolutions that would not fit, before allocating them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import MemoryLimitError
+from ..solver.voxels import unique_voxels
+from .partition import ChunkedCloud, ChunkGrid, make_grid
+
+# Peak = BASE + unknowns * BYTES_PER_UNKNOWN + points * BYTES_PER_POINT, with the unknowns of
+# estimate_unknowns.  Fitted to the peak RSS of CLI runs on this machine's CPU (2026-11, MiB peak against
+# the fit without margin): bunny 100k 1071 / 1123, sphere 100k 1018 / 1130, bunny 1M 3863 / 3930,
+# city 300k 1518 / 1510, city 2M 5601 / 5910 (fit: 800 MiB + 800 B per unknown + 500 B per point).
+# The per-unknown and per-point terms carry a 1.5x margin.
+BYTES_PER_UNKNOWN = 1200  # CSR, stencil, column table, solver vectors, meshing
+BYTES_PER_POINT = 750  # tap weights and indices in assembly chunks, targets, trimming and colour queries
+BASE_BYTES = 800 << 20  # the interpreter, torch and the input; also each worker process of a pool
+MAX_AXIS_VOXELS = 1 << 20
+# What a chunked run keeps in the engine's own process besides the chunks being solved: the cleaned
+# cloud, its sorted copy in voxel units, every chunk's compact field, and the welded output mesh
+# (about 4 triangles per point at the default refinement) with its temporaries.
+MAIN_BYTES_PER_POINT = 900
+# Refinement rounds (mise_iter) quadruple the mesh each; the terms above were fitted at one round.  Measured
+# peak RSS (2026-12, sphere and blob of 100k points, auto detail, rounds 0/1/2/3): 1116/1170/1402/4106 MiB
+# and 1017/1008/1340/4056 MiB for 0.14/0.57/2.3/9.1M faces, about 340 B per face past one round; unrefined
+# faces are about 0.47 per unknown and 1.4 per point.  With a 1.3x margin:
+BYTES_PER_FACE = 450
+FACES_PER_UNKNOWN = 0.5  # at no refinement
+FACES_PER_POINT = 1.5  # at no refinement, for the mesh a chunked run gathers in the engine's own process
+SAMPLED_CHUNKS = 3  # the most populated chunks whose memory is estimated when choosing a chunk size
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: CUDA's free memory, or MemAvailable from /proc/meminfo (8 GiB if unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> int:
+    """Unknowns of the whole hierarchy, from occupied cells at each level's size and twice it.
+
+    A densely sampled surface fills about 4x fewer cells at twice the size and
+    dilates to a few voxels per cell; isolated points fill as many cells and
+    dilate fully (27 voxels per cell at the finest level, 125 at the coarse
+    ones, which are dilated twice).  ``full * r**-k`` with r = cells(s) /
+    cells(2s) follows the measured ratio, never below it, from dense to
+    isolated on the bunny and a sphere (k = 1.55 once dilated, 2.2 twice).
+    """
+    counts = [unique_voxels(torch.floor(points / (voxel_size * 2**d)).to(torch.int64)).shape[0]
+              for d in range(depth + 1)]
+    total = 0.0
+    for d in range(depth):
+        full, k, least = (27.0, 1.55, 3.0) if d == 0 else (125.0, 2.2, 5.0)
+        ratio = counts[d] / counts[d + 1]
+        total += counts[d] * min(full, max(least, full * ratio**-k))
+    return int(total)
+
+
+def refinement_bytes(unrefined_faces: float, mise_iter: int) -> int:
+    """What refinement rounds past the first add to a job's peak: the finer mesh and its temporaries."""
+    return int(unrefined_faces * max(0, 4**mise_iter - 4) * BYTES_PER_FACE)
+
+
+def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, base: int = BASE_BYTES, mise_iter: int = 1) -> int:
+    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``."""
+    unknowns = estimate_unknowns(points, voxel_size, depth)
+    return int(base + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT
+               + refinement_bytes(unknowns * FACES_PER_UNKNOWN, mise_iter))
+
+
+@dataclass
+class MemoryPlan:
+    """How a job fits its memory budget: in one piece (``grid`` None) or in chunks, and the estimates."""
+
+    estimate: int  # peak bytes of the whole job as planned
+    grid: ChunkGrid | None
+    chunk_estimate: int = 0  # peak bytes of the largest sampled chunk
+    automatic: bool = False  # chunking chosen by the guard, not asked for
+
+
+def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, diagonal: float, *,
+                mise_iter: int = 1, chunk_size: float | None = None, overlap_ratio: float = 0.1,
+                auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
+    """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
+
+    ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``diagonal`` maps to
+    the caller's units for the messages and ``chunk_size`` (caller's units, None:
+    whole when it fits).  With ``auto_chunk`` a job over the limit is split in
+    chunks, halving their size until the largest fits next to what the engine
+    itself keeps (``concurrent`` chunks at once, each in a process of its own
+    with ``worker_processes``); otherwise, or when even the smallest chunks do
+    not fit, :class:`MemoryLimitError` names the setting to change.  ``mise_iter``
+    refinement rounds grow the mesh, and the estimate with it.
+    """
+    h_world = voxel_size * diagonal
+    hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
+    if 1.0 / voxel_size > MAX_AXIS_VOXELS:
+        raise MemoryLimitError(
+            f"voxel size {h_world:.4g} would need over {MAX_AXIS_VOXELS} voxels along the cloud's diagonal.", hint)
+    pts = torch.from_numpy(points)
+    if chunk_size is None:
+        whole = job_bytes(pts, voxel_size, depth, mise_iter=mise_iter)
+        if whole <= limit_bytes:
+            return MemoryPlan(whole, None)
+        if not auto_chunk:
+            raise MemoryLimitError(
+                f"voxel size {h_world:.4g} would need about {whole / 2**30:.1f} GiB, "
+                f"more than the limit of {limit_bytes / 2**30:.1f} GiB.",
+                "Turn on automatic chunking or set a chunk size, use a larger voxel size, a lower detail level "
+                f"{'or fewer refinement rounds (mise_iter) ' if mise_iter > 1 else ''}or raise the memory limit.")
+    main = (BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
+            + refinement_bytes(points.shape[0] * FACES_PER_POINT, mise_iter))
+    budget = (limit_bytes - main) // max(1, concurrent)
+    base = BASE_BYTES if worker_processes else 0
+    if budget <= base:
+        raise MemoryLimitError(
+            f"{points.shape[0]:,} points need about {main / 2**30:.1f} GiB in the engine besides the chunks, "
+            f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows.",
+            "Raise the memory limit, or thin the cloud.")
+    x = points.astype(np.float64) / voxel_size
+    extent = float((x.max(axis=0) - x.min(axis=0)).max())
+    size = None if chunk_size is None else chunk_size / h_world
+    automatic = chunk_size is None
+    if automatic:  # start from half the scene and halve
+        size = 2.0 ** math.floor(math.log2(max(extent, 1.0)))
+    while True:
+        grid = make_grid(extent, depth, size, overlap_ratio)
+        peak = largest_chunk_bytes(x, grid, voxel_size, depth, base, mise_iter)
+        smallest = grid.size == make_grid(extent, depth, 1.0, overlap_ratio).size
+        if peak <= budget:
+            return MemoryPlan(main + peak * max(1, concurrent), grid, peak, automatic)
+        if not automatic or smallest:
+            what = "a smaller chunk size" if not automatic and not smallest else "a larger voxel size"
+            raise MemoryLimitError(
+                f"chunks of {grid.size * h_world:.4g} would need about {peak / 2**30:.1f} GiB each, "
+                f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows"
+                f"{f' for {concurrent} at once' if concurrent > 1 else ''}.",
+                f"Use {what} or a lower detail level, fewer workers, or raise the memory limit.")
+        assert size is not None
+        size = grid.size / 2.0
+
+
+def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, base: int,
+                        mise_iter: int = 1) -> int:
+    """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units).
+
+    ``base``: what the chunk's process adds besides the chunk (0 in the engine's own process).
+    """
+    cc = ChunkedCloud(x, grid)
+    counts = np.array([cc.core_points(c) for c in cc.cells])
+    peak = 0
+    for i in np.argsort(counts)[::-1][:SAMPLED_CHUNKS]:
+        rows = cc.rows(cc.cells[i], grid.margin)
+        pts = torch.from_numpy((x[rows] * voxel_size).astype(np.float32))
+        peak = max(peak, job_bytes(pts, voxel_size, depth, base, mise_iter))
+    return peak

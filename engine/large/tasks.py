@@ -1,0 +1,112 @@
+"""Step 11: one chunk as a task: its points, solved with bounded memory and no knowledge of its neighbours.
+
+:func:`solve_chunk` is a picklable task for any :mod:`engine.large.executors`
+executor; it returns a compact :class:`ChunkField` per chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..device import select_device
+from ..progress import CancelFn, ProgressFn, Run
+from ..solver.fitting import solve_levels
+from ..solver.hierarchy import Level, build_levels
+from ..solver.system import Weights
+from ..solver.voxels import VoxelIndex
+from .partition import ChunkedCloud
+
+
+@dataclass
+class ChunkTask:
+    """One chunk to solve: its points relative to its core's lower corner (keeps float32 exact)."""
+
+    index: int
+    count: int
+    cell: tuple[int, int, int]
+    lo: tuple[int, int, int]  # core's lower corner, global voxel units
+    points: np.ndarray  # (n, 3) float32, voxel units relative to lo
+    normals: np.ndarray  # (n, 3) float32 unit
+    depth: int
+    weights: Weights
+    solver_tol: float
+    solver_max_iter: int
+    device: str
+    cancel_token: Any = None  # an executors token with ``is_set()``, for executors in other processes
+
+    @property
+    def label(self) -> str:
+        return f"chunk {self.index + 1}/{self.count}: "
+
+
+@dataclass
+class ChunkField:
+    """A solved chunk, compact enough to keep every chunk of a scene: per level voxels and coefficients."""
+
+    index: int
+    cell: tuple[int, int, int]
+    lo: tuple[int, int, int]
+    levels: list[tuple[float, np.ndarray, np.ndarray]]  # (size, ijk (M, 3) int32 relative to lo, coeffs (M,) f4)
+    points: int
+    iterations: list[int]
+    residuals: list[float]
+    seconds: float
+
+    @property
+    def unknowns(self) -> int:
+        return sum(ijk.shape[0] for _, ijk, _ in self.levels)
+
+    def materialise(self, device: torch.device, box_lo: np.ndarray, box_hi: np.ndarray) -> list[Level]:
+        """Evaluable levels holding only the voxels whose support reaches the box (global voxel units)."""
+        out = []
+        lo = np.asarray(self.lo, dtype=np.int64)
+        for depth, (size, ijk, coeffs) in enumerate(self.levels):
+            rel_lo, rel_hi = (box_lo - lo) / size, (box_hi - lo) / size
+            # a voxel v touches points whose cell at this size is v-1, v or v+1: [v-1, v+2) voxels
+            keep = ((ijk - 1 <= rel_hi) & (ijk + 2 >= rel_lo)).all(axis=1)
+            if not keep.any():
+                continue
+            level = Level(depth=depth, size=size,
+                          index=VoxelIndex(torch.from_numpy(ijk[keep].astype(np.int64)).to(device)))
+            level.set_coeffs(torch.from_numpy(coeffs[keep]).to(device))
+            out.append(level)
+        return out
+
+
+def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> ChunkField:
+    """Build and solve one chunk's hierarchy; runs in any process (imports nothing of the caller's)."""
+    start = time.perf_counter()
+    token = task.cancel_token
+    if cancel is None and token is not None:
+        cancel = token.is_set
+    run = Run(progress, cancel)
+    dev = select_device(task.device)
+    x = torch.from_numpy(task.points).to(dev)
+    nrm = torch.from_numpy(task.normals).to(dev)
+    levels = build_levels(x, task.depth)
+    iterations, residuals = solve_levels(levels, x, nrm, task.weights, task.solver_tol, task.solver_max_iter, run,
+                                         task.label)
+    packed = []
+    for lv in levels:
+        assert lv.coeffs is not None
+        packed.append((lv.size, lv.ijk.to(torch.int32).cpu().numpy(), lv.coeffs.float().cpu().numpy()))
+    return ChunkField(task.index, task.cell, task.lo, packed, int(x.shape[0]), iterations, residuals,
+                      time.perf_counter() - start)
+
+
+def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights, solver_tol: float,
+          solver_max_iter: int, device: str, cancel_token: Any = None) -> Iterator[ChunkTask]:
+    """One task per core with points in or near it, built lazily (each holds a copy of its points)."""
+    count = cc.cells.shape[0]
+    for i, cell in enumerate(cc.cells):
+        rows = cc.rows(cell, cc.grid.margin)
+        lo, _ = cc.grid.bounds(cell)
+        yield ChunkTask(i, count, tuple(int(v) for v in cell), tuple(int(v) for v in lo),  # type: ignore[arg-type]
+                        (cc.x[rows] - lo).astype(np.float32), normals[rows], depth, weights, solver_tol,
+                        solver_max_iter, device, cancel_token)

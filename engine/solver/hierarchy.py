@@ -1,0 +1,155 @@
+"""Step 3: the sparse voxel hierarchy and the field it carries.
+
+Coordinates here are in finest-voxel units (:mod:`engine.frames`).  Level d
+has voxels of edge ``2**d`` (:attr:`Level.size`); it holds every voxel whose basis support touches
+an input point (the 27 taps of each occupied cell), and levels d >= 1 are
+dilated once more so that coarse fields bridge holes in the scan.  The field
+is the sum over levels of ``a_v B_v(x)``; it is fitted coarse to fine
+(:mod:`engine.solver.fitting`), each level solving for what the coarser ones left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .basis import TAP_OFFSETS, split_points, weights_1d
+from .voxels import VoxelIndex, dilate, unique_voxels
+
+BATCH = 1 << 18  # points per batch of field evaluations and lookups
+
+
+@dataclass
+class Level:
+    """One level: voxel edge ``size`` = 2**depth finest voxels, voxels (M, 3) int64, coefficients (M,)."""
+
+    depth: int
+    size: float
+    index: VoxelIndex
+    coeffs: torch.Tensor | None = field(default=None)
+    _neighbours: torch.Tensor | None = field(default=None, repr=False)
+    _tap_coeffs: torch.Tensor | None = field(default=None, repr=False)
+    _padded: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def ijk(self) -> torch.Tensor:
+        return self.index.ijk
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def neighbours(self) -> torch.Tensor:
+        """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.solver.basis`); -1: absent."""
+        if self._neighbours is None:
+            rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
+            for start in range(0, len(self), BATCH):
+                rows[start:start + BATCH] = self._lookup_taps(self.ijk[start:start + BATCH]).to(torch.int32)
+            self._neighbours = rows
+        return self._neighbours
+
+    def set_coeffs(self, coeffs: torch.Tensor) -> None:
+        """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""
+        self.coeffs = coeffs
+        self._padded = torch.cat((coeffs, coeffs.new_zeros(1)))  # row -1 (absent) picks the trailing zero
+        self._tap_coeffs = self._padded[self.neighbours]
+
+    def tap_coeffs(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent."""
+        assert self._padded is not None and self._tap_coeffs is not None
+        row = self.index.lookup(cells)
+        out = self._tap_coeffs[row.clamp_min(0)]
+        missing = row < 0
+        if bool(missing.any()):
+            out[missing] = self._padded[self._lookup_taps(cells[missing])]
+        return out
+
+    def taps(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) rows of the voxels touching points in ``cells`` (N, 3) int64, -1 where absent.
+
+        One lookup per cell and a gather from the neighbour table; the rare cells
+        outside the level (band edges) fall back to 27 lookups.
+        """
+        row = self.index.lookup(cells)
+        out = self.neighbours[row.clamp_min(0)].to(torch.int64)
+        missing = row < 0
+        if bool(missing.any()):
+            out[missing] = self._lookup_taps(cells[missing])
+        return out
+
+    def _lookup_taps(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, 27) int64 rows of the 27 voxels around ``cells`` (N, 3), by 27 lookups each; -1 where absent."""
+        return self.index.lookup(cells[:, None, :] + tap_offsets(cells.device))
+
+
+def tap_offsets(device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(TAP_OFFSETS).to(device)
+
+
+def level_voxels(x: torch.Tensor, size: float, extra_dilation: int) -> torch.Tensor:
+    """Voxels (M, 3) at voxel size ``size`` touched by the points x (N, 3), dilated ``extra_dilation`` times."""
+    cells, _ = split_points(x / size)
+    vox = dilate(unique_voxels(cells), tap_offsets(x.device))
+    for _ in range(extra_dilation):
+        vox = dilate(vox, tap_offsets(x.device))
+    return vox
+
+
+def build_levels(x: torch.Tensor, depth: int, coarse_dilation: int = 1) -> list[Level]:
+    """The hierarchy, finest first, for points x (N, 3) in finest-voxel units."""
+    levels = []
+    for d in range(depth):
+        size = float(2**d)
+        vox = level_voxels(x, size, coarse_dilation if d > 0 else 0)
+        levels.append(Level(depth=d, size=size, index=VoxelIndex(vox)))
+    return levels
+
+
+def contract(a: torch.Tensor, u: torch.Tensor, size: float, with_grad: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Field values (N,) and gradients (N, 3) from tap coefficients a (N, 27) and local coordinates u (N, 3).
+
+    Contracts one axis at a time (the basis is a tensor product), never forming
+    the (N, 27, 3) gradient weights.
+    """
+    w, d = weights_1d(u.to(a.dtype))  # (N, 3 axes, 3 taps)
+    per_axis = torch.stack((w, d), dim=2) if with_grad else w[:, :, None, :]  # (N, 3, c, 3)
+    t = torch.einsum("nzyx,ncx->nzyc", a.view(-1, 3, 3, 3), per_axis[:, 0])
+    t = torch.einsum("nzyc,ndy->nzcd", t, per_axis[:, 1])
+    t = torch.einsum("nzcd,nez->ncde", t, per_axis[:, 2])
+    if not with_grad:
+        return t[:, 0, 0, 0], None
+    grads = torch.stack((t[:, 1, 0, 0], t[:, 0, 1, 0], t[:, 0, 0, 1]), dim=1) / size
+    return t[:, 0, 0, 0], grads
+
+
+def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Field of one level at x (N, 3) finest units: values (N,) and optionally gradients (N, 3)."""
+    assert level.coeffs is not None
+    values = torch.zeros(x.shape[0], dtype=level.coeffs.dtype, device=x.device)
+    grads = torch.zeros(x.shape[0], 3, dtype=level.coeffs.dtype, device=x.device) if with_grad else None
+    for start in range(0, x.shape[0], BATCH):
+        cell, u = split_points(x[start:start + BATCH] / level.size)
+        a = level.tap_coeffs(cell)
+        v, g = contract(a, u, level.size, with_grad)
+        values[start:start + BATCH] = v
+        if grads is not None and g is not None:
+            grads[start:start + BATCH] = g
+    return values, grads
+
+
+def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The summed field of all solved levels at x (N, 3) finest units."""
+    values = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    grads = torch.zeros(x.shape[0], 3, dtype=x.dtype, device=x.device) if with_grad else None
+    for level in levels:
+        if level.coeffs is None:
+            continue
+        v, g = evaluate_level(level, x, with_grad)
+        values += v
+        if grads is not None and g is not None:
+            grads += g
+    return values, grads

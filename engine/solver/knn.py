@@ -1,0 +1,151 @@
+"""k-nearest-neighbour queries: a k-d tree on the CPU and a voxel-hash search in torch.
+
+SciPy's cKDTree is a well-kept, multi-threaded k-d tree; the engine uses it for
+the few queries that are not on the solver's hot path (density and noise
+probes on a subsample, vertex colours, trimming distances), so it runs on the
+CPU whatever the compute device is.  Its build on 1M points takes ~0.3 s here.
+
+:func:`grid_knn` is the all-points search normal estimation needs on any
+device: points are bucketed in cubic cells (a :class:`~engine.solver.voxels.VoxelIndex`
+over the occupied cells, points sorted by cell), each query scans the 27 cells
+around its own, and a result is accepted only where it is provably exact (the
+k-th distance is at most one cell, so nothing outside the 27 cells can be
+closer).  The rest are searched again with cells twice as large.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from .basis import TAP_OFFSETS
+from .voxels import VoxelIndex, unique_voxels_inverse
+
+
+class PointTree:
+    """A k-d tree over (N, 3) points for repeated queries."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.tree = cKDTree(np.asarray(points, dtype=np.float64), balanced_tree=False, compact_nodes=False)
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and indices (M, k) of the k nearest points to each query (M, 3)."""
+        dist, idx = self.tree.query(np.asarray(queries, dtype=np.float64), k=k, workers=-1)
+        if k == 1:
+            dist, idx = dist[:, None], idx[:, None]
+        return dist, idx
+
+
+# A cell should hold about k / CELL_FILL points: then the 27 cells around a query hold
+# a few k candidates and the k-th neighbour lies within one cell for most queries
+# (bunny, 100k points, k = 16: 68 candidates on average, 91% exact in the first pass).
+CELL_FILL = 3.0
+CANDIDATE_BUDGET = 1 << 22  # distances computed per chunk of queries (48 MiB of float32 offsets)
+
+
+def _cell_size(points: torch.Tensor, k: int) -> float:
+    """A cell edge at which occupied cells hold about k / CELL_FILL points, by two rescalings.
+
+    Occupancy grows with the square of the edge on a surface (the cube for a
+    volume), so the guess from the bounding box is corrected from the measured
+    occupancy; the exactness check in :func:`grid_knn` covers what is left.
+    """
+    n = points.shape[0]
+    extent = float((points.max(dim=0).values - points.min(dim=0).values).norm())
+    size = max(extent, 1e-30) * float(np.sqrt(k / CELL_FILL / max(n, 1)))
+    for _ in range(3):
+        cells = torch.floor(points / size).to(torch.int64)
+        occupied = unique_voxels_inverse(cells)[0].shape[0]
+        fill = n / occupied
+        size *= float(np.clip(np.sqrt(k / CELL_FILL / fill), 0.25, 4.0))
+    return size
+
+
+def _search(points: torch.Tensor, queries: torch.Tensor, k: int, size: float,
+            check: Callable[[], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances and indices (Q, k) of the k nearest among the 27 cells around each query's cell.
+
+    Rows with fewer than k candidates are padded with +inf and index 0.
+    """
+    device = points.device
+    cells, inverse = unique_voxels_inverse(torch.floor(points / size).to(torch.int64))
+    order = torch.argsort(inverse, stable=True)  # points grouped by cell
+    count = torch.bincount(inverse, minlength=cells.shape[0])
+    start = torch.cumsum(count, 0) - count
+    index = VoxelIndex(cells)
+    count_pad = torch.cat((count, count.new_zeros(1)))  # row -1 (absent cell) -> 0 points
+    start_pad = torch.cat((start, start.new_zeros(1)))
+    offsets = torch.from_numpy(TAP_OFFSETS).to(device)  # the 27 cells around the query's
+    qcell = torch.floor(queries / size).to(torch.int64)
+    rows = index.lookup(qcell[:, None, :] + offsets)  # (Q, 27), -1 where absent
+    qcount = count_pad[rows]
+    qstart = start_pad[rows]
+    total = qcount.sum(dim=1)
+    # queries in cell order, so a chunk's widest row is close to its typical one
+    qorder = torch.argsort(index.lookup(qcell), stable=True)
+    dist = torch.full((queries.shape[0], k), float("inf"), dtype=points.dtype, device=device)
+    idx = torch.zeros((queries.shape[0], k), dtype=torch.int64, device=device)
+    pos = 0
+    while pos < qorder.shape[0]:
+        if check is not None:
+            check()
+        width = int(total[qorder[pos:pos + 1024]].max())
+        chunk = qorder[pos:pos + max(1, CANDIDATE_BUDGET // max(width, 1))]
+        pos += chunk.shape[0]
+        width = max(int(total[chunk].max()), k)
+        ends = torch.cumsum(qcount[chunk], dim=1)  # (C, 27)
+        slot = torch.arange(width, device=device).expand(chunk.shape[0], width)
+        which = torch.searchsorted(ends, slot.contiguous(), right=True).clamp_max(26)  # cell of each slot
+        before = torch.gather(ends - qcount[chunk], 1, which)
+        cand = torch.gather(qstart[chunk], 1, which) + slot - before
+        valid = slot < total[chunk, None]
+        cand = order[torch.where(valid, cand, 0)]
+        d2 = ((points[cand] - queries[chunk, None, :]) ** 2).sum(dim=-1)
+        d2 = torch.where(valid, d2, float("inf"))
+        best, arg = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        dist[chunk] = best
+        idx[chunk] = torch.gather(cand, 1, arg)
+    return dist, idx
+
+
+def grid_knn(points: torch.Tensor, k: int, check: Callable[[], None] | None = None,
+             queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours among the points (N, 3) of each query (M, 3), on the points' device.
+
+    ``queries`` defaults to the points themselves (then each point is its own
+    first neighbour, up to duplicates).  Returns distances (M, k) and indices
+    (M, k) int64, nearest first.  ``check`` is called between chunks, for
+    cancellation.  The search runs on copies sorted by cell: gathers from a
+    random order cost 5x more on the CPU.
+    """
+    k = min(k, points.shape[0])
+    size = _cell_size(points, k)
+
+    def cell_order(x: torch.Tensor) -> torch.Tensor:
+        return torch.argsort(unique_voxels_inverse(torch.floor(x / size).to(torch.int64))[1], stable=True)
+
+    spatial = cell_order(points)
+    sorted_points = points[spatial]
+    q = sorted_points if queries is None else queries
+    q_order = spatial if queries is None else cell_order(queries)
+    sorted_q = q[q_order] if queries is not None else sorted_points
+    m = sorted_q.shape[0]
+    dist = torch.empty((m, k), dtype=points.dtype, device=points.device)
+    idx = torch.empty((m, k), dtype=torch.int64, device=points.device)
+    todo = torch.arange(m, device=points.device)
+    while todo.numel() > 0:
+        d2, i = _search(sorted_points, sorted_q[todo], k, size, check)
+        exact = d2[:, -1] <= size * size
+        done = todo[exact]
+        dist[done] = d2[exact].sqrt()
+        idx[done] = i[exact]
+        todo = todo[~exact]
+        size *= 2.0
+    out_dist = torch.empty_like(dist)
+    out_idx = torch.empty_like(idx)
+    out_dist[q_order] = dist
+    out_idx[q_order] = spatial[idx]
+    return out_dist, out_idx

@@ -1,0 +1,94 @@
+"""Sparse sets of integer voxel coordinates with fast index lookup.
+
+A two-level table: a dense grid of 8^3 bricks over the set's bounding box, each
+occupied brick holding a 512-entry table of voxel indices.  A lookup is two
+gathers, vectorised in torch on any device (no hashing, no sorting), which on
+a 2-core CPU is several times faster than sorted keys + ``searchsorted``.
+(fVDB grids would be the natural replacement on CUDA; no adapter exists yet,
+because fVDB cannot be installed where this engine is tested.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import MemoryLimitError
+
+BRICK_BITS = 3
+BRICK = 1 << BRICK_BITS
+MAX_BRICK_CELLS = 1 << 28  # 1 GiB of int32 brick grid: beyond this the voxel size is too small
+
+
+class VoxelIndex:
+    """Index of a set of unique voxels ``ijk`` (M, 3) int64: ``lookup(q)`` gives the row or -1."""
+
+    def __init__(self, ijk: torch.Tensor) -> None:
+        if ijk.numel() == 0:
+            raise ValueError("VoxelIndex needs at least one voxel")
+        self.ijk = ijk
+        self.device = ijk.device
+        self.origin = ijk.min(dim=0).values
+        rel = ijk - self.origin
+        brick = rel >> BRICK_BITS
+        self.bdims = brick.max(dim=0).values + 1
+        total = int(self.bdims.prod())
+        if total > MAX_BRICK_CELLS:
+            raise MemoryLimitError(
+                f"The voxel grid would span {total} bricks, beyond the engine's limit.",
+                "Use a larger voxel size or a lower detail level.",
+            )
+        bkey = self._brick_key(brick)
+        ubk, inv = torch.unique(bkey, return_inverse=True)
+        self.grid = torch.full((total,), -1, dtype=torch.int32, device=self.device)
+        self.grid[ubk] = torch.arange(ubk.numel(), dtype=torch.int32, device=self.device)
+        local = rel & (BRICK - 1)
+        lkey = (local[:, 2] * BRICK + local[:, 1]) * BRICK + local[:, 0]
+        self.table = torch.full((ubk.numel(), BRICK**3), -1, dtype=torch.int32, device=self.device)
+        self.table[inv, lkey] = torch.arange(ijk.shape[0], dtype=torch.int32, device=self.device)
+
+    def __len__(self) -> int:
+        return int(self.ijk.shape[0])
+
+    def _brick_key(self, brick: torch.Tensor) -> torch.Tensor:
+        return (brick[..., 2] * self.bdims[1] + brick[..., 1]) * self.bdims[0] + brick[..., 0]
+
+    def lookup(self, q: torch.Tensor) -> torch.Tensor:
+        """Row of each query voxel (..., 3) int64 in ``ijk``, or -1 where absent; int64 (...)."""
+        shape = q.shape[:-1]
+        rel = (q.reshape(-1, 3) - self.origin).to(torch.int32)
+        bdims = self.bdims.to(torch.int32)
+        brick = rel >> BRICK_BITS
+        inside = ((rel >= 0) & (brick < bdims)).all(dim=-1)
+        bkey = torch.where(inside, (brick[:, 2] * bdims[1] + brick[:, 1]) * bdims[0] + brick[:, 0], 0)
+        b = torch.index_select(self.grid, 0, bkey)
+        local = rel & (BRICK - 1)
+        flat = b.clamp_min(0) * BRICK**3 + ((local[:, 2] << BRICK_BITS) + local[:, 1] << BRICK_BITS) + local[:, 0]
+        row = torch.index_select(self.table.view(-1), 0, flat)
+        return torch.where(inside & (b >= 0), row, -1).to(torch.int64).reshape(shape)
+
+
+def unique_voxels(ijk: torch.Tensor) -> torch.Tensor:
+    """Unique rows of an (M, 3) int64 tensor, in a deterministic (z, y, x-major) order."""
+    return unique_voxels_inverse(ijk)[0]
+
+
+def unique_voxels_inverse(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique rows (K, 3) of an (M, 3) int64 tensor and, for each input row, its row among them (M,).
+
+    Rows are packed into one int64 key first: ``torch.unique(dim=0)`` is several
+    times slower on the CPU.
+    """
+    lo = ijk.min(dim=0).values
+    rel = ijk - lo
+    dims = rel.max(dim=0).values + 1
+    key = (rel[:, 2] * dims[1] + rel[:, 1]) * dims[0] + rel[:, 0]
+    ukey, inverse = torch.unique(key, return_inverse=True)
+    x = ukey % dims[0]
+    y = (ukey // dims[0]) % dims[1]
+    z = ukey // (dims[0] * dims[1])
+    return torch.stack((x, y, z), dim=1) + lo, inverse
+
+
+def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Unique voxels of ``ijk`` (M, 3) shifted by every row of ``offsets`` (K, 3)."""
+    return unique_voxels((ijk[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
