@@ -110,7 +110,7 @@ def cmd_test(extra: list[str]) -> int:
         ensure_venv(BLENDER_LTS_REQUIREMENTS, BLENDER_LTS_VENV)
     if cmd_check([]) != 0:
         return 1
-    if run([str(PY), "-m", "pytest", "-q", "tests/engine", "tests/extension", *extra]) not in passed:
+    if run([str(PY), "-m", "pytest", "-q", "tests/engine", "tests/extension", "tests/bench", *extra]) not in passed:
         return 1
     for venv in blender_venvs:
         if run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "tests/blender", *extra],
