@@ -13,10 +13,10 @@ import pytest
 from plyfile import PlyData, PlyElement
 
 from tests import shapes
-from tests.scanfiles import write_e57_sphere, write_splat_sphere
 from tests.meshcheck import boundary_edges
 from tests.meshfiles import glb_world_z_up, read_glb, read_mesh, read_obj
 from tests.mounts import read_only_folder
+from tests.scanfiles import write_e57_sphere, write_splat_sphere
 
 ROOT = Path(__file__).resolve().parents[2]
 

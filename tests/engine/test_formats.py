@@ -23,9 +23,9 @@ from engine.errors import InputError, MissingPackageError
 from engine.formats.gltf import srgb_to_linear
 from engine.mesh import Mesh, vertex_normals
 from tests import shapes
-from tests.scanfiles import write_e57_sphere, write_splat_sphere
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj
 from tests.mounts import fill, read_only_folder, tiny_fs
+from tests.scanfiles import write_e57_sphere, write_splat_sphere
 
 N = 40
 
