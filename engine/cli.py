@@ -1,7 +1,7 @@
 """``python -m engine reconstruct IN OUT [options]``: the engine without Blender.
 
 IN is any cloud :mod:`engine.formats` reads (.ply .pcd .xyz .pts .txt .csv .npy
-.npz .las .laz), OUT any mesh it writes (.ply .obj .glb).  Exit codes: 0
+.npz .las .laz .e57; 3D Gaussian Splatting PLY too), OUT any mesh it writes (.ply .obj .glb).  Exit codes: 0
 success, 2 bad usage or bad input (unreadable, unsupported or malformed
 files included; never a traceback), 3 engine failure.
 """
@@ -16,10 +16,19 @@ import traceback
 from typing import Any
 
 from . import formats, options
+from .cloud import PointCloud
 from .errors import EngineError, InputError
+from .formats import splat
 from .mesh import Mesh
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
+
+
+def _opacity(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1; got {text}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("output", help=f"output mesh: {' '.join(formats.WRITERS)}")
     options.add_flags(r)
     r.add_argument("--sensor", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="the scanner's position: estimated normals face it (default: outward/up by propagation)")
+                   help="the scanner's position: estimated normals face it (default: the sensor positions the file "
+                        "records, if any, else outward/up by propagation)")
+    r.add_argument("--splat-min-opacity", type=_opacity, default=splat.MIN_OPACITY, metavar="A",
+                   help="3D Gaussian Splatting PLY input: splats below this opacity (0 to 1) are left out as "
+                        f"floaters (default {splat.MIN_OPACITY:g})")
     r.add_argument("--json", action="store_true", help="print the run's statistics as one JSON line at the end")
     sub.add_parser("serve", help="persistent engine on stdin/stdout, framed protocol (engine/service/protocol.py)")
     return p
@@ -62,12 +75,21 @@ class _Bar:
             self.bar.close()
 
 
-def _summary(args: argparse.Namespace, mesh: Mesh, stages: dict[str, float], total: float) -> dict[str, Any]:
-    """The --json object: the engine's statistics plus the run's paths, stages and headline figures."""
+def _summary(args: argparse.Namespace, mesh: Mesh, stages: dict[str, float], total: float,
+             read: dict[str, Any]) -> dict[str, Any]:
+    """The --json object: the engine's statistics plus the run's paths, stages, reading and headline figures."""
     s = mesh.stats
     iterations, residuals = s.get("solver_iterations", []), s.get("solver_residual", [])
-    return {**s, "input": str(args.input), "output": str(args.output), "total_seconds": total, "stages": stages,
-            "iterations": int(sum(iterations)), "residual": float(residuals[-1]) if residuals else None}
+    return {**s, **read, "input": str(args.input), "output": str(args.output), "total_seconds": total,
+            "stages": stages, "iterations": int(sum(iterations)),
+            "residual": float(residuals[-1]) if residuals else None}
+
+
+def _sensor(args: argparse.Namespace, cloud: PointCloud) -> tuple[Any, str | None]:
+    """The sensor to orient normals by, and where it comes from: --sensor wins over the file's own."""
+    if args.sensor is not None:
+        return args.sensor, "option"
+    return (cloud.sensors, "file") if cloud.sensors is not None else (None, None)
 
 
 def _fail(code: int, message: str, hint: str = "") -> int:
@@ -83,13 +105,23 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     try:
         formats.check_output(args.output, args.input)
         opts = options.from_flags(args)  # every range checked before the input is read or torch loads
-        cloud = formats.read_cloud(args.input)
+        cloud = formats.read_cloud(args.input, splat_min_opacity=args.splat_min_opacity)
+        sensor, sensor_source = _sensor(args, cloud)
+        read: dict[str, Any] = {"read_dropped": cloud.dropped, "sensor_source": sensor_source}
         stages["read"] = time.perf_counter() - t0
         t = time.perf_counter()
         from .pipeline import reconstruct  # torch loads only once the input is known to be good
 
         stages["startup"] = time.perf_counter() - t
-        mesh = reconstruct(cloud.points, cloud.normals, cloud.colors, opts, sensor=args.sensor, progress=bar)
+        normals = cloud.normals
+        if normals is not None and not cloud.normals_oriented:  # splat axes: lines, each given its side here
+            from .solver.normals import orient_axes
+
+            t = time.perf_counter()
+            normals, sides = orient_axes(normals, cloud.points, opts.normal_k, sensor, device=opts.device)
+            read["axes_orientation"] = sides["normals_orientation"]
+            stages["orient_axes"] = time.perf_counter() - t
+        mesh = reconstruct(cloud.points, normals, cloud.colors, opts, sensor=sensor, progress=bar)
         stages.update(mesh.stats.get("seconds", {}))
         t = time.perf_counter()
         formats.write_mesh(args.output, mesh)
@@ -111,8 +143,13 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     print(f"{args.output}: {s['vertices']} vertices, {s['faces']} faces from {s['points_used']} points, "
           f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {total:.2f} s on {s['device']}"
           + (f", {s['chunks']} chunks of {s['chunk_size']:.4g} on {s['executor']}" if "chunks" in s else ""))
+    if "sensor" in (s.get("normals_orientation"), read.get("axes_orientation")):
+        print("normals oriented towards the sensor " + ("given" if sensor_source == "option" else
+                                                        "positions the file records"))
+    if any(cloud.dropped.values()):
+        print("left out on reading: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cloud.dropped.items()))
     if args.json:
-        print(json.dumps(_summary(args, mesh, stages, total)))
+        print(json.dumps(_summary(args, mesh, stages, total, read)))
     return EXIT_OK
 
 

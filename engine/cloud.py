@@ -9,7 +9,7 @@ cloud's :class:`engine.frames.Frame` maps results back to the caller's frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,11 +56,23 @@ class PointCloud:
     points (N, 3) float64 in the file's coordinates (float64 keeps georeferenced
     offsets exact); normals (N, 3) float32 as stored (any length) or None; colors
     (N, 4) float32 RGBA in [0, 1] (see :func:`normalize_colors`) or None.
+
+    ``sensors`` (N, 3) float64: where the scanner stood for each point, in the
+    file's coordinates, when the file records it (per-point ``sx sy sz``
+    columns, a PCD VIEWPOINT, E57 scan poses); the CLI orients estimated
+    normals towards it.  ``normals_oriented`` False: the normals are directions
+    up to sign (3D Gaussian splats' shortest axes), to be given a side before
+    use.  ``dropped``: rows the reader left out, by reason (e.g. splats too
+    transparent to be surface), for the run's report.  (Intensity, which E57
+    and LAS carry, has no place here: nothing downstream uses it.)
     """
 
     points: np.ndarray
     normals: np.ndarray | None = None
     colors: np.ndarray | None = None
+    sensors: np.ndarray | None = None
+    normals_oriented: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _as_rows(name: str, a: object, width: tuple[int, ...]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 ``read_cloud(path) -> PointCloud`` and ``write_mesh(path, mesh)`` are the one
 entry to every format; each format lives in its own module.  Packages that
-only one format needs (pypcd4, laspy/lazrs, pygltflib) are imported when that
+only one format needs (pypcd4, laspy/lazrs, pye57, pygltflib) are imported when that
 format is used; ``check_output`` asks for the writer's package before a run,
 so a missing one is reported before minutes of solving, not after, as is an
 unwritable folder or an output that is the input.  Every writer writes through
@@ -20,13 +20,14 @@ from ..cloud import PointCloud
 from ..errors import InputError
 from ..mesh import Mesh
 from ..optional import import_optional
-from . import columns, gltf, las, obj, pcd, ply
+from . import columns, e57, gltf, las, obj, pcd, ply
 
 
 @dataclass(frozen=True)
 class Reader:
     name: str
-    read: Callable[[Path], PointCloud]
+    read: Callable[..., PointCloud]  # read(path, **options) for the options it names
+    options: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,14 @@ class Writer:
 
 _TEXT = Reader("XYZ/PTS/TXT/CSV text", columns.read_text)
 READERS: dict[str, Reader] = {
-    ".ply": Reader("PLY", ply.read_points),
+    ".ply": Reader("PLY", ply.read_points, frozenset({"splat_min_opacity"})),  # 3DGS splats too
     ".pcd": Reader("PCD", pcd.read_pcd),
     ".xyz": _TEXT, ".pts": _TEXT, ".txt": _TEXT, ".csv": _TEXT,
     ".npy": Reader("NPY", columns.read_npy),
     ".npz": Reader("NPZ", columns.read_npz),
     ".las": Reader("LAS", las.read_las),
     ".laz": Reader("LAZ", las.read_las),
+    ".e57": Reader("E57", e57.read_e57),
 }
 WRITERS: dict[str, Writer] = {
     ".ply": Writer("PLY", ply.write_mesh),
@@ -69,8 +71,11 @@ def _writer(path: Path) -> Writer:
     return found
 
 
-def read_cloud(path: str | Path) -> PointCloud:
-    """The cloud in ``path``, by extension; any unreadable, empty or malformed file is an :class:`InputError`."""
+def read_cloud(path: str | Path, **options: object) -> PointCloud:
+    """The cloud in ``path``, by extension; any unreadable, empty or malformed file is an :class:`InputError`.
+
+    ``options`` go to the readers that take them (``splat_min_opacity``: PLY) and are ignored by the rest.
+    """
     path = Path(path)
     reader = _reader(path)
     if not path.exists():
@@ -80,7 +85,7 @@ def read_cloud(path: str | Path) -> PointCloud:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty.", f"Export the cloud as {reader.name} again.")
     try:
-        cloud = reader.read(path)
+        cloud = reader.read(path, **{k: v for k, v in options.items() if k in reader.options})
     except InputError:
         raise
     except PermissionError:
@@ -89,7 +94,9 @@ def read_cloud(path: str | Path) -> PointCloud:
         raise InputError(f"{path}: not a readable {reader.name} file ({type(exc).__name__}: {exc}).",
                          f"Export the cloud as {reader.name} again.") from None
     if cloud.points.shape[0] == 0:
-        raise InputError(f"{path}: the file holds no points.", "Export a cloud that has points.")
+        lost = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cloud.dropped.items() if n)
+        raise InputError(f"{path}: the file holds no points" + (f" once {lost} are left out." if lost else "."),
+                         "Export a cloud that has points" + (", or lower --splat-min-opacity." if lost else "."))
     return cloud
 
 

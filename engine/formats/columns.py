@@ -43,6 +43,7 @@ _SPLIT = re.compile(r"[\s,;]+")
 POINT_KEYS = ("points", "xyz", "positions", "position", "vertices", "coords", "pts")
 NORMAL_KEYS = ("normals", "normal", "nrm")
 COLOR_KEYS = ("colors", "colours", "color", "colour", "rgb", "rgba")
+SENSOR_KEYS = ("sensors", "sensor")  # (N, 3) each point's sensor position
 
 
 def split_columns(data: np.ndarray, where: str) -> PointCloud:
@@ -165,14 +166,15 @@ def _from_named(arrays: dict[str, np.ndarray], where: str) -> PointCloud:
                          f"Name the (N, 3) positions one of: {', '.join(POINT_KEYS)}; normals "
                          f"{', '.join(NORMAL_KEYS)}; colours {', '.join(COLOR_KEYS)}.")
     name, p = found
-    nrm, col = _pick(arrays, NORMAL_KEYS), _pick(arrays, COLOR_KEYS)
-    if nrm is None and col is None and p.ndim == 2 and p.shape[1] != 3:
+    nrm, col, sns = _pick(arrays, NORMAL_KEYS), _pick(arrays, COLOR_KEYS), _pick(arrays, SENSOR_KEYS)
+    if nrm is None and col is None and sns is None and p.ndim == 2 and p.shape[1] != 3:
         return _from_array(p, where)  # one (N, C) array under a points name
     points = _rows(name, p, (3,), None, where)
     n = points.shape[0]
     normals = None if nrm is None else _rows(nrm[0], nrm[1], (3,), n, where).astype(np.float32)
     colors = None if col is None else normalize_colors(_rows(col[0], col[1], (3, 4), n, where))
-    return PointCloud(points.astype(np.float64), normals, colors)
+    sensors = None if sns is None else _rows(sns[0], sns[1], (3,), n, where).astype(np.float64)
+    return PointCloud(points.astype(np.float64), normals, colors, sensors)
 
 
 def _load(path: Path) -> np.ndarray | dict[str, np.ndarray]:
@@ -194,5 +196,5 @@ def read_npy(path: str | Path) -> PointCloud:
 
 
 def read_npz(path: str | Path) -> PointCloud:
-    """Arrays ``points`` (N, 3), ``normals`` (N, 3), ``colors`` (N, 3|4), or the aliases above."""
+    """Arrays ``points`` (N, 3), ``normals`` (N, 3), ``colors`` (N, 3|4), ``sensors`` (N, 3), or the aliases above."""
     return read_npy(path)

@@ -1,4 +1,4 @@
-"""Which named fields of a file hold positions, normals and colours.
+"""Which named fields of a file hold positions, normals, colours and sensor positions.
 
 PLY properties, PCD fields, LAS dimensions, text-file header lines and
 structured NPY arrays all name their columns, each tool in its own spelling
@@ -20,6 +20,7 @@ POINT_GROUPS = (("x", "y", "z"),)
 NORMAL_GROUPS = (("nx", "ny", "nz"), ("normalx", "normaly", "normalz"))
 COLOR_GROUPS = (("red", "green", "blue", "alpha"), ("r", "g", "b", "a"),
                 ("diffusered", "diffusegreen", "diffuseblue", "diffusealpha"))
+SENSOR_GROUPS = (("sx", "sy", "sz"),)  # each point's sensor position (bench/scanner.py writes these)
 
 
 def field_key(name: str) -> str:
@@ -51,4 +52,6 @@ def cloud_from_fields(names: Sequence[str], column: Callable[[str], np.ndarray],
     normals = None if nrm is None else np.stack([column(n) for n in nrm], axis=1).astype(np.float32)
     rgb = find_group(names, COLOR_GROUPS)
     colors = None if rgb is None else normalize_colors(np.stack([column(n) for n in rgb], axis=1))
-    return PointCloud(points, normals, colors)
+    sns = find_group(names, SENSOR_GROUPS)
+    sensors = None if sns is None else np.stack([column(n) for n in sns], axis=1).astype(np.float64)
+    return PointCloud(points, normals, colors, sensors)

@@ -4,7 +4,8 @@ pypcd4 is optional (requirements/optional.txt): it brings pydantic and an LZF
 extension, which only PCD files need.  Fields follow PCL's names: ``x y z``,
 ``normal_x normal_y normal_z``, and colour packed into one ``rgb`` (float32
 bits, 0x00RRGGBB) or ``rgba`` (uint32, 0xAARRGGBB) field, or as separate
-``r g b`` fields.
+``r g b`` fields.  A VIEWPOINT other than PCL's default is the sensor position of
+every point (its translation; the points are already in the file's frame).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from ..cloud import PointCloud, normalize_colors
 from ..errors import InputError
 from ..optional import import_optional
 from .fields import cloud_from_fields
+
+# PCL writes this VIEWPOINT (origin, identity rotation) for every cloud, with a sensor or without: it says
+# nothing, so only another viewpoint counts as the sensor (a camera at the origin: give --sensor 0 0 0).
+DEFAULT_VIEWPOINT = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 def unpack_rgb(packed: np.ndarray, alpha: bool, text: bool) -> np.ndarray:
@@ -51,4 +56,7 @@ def read_pcd(path: str | Path) -> PointCloud:
     if cloud.colors is None and packed is not None:
         text = pc.metadata.data == pypcd4.Encoding.ASCII
         cloud.colors = normalize_colors(unpack_rgb(data[packed], packed.lower() == "rgba", text))
+    viewpoint = tuple(float(v) for v in pc.metadata.viewpoint)
+    if viewpoint != DEFAULT_VIEWPOINT:
+        cloud.sensors = np.broadcast_to(np.array(viewpoint[:3]), cloud.points.shape)
     return cloud

@@ -17,6 +17,7 @@ from plyfile import PlyData, PlyElementParseError, PlyListProperty
 from ..cloud import PointCloud
 from ..errors import InputError
 from ..mesh import Mesh, needs_float64
+from . import splat
 from .fields import cloud_from_fields
 
 # What we write; reading accepts every spelling in engine.formats.fields.
@@ -26,8 +27,10 @@ PLY_TYPES = {"f4": "float", "f8": "double", "u1": "uchar", "i4": "int"}  # numpy
 TRAILING_PEEK = 65536  # bytes after the last element looked at to tell padding from data
 
 
-def read_points(path: str | Path) -> PointCloud:
-    """The vertex element of a PLY file: positions, and normals and colours (as RGBA in [0, 1]) when present.
+def read_points(path: str | Path, splat_min_opacity: float = splat.MIN_OPACITY) -> PointCloud:
+    """The vertex element of a PLY file: positions, and normals, colours (as RGBA in [0, 1]) and sensor
+    positions (``sx sy sz``) when present; a 3D Gaussian Splatting file's splats through :mod:`.splat`,
+    those below ``splat_min_opacity`` left out.
 
     The header's counts must match the body: a count too small would drop the
     points after it silently (plyfile stops there), so data after the last
@@ -52,6 +55,8 @@ def read_points(path: str | Path) -> PointCloud:
     if "vertex" not in ply:
         raise InputError(f"{path}: the PLY file has no 'vertex' element.", "Export the points as PLY vertices.")
     v = ply["vertex"].data
+    if splat.is_splat(v.dtype.names or ()):
+        return splat.read_splats(v, str(path), splat_min_opacity)
     return cloud_from_fields(v.dtype.names or (), lambda name: v[name], str(path))
 
 

@@ -446,3 +446,20 @@ def estimate_normals(points: Any, k: int | None = None, sensor: Any = None, *, d
     out = np.zeros(p.shape, dtype=np.float32)
     out[rows] = est.normals.cpu().numpy()
     return out, {**est.stats(), "points_not_finite": int(p.shape[0] - rows.size)}
+
+
+def orient_axes(axes: Any, points: Any, k: int | None = None, sensor: Any = None, *, device: str = "auto"
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unoriented unit directions (N, 3) (a splat's shortest axis) given their side; and the orientation's stats.
+
+    Each direction keeps its own line, which is sharper than a plane fitted to
+    noisy neighbours, and takes the sign of the normal :func:`estimate_normals`
+    gives there (towards ``sensor`` when given, else by propagation); where
+    that one is doubtful the row gets a zero normal, which ``reconstruct`` drops.
+    """
+    a = _as_rows("axes", axes, (3,)).astype(np.float32)
+    reference, stats = estimate_normals(points, k, sensor, device=device)
+    side = np.einsum("ij,ij->i", a, reference)
+    out = np.where((side < 0)[:, None], -a, a)
+    out[~(np.abs(reference).sum(axis=1) > 0)] = 0.0
+    return out, stats

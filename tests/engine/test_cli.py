@@ -16,6 +16,7 @@ from tests import shapes
 from tests.meshcheck import boundary_edges
 from tests.meshfiles import glb_world_z_up, read_glb, read_mesh, read_obj
 from tests.mounts import read_only_folder
+from tests.scanfiles import write_e57_sphere, write_splat_sphere
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,8 +156,8 @@ def no_traceback(done: subprocess.CompletedProcess[str], *words: str) -> None:
 def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     out = str(tmp_path / "out.ply")
     no_traceback(engine_cli("reconstruct", str(tmp_path / "absent.xyz"), out), "no such file")
-    (tmp_path / "in.e57").write_bytes(b"E57")
-    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.e57"), out), "cannot read '.e57'", ".pcd")
+    (tmp_path / "in.fls").write_bytes(b"E57")
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.fls"), out), "cannot read '.fls'", ".e57")
     write_sphere(tmp_path / "in.xyz", 50)
     no_traceback(engine_cli("reconstruct", str(tmp_path / "in.xyz"), str(tmp_path / "out.stl")),
                  "cannot write '.stl'", ".glb")
@@ -247,3 +248,38 @@ def test_float32_georeferenced_cloud_names_float32_precision(tmp_path: Path) -> 
     PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "pipe.ply"))
     no_traceback(engine_cli("reconstruct", str(tmp_path / "pipe.ply"), str(tmp_path / "out.ply")),
                  "float32 precision", "double-precision")
+
+
+def reconstruct_json(src: Path, dst: Path, *flags: str) -> dict:
+    done = engine_cli("reconstruct", str(src), str(dst), "--json", "--device", "cpu", *flags)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_e57_scans_to_a_sphere_oriented_by_their_poses(tmp_path: Path) -> None:
+    pytest.importorskip("pye57")
+    centre = np.array([10.0, -5.0, 2.0])
+    write_e57_sphere(tmp_path / "in.e57", n=1500, centre=centre)
+    stats = reconstruct_json(tmp_path / "in.e57", tmp_path / "out.ply", "--voxel-size", "0.1")
+    assert stats["sensor_source"] == "file" and stats["normals_orientation"] == "sensor"
+    v = read_mesh(tmp_path / "out.ply")[0]
+    assert np.abs(np.linalg.norm(v - centre, axis=1) - 1.0).max() < 0.05
+    given = reconstruct_json(tmp_path / "in.e57", tmp_path / "given.ply", "--voxel-size", "0.1",
+                             "--sensor", *(str(c) for c in centre + [0, 0, 5.0]))  # the given one wins
+    assert given["sensor_source"] == "option"
+
+
+def test_splat_ply_to_its_sphere_without_the_floaters(tmp_path: Path) -> None:
+    truth = write_splat_sphere(tmp_path / "in.ply", n=3000, centre=(2.0, 0.0, 0.0))
+    voxel = 0.05
+    done = engine_cli("reconstruct", str(tmp_path / "in.ply"), str(tmp_path / "out.ply"), "--json", "--device",
+                      "cpu", "--voxel-size", str(voxel))
+    assert done.returncode == 0, done.stderr
+    assert f"{truth.faint} faint splats, {truth.degenerate} degenerate splats" in done.stdout
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["read_dropped"] == {"faint_splats": truth.faint, "degenerate_splats": truth.degenerate}
+    assert stats["axes_orientation"] == "propagation" and stats["points_in"] == 3000
+    v = read_mesh(tmp_path / "out.ply")[0]
+    assert np.abs(np.linalg.norm(v - [2.0, 0.0, 0.0], axis=1) - 1.0).max() < voxel  # no floater shells at 1.5-2
+    fewer = engine_cli("reconstruct", str(tmp_path / "in.ply"), str(tmp_path / "o.ply"), "--splat-min-opacity", "2")
+    assert fewer.returncode == 2 and "at least 0 and below 1" in fewer.stderr

@@ -25,6 +25,7 @@ from engine.mesh import Mesh, vertex_normals
 from tests import shapes
 from tests.meshfiles import glb_world_z_up, read_glb, read_obj
 from tests.mounts import fill, read_only_folder, tiny_fs
+from tests.scanfiles import write_e57_sphere, write_splat_sphere
 
 N = 40
 
@@ -317,8 +318,8 @@ def test_missing_optional_reader_names_the_pip_command(tmp_path: Path, monkeypat
 
 
 def test_unknown_missing_empty_and_folder(tmp_path: Path) -> None:
-    (tmp_path / "c.e57").write_bytes(b"x")
-    assert ".ply" in bad(tmp_path / "c.e57", "cannot read '.e57'").hint
+    (tmp_path / "c.fls").write_bytes(b"x")
+    assert ".e57" in bad(tmp_path / "c.fls", "cannot read '.fls'").hint
     bad(tmp_path / "absent.ply", "no such file")
     (tmp_path / "dir.ply").mkdir()
     bad(tmp_path / "dir.ply", "not a file")
@@ -542,3 +543,94 @@ def test_fast_ply_mesh_writer_matches_plyfile_byte_for_byte(tmp_path: Path, offs
     f["vertex_indices"] = faces
     PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(tmp_path / "ref.ply"))
     assert (tmp_path / "fast.ply").read_bytes() == (tmp_path / "ref.ply").read_bytes()
+
+
+# ---------------------------------------------------------------- sensor positions
+
+
+def test_sensor_columns_in_ply_and_npz(tmp_path: Path, cloud: tuple) -> None:
+    """Per-point sx sy sz (bench/scanner.py's columns) and an NPZ 'sensors' array become PointCloud.sensors."""
+    p, _, _ = cloud
+    s = p + np.random.default_rng(1).normal(size=p.shape) * 5
+    v = np.empty(N, dtype=[(a, "f8") for a in ("x", "y", "z", "sx", "sy", "sz")])
+    v["x"], v["y"], v["z"], v["sx"], v["sy"], v["sz"] = *p.T, *s.T
+    PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "c.ply"))
+    np.save(tmp_path / "c.npy", v)
+    np.savez(tmp_path / "c.npz", points=p, sensors=s)
+    for name in ("c.ply", "c.npy", "c.npz"):
+        got = formats.read_cloud(tmp_path / name)
+        assert got.sensors is not None, name
+        np.testing.assert_array_equal(got.sensors, s)
+    assert formats.read_cloud(tmp_path / "c.npz").sensors.dtype == np.float64
+
+
+def test_pcd_viewpoint_is_the_sensor_unless_it_is_the_default(tmp_path: Path, cloud: tuple) -> None:
+    pytest.importorskip("pypcd4")
+    p, _, _ = cloud
+    body = "\n".join(" ".join(f"{x:.17g}" for x in row) for row in p) + "\n"
+    for viewpoint, want in (("0 0 0 1 0 0 0", None), ("1 2 3 0.7071068 0 0 0.7071068", [1.0, 2.0, 3.0])):
+        head = (f"# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 8 8 8\nTYPE F F F\nCOUNT 1 1 1\nWIDTH {N}\n"
+                f"HEIGHT 1\nVIEWPOINT {viewpoint}\nPOINTS {N}\nDATA ascii\n")
+        (tmp_path / "c.pcd").write_text(head + body)
+        got = formats.read_cloud(tmp_path / "c.pcd")
+        if want is None:
+            assert got.sensors is None
+        else:
+            assert got.sensors is not None and got.sensors.shape == (N, 3)
+            np.testing.assert_array_equal(got.sensors, np.tile(want, (N, 1)))
+
+
+# ---------------------------------------------------------------- E57
+
+
+def test_e57_scans_land_where_their_poses_put_them(tmp_path: Path) -> None:
+    pytest.importorskip("pye57")
+    world, rgb, sensors = write_e57_sphere(tmp_path / "s.e57", n=300)
+    got = formats.read_cloud(tmp_path / "s.e57")
+    np.testing.assert_allclose(got.points, world, rtol=0, atol=1e-6)
+    assert got.normals is None and got.colors is not None and got.sensors is not None
+    np.testing.assert_allclose(got.colors[:, :3] * 255, rgb, atol=1e-3)
+    np.testing.assert_array_equal(got.sensors, sensors)
+    assert len(np.unique(sensors, axis=0)) == 2
+
+
+def test_bad_e57_files(tmp_path: Path) -> None:
+    pye57 = pytest.importorskip("pye57")
+    (tmp_path / "text.e57").write_text("x y z\n1 2 3\n")
+    bad(tmp_path / "text.e57", "text.e57", "not an e57 file")
+    assert (tmp_path / "text.e57").exists()
+    write_e57_sphere(tmp_path / "s.e57", n=300)
+    whole = (tmp_path / "s.e57").read_bytes()
+    (tmp_path / "cut.e57").write_bytes(whole[: len(whole) // 2])
+    bad(tmp_path / "cut.e57", "cut.e57", "not a readable e57 file")
+    assert (tmp_path / "cut.e57").exists()  # pye57 removes files it fails to open for writing; never ours
+    pye57.E57(str(tmp_path / "none.e57"), mode="w").close()
+    bad(tmp_path / "none.e57", "none.e57", "holds no scans")
+
+
+# ---------------------------------------------------------------- 3D Gaussian Splatting PLY
+
+
+def test_splat_ply(tmp_path: Path) -> None:
+    """Centres, DC colours, shortest axes as normals (up to sign); floaters and degenerate splats counted."""
+    truth = write_splat_sphere(tmp_path / "s.ply", n=500)
+    got = formats.read_cloud(tmp_path / "s.ply")
+    assert got.dropped == {"faint_splats": truth.faint, "degenerate_splats": truth.degenerate}
+    np.testing.assert_array_equal(got.points, truth.points)
+    assert got.colors is not None and got.normals is not None and not got.normals_oriented
+    np.testing.assert_allclose(got.colors[:, :3], truth.colors, atol=1e-6)
+    np.testing.assert_allclose(np.abs(np.einsum("ij,ij->i", got.normals, truth.normals)), 1.0, atol=1e-5)
+    everything = formats.read_cloud(tmp_path / "s.ply", splat_min_opacity=0.0)
+    assert everything.dropped["faint_splats"] == 0 and len(everything.points) == 500 + truth.faint
+    bad_all = tmp_path / "faint.ply"
+    write_splat_sphere(bad_all, n=20)
+    with pytest.raises(InputError, match="faint splats"):
+        formats.read_cloud(bad_all, splat_min_opacity=0.999)
+
+
+def test_splat_ply_without_its_fields(tmp_path: Path) -> None:
+    v = np.zeros(20, dtype=[(a, "f4") for a in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                                                  "scale_0", "scale_1", "scale_2")])
+    PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "s.ply"))
+    error = bad(tmp_path / "s.ply", "s.ply", "gaussian-splat", "rot_0, rot_1, rot_2, rot_3")
+    assert "export the splats again" in error.hint.lower()
