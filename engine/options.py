@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -40,7 +40,8 @@ class Spec:
     ``minimum``/``maximum`` bound numbers (the minimum excluded when ``open_minimum``);
     ``special`` values (``"auto"``, ``None``) are accepted besides the kind's own;
     ``flag`` is the CLI's (a bool whose default is True gets a ``--no-...`` flag that turns it off);
-    ``internal`` options are the protocol's own (never on the CLI or in Blender).
+    ``internal`` options are the protocol's own (never on the CLI or in Blender);
+    strings may name their forms: ``valid`` accepts a value, ``forms`` says which in words.
     """
 
     name: str
@@ -54,6 +55,8 @@ class Spec:
     flag: str | None = None
     metavar: str | None = None
     internal: bool = False
+    valid: Callable[[Any], bool] | None = None
+    forms: str | None = None
 
     def range_text(self) -> str:
         """The accepted values in words, for messages and help: e.g. 'an integer from 0 to 3'."""
@@ -66,10 +69,8 @@ class Spec:
             kind += f" {'above' if self.open_minimum else 'of at least'} {_num(lo)}"
         elif hi is not None:
             kind += f" of at most {_num(hi)}"
-        if self.name == "device":
-            kind = "'auto', 'cpu', 'cuda' or 'cuda:N'"
-        if self.name == "executor":
-            kind = EXECUTORS
+        if self.forms is not None:
+            kind = self.forms
         extra = [("unset" if s is None else repr(s)) for s in self.special]
         return " or ".join([kind, *extra])
 
@@ -89,9 +90,7 @@ class Spec:
                 raise self._refuse(value)
         if numeric and not self._in_range(value):
             raise self._refuse(value)
-        if self.name == "device" and value not in ("auto", "cpu") and not _CUDA.fullmatch(value):
-            raise self._refuse(value)
-        if self.name == "executor" and not _known_executor(value):
+        if self.valid is not None and not self.valid(value):
             raise self._refuse(value)
         return value
 
@@ -113,6 +112,10 @@ class Spec:
 def _num(value: float) -> str:
     """A bound as people write it: 0.1, 3, 1000000."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _device_name(name: str) -> bool:
+    return name in ("auto", "cpu") or _CUDA.fullmatch(name) is not None
 
 
 def _known_executor(name: str) -> bool:
@@ -146,7 +149,7 @@ class Options:
     solver_max_iter: int = option(
         2000, "solver iterations per level at most", flag="--solver-max-iter", kind=int, minimum=1, maximum=1_000_000)
     device: str = option("auto", "where the engine computes: CUDA when available, else the CPU", flag="--device",
-                         kind=str)
+                         kind=str, valid=_device_name, forms="'auto', 'cpu', 'cuda' or 'cuda:N'")
     # Why 3 levels: measured on the bunny (100k points, clean and 0.5% noise): 2, 3
     # and 4 give the same Chamfer and normal consistency (0.0445e-3 / 0.370e-3), while the 4th costs 20% more
     # time.  Three keep a coarsest voxel of 4h, which still bridges gaps of several voxels.
@@ -172,7 +175,7 @@ class Options:
         kind=bool)
     executor: str = option(
         "inprocess", "where chunks run: inprocess, processes, dask, or a Dask scheduler address",
-        flag="--executor", kind=str)
+        flag="--executor", kind=str, valid=_known_executor, forms=EXECUTORS)
     workers: int | None = option(
         None, "processes (or Dask threads) solving chunks at once (unset: up to 4)", flag="--workers", kind=int,
         minimum=1, maximum=1024, special=(None,))
