@@ -61,6 +61,15 @@ def _create_temp(target: Path) -> Path:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
 
 
+def _temp_beside(path: str | os.PathLike[str], target: Path) -> Path:
+    """:func:`_create_temp`, or the InputError that says the output's folder takes no new file."""
+    try:
+        return _create_temp(target)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create files in {target.parent} ({exc.strerror or exc}).",
+                         _hint(exc)) from None
+
+
 def _hint(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "Free space on that disk, or choose an output on another one."
@@ -77,10 +86,7 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise InputError(f"{path}: the folder {folder} does not exist.", "Create it, or choose another output.")
     if target.is_dir():
         raise InputError(f"{path}: is a folder.", "Give a file name for the output.")
-    try:
-        os.unlink(_create_temp(target))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot create files in {folder} ({exc.strerror or exc}).", _hint(exc)) from None
+    os.unlink(_temp_beside(path, target))
 
 
 @contextmanager
@@ -92,11 +98,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     0o666 less umask.  OS errors of the write come out as :class:`InputError`.
     """
     target = target_of(path)
-    try:
-        temp = _create_temp(target)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot create files in {target.parent} ({exc.strerror or exc}).",
-                          _hint(exc)) from None
+    temp = _temp_beside(path, target)
     try:
         yield temp
         fd = os.open(temp, os.O_RDWR)  # writable: Windows flushes only handles open for writing
