@@ -234,9 +234,8 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     Raises :class:`engine.errors.InputError` subclasses for bad input, each
     naming the problem and the fix.
     """
-    pool_spec = overrides.pop("executor", None)
-    if pool_spec is not None and isinstance(pool_spec, str):
-        overrides["executor"], pool_spec = pool_spec, None
+    # An Executor object runs chunks as it is; a name or address is an option, checked with the others.
+    pool_spec = overrides.pop("executor") if not isinstance(overrides.get("executor", ""), str) else None
     opts = Options.of(options, **overrides)
     run = Run(progress, cancel)
     t0 = time.perf_counter()
