@@ -41,6 +41,8 @@ def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int
             specs.append(("ours", "ours", None))
         elif m == "open3d":
             specs += [(f"open3d-d{d}", "open3d", d) for d in o3d_depths]
+        elif m == "open3d-trim":  # Poisson then the 5% least dense vertices dropped (the usual recipe)
+            specs += [(f"open3d-d{d}-t5", "open3d", d) for d in o3d_depths]
         elif m == "pymeshlab":
             specs += [(f"pymeshlab-d{d}", "pymeshlab", d) for d in pml_depths]
         else:
@@ -53,6 +55,8 @@ def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path,
     """Run run_method.py in a fresh process; returns the parsed JSON line or raises."""
     python = a.ours_python if method == "ours" else a.peer_python
     cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail, *extra]
+    if out.stem.endswith("-t5"):
+        cmd += ["--density-trim", "0.05"]
     if depth is not None:
         cmd += ["--depth", str(depth)]
     return run_json(cmd, a.threads, a.timeout, ours=method == "ours")
@@ -109,9 +113,11 @@ def save(results: dict, path: Path) -> None:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="100k,1M")
-    ap.add_argument("--cases", default="clean,n0.25,n0.5,n1,ang10")
+    ap.add_argument("--cases", default="clean,n0.25,n0.5,n1,ang10",
+                    help="clean, nS (noise S%% of diag), angD, or scan:PRESET (bench/scanner.py), each optionally "
+                         "ending in :nonormals")
     ap.add_argument("--shapes", default="bunny,sphere,torus")
-    ap.add_argument("--methods", default="ours,open3d,pymeshlab")
+    ap.add_argument("--methods", default="ours,open3d,pymeshlab", help="ours, open3d, open3d-trim, pymeshlab")
     ap.add_argument("--open3d-depths", default="5,6,7,8,9,10")
     ap.add_argument("--pymeshlab-depths", default="8", help="8 = PyMeshLab's default")
     ap.add_argument("--ours-python", default=str(REPO / ".venv" / "bin" / "python"))
@@ -172,7 +178,7 @@ def main() -> None:
                         continue
                     results["runs"] = [r for r in results["runs"] if r not in old]
                     rec: dict = {"input": key, "label": label, "method": method, "depth": depth, "ok": False}
-                    mesh = work / f"out_{shape}_{n}_{cname}_{label}.ply"
+                    mesh = work / f"out_{shape}_{n}_{cname.replace(':', '-')}_{label}.ply"
                     log(f"  {label}: running")
                     try:
                         tries = [run_worker(a, method, depth, inp, mesh) for _ in range(max(1, a.repeat))]

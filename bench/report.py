@@ -58,21 +58,21 @@ def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
     best = poisson_best(runs, pool)
     ours = _find(runs, "ours")
     t_ours = ours["worker"]["seconds"] if ours else None
-    head = (f"{'method':<14}{'Ch-L1e-3':>9}{'F@1%':>7}{'F@.5%':>7}{'NC':>7}{'pieces':>7}"
-            f"{'bnd-e':>7}{'nm-e':>6}{'sec':>8}{'RSS MB':>8}{'ours/x':>7}")
+    head = (f"{'method':<15}{'Ch-L1e-3':>9}{'F@1%':>7}{'F@.5%':>7}{'NC':>7}{'pieces':>7}"
+            f"{'bnd-e':>7}{'nm-e':>6}{'faces':>9}{'sec':>8}{'RSS MB':>8}{'ours/x':>7}")
     lines = [f"== {inp['key']}  ({inp['n']} pts, case {inp['case']}, diag {inp['diag']:.4g})", head]
     for r in runs:
         mark = "*" if best is not None and r is best else " "
         if not r.get("ok") or "chamfer_l1" not in r.get("metrics", {}):
             err = (r.get("error") or r.get("metrics", {}).get("error") or "failed").splitlines()[-1:]
-            lines.append(f"{r['label'] + mark:<14} FAILED: {err[0][:90] if err else ''}")
+            lines.append(f"{r['label'] + mark:<15} FAILED: {err[0][:90] if err else ''}")
             continue
         m, w = r["metrics"], r["worker"]
         ratio = t_ours / w["seconds"] if t_ours and w["seconds"] > 0 and r is not ours else None
         lines.append(
-            f"{r['label'] + mark:<14}{m['chamfer_l1']*1e3:>9.3f}{m['fscore@1%']:>7.3f}"
+            f"{r['label'] + mark:<15}{m['chamfer_l1']*1e3:>9.3f}{m['fscore@1%']:>7.3f}"
             f"{m['fscore@0.5%']:>7.3f}{m['nc']:>7.3f}{m['pieces']:>7d}"
-            f"{m['boundary_edges']:>7d}{m['nonmanifold_edges']:>6d}"
+            f"{m['boundary_edges']:>7d}{m['nonmanifold_edges']:>6d}{w.get('faces', 0):>9d}"
             f"{w['seconds']:>8.2f}{w['peak_rss_mb']:>8.0f}{_fmt(ratio, '>7.2f')}"
         )
     if ours and t_ours:

@@ -2,7 +2,8 @@
 
     python run_method.py METHOD IN.npz OUT.ply [--depth D] [--detail auto] [--normals given|none|FILE.npz]
 
-METHOD is ours | open3d | pymeshlab. Only the reconstruction call (including the
+METHOD is ours | open3d | pymeshlab. Inputs without normals: ours estimates them,
+open3d estimates and orients its own (pymeshlab needs them). Only the reconstruction call (including the
 conversion of the numpy input into the library's own structures) is timed. Peak
 memory is VmHWM of this process, read right after the reconstruction. Prints one
 JSON line on stdout (the last line). `ours` never imports open3d. `--normals none`
@@ -41,7 +42,7 @@ def run_ours(pts: np.ndarray, nrm: np.ndarray | None, a: argparse.Namespace) -> 
     from engine import reconstruct
 
     t0, c0 = time.perf_counter(), time.process_time()
-    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu")
+    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu", sensor=a.sensors)
     t1, c1 = time.perf_counter(), time.process_time()
     stats = dict(getattr(mesh, "stats", {}) or {})
     return np.asarray(mesh.vertices), np.asarray(mesh.faces), t1 - t0, c1 - c0, stats
@@ -52,11 +53,24 @@ def run_open3d(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tuple
 
     t0, c0 = time.perf_counter(), time.process_time()
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts.astype(np.float64)))
-    pcd.normals = o3d.utility.Vector3dVector(nrm.astype(np.float64))
+    if nrm is None:  # Poisson needs normals: Open3D's own estimate, oriented by its tangent-plane propagation
+        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(30))
+        if a.sensors is None:
+            pcd.orient_normals_consistent_tangent_plane(30)
+        else:  # each normal turned toward its point's sensor, as ours does with the same input
+            est = np.asarray(pcd.normals)
+            away = ((a.sensors - pts) * est).sum(axis=1) < 0
+            est[away] *= -1
+            pcd.normals = o3d.utility.Vector3dVector(est)
+    else:
+        pcd.normals = o3d.utility.Vector3dVector(nrm.astype(np.float64))
     mesh, dens = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=a.depth)
-    t1, c1 = time.perf_counter(), time.process_time()
     d = np.asarray(dens)
-    stats = {"depth": a.depth, "density_q": np.quantile(d, [0, 0.01, 0.5, 1]).tolist() if len(d) else []}
+    if a.density_trim > 0 and len(d):  # the common recipe: drop the least supported vertices
+        mesh.remove_vertices_by_mask(d < np.quantile(d, a.density_trim))
+    t1, c1 = time.perf_counter(), time.process_time()
+    stats = {"depth": a.depth, "density_trim": a.density_trim,
+             "density_q": np.quantile(d, [0, 0.01, 0.5, 1]).tolist() if len(d) else []}
     return np.asarray(mesh.vertices), np.asarray(mesh.triangles), t1 - t0, c1 - c0, stats
 
 
@@ -86,13 +100,16 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--detail", default="auto")
     ap.add_argument("--normals", default="given", help="given | none | FILE.npz with a `normals` array")
+    ap.add_argument("--density-trim", type=float, default=0.0,
+                    help="open3d: drop vertices below this quantile of Poisson's density (0.05 = 5%%)")
     a = ap.parse_args()
     data = np.load(a.inp)
-    pts, nrm = data["points"], data["normals"]
+    pts, nrm = data["points"], (data["normals"] if "normals" in data.files else None)
     if a.normals == "none":
         nrm = None
     elif a.normals != "given":
         nrm = np.load(a.normals)["normals"]
+    a.sensors = data["sensors"].astype(np.float64) if "sensors" in data.files else None  # simulated scans
     hwm_before = proc_status_mb("VmHWM")
     v, f, sec, cpu, stats = RUNNERS[a.method](pts, nrm, a)
     peak = proc_status_mb("VmHWM")

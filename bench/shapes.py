@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +49,39 @@ def gt_mesh(name: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Case:
-    """Perturbation of an input: position noise (fraction of diagonal), normal tilt (deg)."""
+    """Perturbation of an input: position noise (fraction of diagonal), normal tilt (deg), or a simulated scan.
+
+    ``preset`` names a scan simulator preset (scanner.PRESETS): the input is then a scan
+    of the shape instead of area samples; ``normals`` False drops the input's normals
+    (ours estimates them, Poisson gets Open3D's estimate).
+    """
 
     name: str
     pos_sigma: float = 0.0
     ang_deg: float = 0.0
+    preset: str | None = None
+    normals: bool = True
+
+
+SCAN_PREFIX = "scan:"  # 'scan:scanner+outliers' is a simulated scan with that preset
+NO_NORMALS = ":nonormals"  # suffix: the same input without its normals
 
 
 def parse_case(name: str) -> Case:
-    """'clean', 'n0.5' (sigma = 0.5% of diag), 'ang10' (10 deg tilt), or 'n0.5+ang10'."""
+    """'clean', 'n0.5' (sigma = 0.5% of diag), 'ang10' (10 deg tilt), 'n0.5+ang10', or a scan.
+
+    Scans: 'scan:PRESET' with a preset of bench/scanner.py (scan:scanner, scan:scanner+outliers);
+    any case may end in ':nonormals'.
+    """
+    if name.endswith(NO_NORMALS):
+        return replace(parse_case(name[: -len(NO_NORMALS)]), name=name, normals=False)
+    if name.startswith(SCAN_PREFIX):
+        import scanner
+
+        preset = name[len(SCAN_PREFIX):]
+        if preset not in scanner.PRESETS:
+            raise ValueError(f"bad case {name!r}: presets are {', '.join(scanner.PRESETS)}")
+        return Case(name, preset=preset)
     pos, ang = 0.0, 0.0
     for part in name.split("+"):
         if part == "clean":
@@ -97,11 +121,13 @@ def make_input(shape: str, n: int, case: Case, work: Path) -> Path:
     only on (shape, n), so all cases share the same underlying samples. Position noise
     is isotropic Gaussian per axis with sigma = pos_sigma * bbox diagonal.
     """
-    path = work / f"in_{shape}_{n}_{case.name}.npz"
+    path = work / f"in_{shape}_{n}_{case.name.replace(':', '-')}.npz"
     if path.exists():
         return path
     v, f = gt_mesh(shape, work)
     diag = bbox_diagonal(v)
+    if case.preset is not None:
+        return _scan_input(path, shape, n, case, v, f, diag)
     pts, nrm, _ = sample_surface(v, f, n, np.random.default_rng(_seed("sample", shape, n)))
     rng = np.random.default_rng(_seed("noise", shape, n, case.name))
     if case.pos_sigma > 0:
@@ -113,5 +139,21 @@ def make_input(shape: str, n: int, case: Case, work: Path) -> Path:
         tmp, points=pts.astype(np.float32), normals=nrm.astype(np.float32), diag=diag,
         pos_sigma=case.pos_sigma, ang_deg=case.ang_deg, shape=shape, case=case.name,
     )
+    tmp.rename(path)
+    return path
+
+
+def _scan_input(path: Path, shape: str, n: int, case: Case, v: np.ndarray, f: np.ndarray, diag: float) -> Path:
+    """A simulated scan of the shape (about n points) as an input file, with sensors and labels."""
+    import dataclasses
+
+    import scanner
+
+    params = dataclasses.replace(scanner.PRESETS[str(case.preset)], points=n)
+    s = scanner.scan((v, f), params, seed=_seed("scan", shape, n, case.preset))
+    extra = {"normals": s.normals.astype(np.float32)} if case.normals and s.normals is not None else {}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, points=s.points.astype(np.float32), sensors=s.sensors.astype(np.float32), labels=s.labels,
+             diag=diag, pos_sigma=0.0, ang_deg=0.0, shape=shape, case=case.name, **extra)
     tmp.rename(path)
     return path
