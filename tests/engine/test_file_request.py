@@ -132,3 +132,11 @@ def test_the_cli_reads_through_the_same_function(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "engine", "reconstruct", "--help"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, check=True)
     assert "--sensor" in done.stdout
+
+
+def test_the_light_list_of_inputs_is_the_format_tables() -> None:
+    """Blender filters its file browser by engine.suffixes (it cannot import engine.formats): the same list."""
+    from engine import formats, suffixes
+
+    assert suffixes.CLOUD_INPUTS == tuple(formats.READERS)
+    assert suffixes.glob().split(";") == [f"*{s}" for s in formats.READERS]
