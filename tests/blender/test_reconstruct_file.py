@@ -132,3 +132,29 @@ def test_a_missing_format_package_names_the_install_command(scene: bpy.types.Sce
     finally:
         session.shutdown()
     assert not bpy.data.objects
+
+
+def _requirement_names(path: Path) -> set[str]:
+    """The packages a requirements file pins, following its ``-r`` includes as pip does (relative to the file)."""
+    names: set[str] = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r"):
+            names |= _requirement_names(path.parent / line[2:].strip())
+        elif line:
+            names.add(line.split("==")[0].lower())
+    return names
+
+
+def test_the_engine_environment_gets_every_formats_package(addon: ModuleType, extension_zip: Path,
+                                                           tmp_path: Path) -> None:
+    """What Create Engine Environment installs (the zip's requirements) reads every listed format."""
+    import zipfile
+
+    formats = {"pypcd4", "laspy", "lazrs", "pye57", "pygltflib"}
+    installed = addon.engine_link.requirements_file()
+    assert installed.is_relative_to(Path(addon.__file__).parent)  # the zip's copy, as a user gets it
+    assert formats | {"torch", "numpy", "scipy", "plyfile"} <= _requirement_names(installed)
+    with zipfile.ZipFile(extension_zip) as zf:
+        zf.extractall(tmp_path, [n for n in zf.namelist() if n.startswith("engine_source/")])
+    assert formats <= _requirement_names(tmp_path / "engine_source" / "requirements.txt")
