@@ -158,3 +158,32 @@ def test_the_engine_environment_gets_every_formats_package(addon: ModuleType, ex
     with zipfile.ZipFile(extension_zip) as zf:
         zf.extractall(tmp_path, [n for n in zf.namelist() if n.startswith("engine_source/")])
     assert formats <= _requirement_names(tmp_path / "engine_source" / "requirements.txt")
+
+
+def test_the_modal_path_runs_and_blender_dropping_it_leaves_the_scene_unchanged(
+        scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from the file browser: the operator goes modal, shows progress, and cancel() (window closed) stops it."""
+    points, normals = sphere(60_000, seed=8)
+    np.save(tmp_path / "big.npy", np.hstack([points, normals]))
+    before = scene_state()
+    addon.engine_link.session.client_for("")  # a warm engine: the job is submitted at once
+    window = bpy.context.window_manager.windows[0]
+    with monkeypatch.context() as patch:
+        patch.setattr(addon.operators, "is_modal", lambda op, context: True)
+        with bpy.context.temp_override(window=window):
+            assert bpy.ops.nksr.reconstruct_file(filepath=str(tmp_path / "big.npy"), mise_iter=1,
+                                                 device="CPU") == {"RUNNING_MODAL"}
+    (op,) = [o for o in window.modal_operators if isinstance(o, addon.operators.NKSR_OT_reconstruct_file)]
+    state = addon.settings.run_state(bpy.context)
+    deadline = time.monotonic() + 120
+    while op._task.work.status()[0] not in {"normals", "hierarchy", "system", "solve"}:
+        assert op._task.tick() is addon.task.State.RUNNING and time.monotonic() < deadline
+        time.sleep(0.1)
+    with bpy.context.temp_override(window=window):
+        op._show(bpy.context)
+    assert state.running and "big.npy" in op._progress(op._task.work)[0]
+    job = op._task.work.job
+    with bpy.context.temp_override(window=window):
+        op.cancel(bpy.context)
+    assert job.done and job.cancelled and not state.running
+    assert scene_state() == before
