@@ -29,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-# optional.txt (packages of some file formats) is installed too, so that those formats' tests run.
-REQUIREMENTS = [ROOT / "requirements" / name for name in ("engine.txt", "optional.txt", "dev.txt")]
+# engine.txt includes formats.txt (the file formats' packages), listed here too so that a change to it reinstalls;
+# optional.txt (Dask) is installed too, so that the cluster executor's tests run.
+REQUIREMENTS = [ROOT / "requirements" / name for name in ("engine.txt", "formats.txt", "optional.txt", "dev.txt")]
 BLENDER_VENV = ROOT / ".venv-blender"
 BLENDER_PY = BLENDER_VENV / "bin" / "python"
 BLENDER_REQUIREMENTS = [ROOT / "requirements" / "blender.txt"]
@@ -136,6 +137,7 @@ def stage_extension(stage: Path) -> None:
     shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
     shutil.copytree(ROOT / "engine", stage / "engine_source" / "engine", ignore=ignore)
     shutil.copy2(ROOT / "requirements" / "engine.txt", stage / "engine_source" / "requirements.txt")
+    shutil.copy2(ROOT / "requirements" / "formats.txt", stage / "engine_source" / "formats.txt")  # its "-r"
 
 
 def build_extension(output_dir: Path = DIST) -> Path:

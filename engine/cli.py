@@ -16,10 +16,10 @@ import traceback
 from typing import Any
 
 from . import formats, options
-from .cloud import PointCloud
 from .errors import EngineError, InputError
 from .formats import splat
 from .mesh import Mesh
+from .scanfile import read_input
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILURE = 0, 2, 3
 
@@ -85,13 +85,6 @@ def _summary(args: argparse.Namespace, mesh: Mesh, stages: dict[str, float], tot
             "residual": float(residuals[-1]) if residuals else None}
 
 
-def _sensor(args: argparse.Namespace, cloud: PointCloud) -> tuple[Any, str | None]:
-    """The sensor to orient normals by, and where it comes from: --sensor wins over the file's own."""
-    if args.sensor is not None:
-        return args.sensor, "option"
-    return (cloud.sensors, "file") if cloud.sensors is not None else (None, None)
-
-
 def _fail(code: int, message: str, hint: str = "") -> int:
     print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
     return code
@@ -105,23 +98,15 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     try:
         formats.check_output(args.output, args.input)
         opts = options.from_flags(args)  # every range checked before the input is read or torch loads
-        cloud = formats.read_cloud(args.input, splat_min_opacity=args.splat_min_opacity)
-        sensor, sensor_source = _sensor(args, cloud)
-        read: dict[str, Any] = {"read_dropped": cloud.dropped, "sensor_source": sensor_source}
-        stages["read"] = time.perf_counter() - t0
+        got = read_input(args.input, opts, args.sensor, splat_min_opacity=args.splat_min_opacity)
+        read: dict[str, Any] = dict(got.info)
+        stages["read"] = time.perf_counter() - t0 - got.seconds.get("orient_axes", 0.0)
         t = time.perf_counter()
         from .pipeline import reconstruct  # torch loads only once the input is known to be good
 
         stages["startup"] = time.perf_counter() - t
-        normals = cloud.normals
-        if normals is not None and not cloud.normals_oriented:  # splat axes: lines, each given its side here
-            from .solver.normals import orient_axes
-
-            t = time.perf_counter()
-            normals, sides = orient_axes(normals, cloud.points, opts.normal_k, sensor, device=opts.device)
-            read["axes_orientation"] = sides["normals_orientation"]
-            stages["orient_axes"] = time.perf_counter() - t
-        mesh = reconstruct(cloud.points, normals, cloud.colors, opts, sensor=sensor, progress=bar)
+        stages.update({k: v for k, v in got.seconds.items() if k != "read"})
+        mesh = reconstruct(got.points, got.normals, got.colors, opts, sensor=got.sensor, progress=bar)
         stages.update(mesh.stats.get("seconds", {}))
         t = time.perf_counter()
         formats.write_mesh(args.output, mesh)
@@ -144,10 +129,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
           f"voxel {s['voxel_size']:.4g}, {s['unknowns']} unknowns, {total:.2f} s on {s['device']}"
           + (f", {s['chunks']} chunks of {s['chunk_size']:.4g} on {s['executor']}" if "chunks" in s else ""))
     if "sensor" in (s.get("normals_orientation"), read.get("axes_orientation")):
-        print("normals oriented towards the sensor " + ("given" if sensor_source == "option" else
+        print("normals oriented towards the sensor " + ("given" if read["sensor_source"] == "option" else
                                                         "positions the file records"))
-    if any(cloud.dropped.values()):
-        print("left out on reading: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cloud.dropped.items()))
+    if any(got.info["read_dropped"].values()):
+        print("left out on reading: " + ", ".join(f"{n} {k.replace('_', ' ')}"
+                                                 for k, n in got.info["read_dropped"].items()))
     if args.json:
         print(json.dumps(_summary(args, mesh, stages, total, read)))
     return EXIT_OK

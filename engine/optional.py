@@ -1,6 +1,6 @@
 """Packages that only some file formats need: imported when such a file is read or written.
 
-Pinned in requirements/optional.txt; the engine runs without them, and asking
+Pinned in requirements/formats.txt; the engine runs without them, and asking
 for their format then says what to install instead of failing on import.
 """
 
@@ -20,4 +20,4 @@ def import_optional(module: str, purpose: str, pip: str) -> ModuleType:
         raise MissingPackageError(
             f"{purpose} needs the optional package {pip.split()[0]}, which is not installed.",
             f"Install it into the engine's Python: pip install {pip} "
-            "(pinned versions: requirements/optional.txt).") from None
+            "(pinned versions: requirements/formats.txt).") from None

@@ -1,9 +1,12 @@
 """``blender --background --command nksr IN OUT [options]``: batch reconstruction without the UI.
 
 The handler is a plain ``fn(argv) -> int`` (the bpy module does not dispatch
-``--command``, so tests and scripts call it directly).  It imports IN with
-Blender's own importer, runs ``nksr.reconstruct`` (blocking in background mode)
-and writes OUT with Blender's exporter for its extension, or saves a .blend.
+``--command``, so tests and scripts call it directly).  A PLY or OBJ input is
+imported with Blender's own importer and reconstructed by ``nksr.reconstruct``;
+every other format the engine reads (PCD, LAS/LAZ, E57, XYZ/PTS/TXT/CSV,
+NPY/NPZ) goes to the engine directly through ``nksr.reconstruct_file``, which
+reads the file in the engine's process (blocking in background mode).  OUT is
+written with Blender's exporter for its extension, or saved as a .blend.
 Exit codes: 0 success, 2 bad arguments, input file or output path (checked
 before the reconstruction: not the input, folder writable), 3 reconstruction
 failed.  OUT is written as the engine's CLI writes (``engine/files.py``): to a
@@ -45,6 +48,16 @@ FLAGS = ("detail_level", "voxel_size", "mise_iter", "trim", "estimate_normals", 
          "memory_limit_gb", "workers")
 
 
+def _engine_inputs() -> tuple[str, ...]:
+    """The formats the engine reads itself (``engine/suffixes.py``)."""
+    return tuple(engine_link.engine_module("suffixes").CLOUD_INPUTS)
+
+
+def _inputs() -> list[str]:
+    """Every input this command takes: Blender's importers first, then the engine's other formats."""
+    return [*IMPORTERS, *(s for s in _engine_inputs() if s not in IMPORTERS)]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would call sys.exit inside Blender
         raise ValueError(f"{self.format_usage().strip()}\nnksr: error: {message}")
@@ -53,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="blender --background --command nksr",
                 description="Reconstruct a surface from a point cloud file with NKSR and write the mesh.")
-    p.add_argument("input", help=f"point cloud ({', '.join(IMPORTERS)}), with or without normals and colours")
+    p.add_argument("input", help=f"point cloud ({', '.join(_inputs())}), with or without normals and colours")
     p.add_argument("output", help=f"mesh file ({', '.join(EXPORTERS)})")
     engine_link.options_api().add_flags(p, FLAGS)
     p.add_argument("--no-colors", action="store_true", help="do not carry colours onto the mesh")
@@ -97,6 +110,23 @@ def _export(target: Path) -> str | None:
     return None
 
 
+def _import(source: Path) -> str | None:
+    """``source`` through Blender's importer, the imported objects selected; what went wrong, or None."""
+    before = set(bpy.data.objects)
+    try:
+        IMPORTERS[source.suffix.lower()](str(source))
+    except RuntimeError as exc:
+        return f"Blender could not read {source}: {exc}"
+    imported = [o for o in bpy.data.objects if o not in before]
+    if not imported:
+        return f"{source} holds no objects."
+    view_layer = bpy.context.view_layer
+    for obj in view_layer.objects:
+        obj.select_set(obj in imported)
+    view_layer.objects.active = imported[0]
+    return None
+
+
 def run(argv: list[str]) -> int:
     """The command's handler: returns the exit code, prints what went wrong and how to fix it."""
     try:
@@ -109,8 +139,8 @@ def run(argv: list[str]) -> int:
         print(f"nksr: {exc.message}\n{exc.hint}")
         return EXIT_USAGE
     source, target = Path(args.input), Path(args.output)
-    if source.suffix.lower() not in IMPORTERS or target.suffix.lower() not in EXPORTERS:
-        print(f"nksr: unsupported file type; input must be one of {', '.join(IMPORTERS)}, "
+    if source.suffix.lower() not in _inputs() or target.suffix.lower() not in EXPORTERS:
+        print(f"nksr: unsupported file type; input must be one of {', '.join(_inputs())}, "
               f"output one of {', '.join(EXPORTERS)}.")
         return EXIT_USAGE
     if not source.is_file():
@@ -120,20 +150,10 @@ def run(argv: list[str]) -> int:
     if problem is not None:
         print(f"nksr: {problem}")
         return EXIT_USAGE
-    before = set(bpy.data.objects)
-    try:
-        IMPORTERS[source.suffix.lower()](str(source))
-    except RuntimeError as exc:
-        print(f"nksr: Blender could not read {source}: {exc}")
+    by_engine = source.suffix.lower() not in IMPORTERS
+    if not by_engine and (problem := _import(source)) is not None:
+        print(f"nksr: {problem}")
         return EXIT_USAGE
-    imported = [o for o in bpy.data.objects if o not in before]
-    if not imported:
-        print(f"nksr: {source} holds no objects.")
-        return EXIT_USAGE
-    view_layer = bpy.context.view_layer
-    for obj in view_layer.objects:
-        obj.select_set(obj in imported)
-    view_layer.objects.active = imported[0]
     # The operator's properties cannot be empty: 0 stands for unset (and 1 worker for the engine itself).
     options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter, "trim": opts.trim,
                                "keep_colors": not args.no_colors, "device": args.device.upper(),
@@ -143,7 +163,10 @@ def run(argv: list[str]) -> int:
     if opts.detail_level != "auto":
         options["detail_level"] = opts.detail_level
     try:
-        bpy.ops.nksr.reconstruct(**options)  # type: ignore[attr-defined]
+        if by_engine:  # the engine reads the file: its points never load into Blender
+            bpy.ops.nksr.reconstruct_file(filepath=str(source.resolve()), **options)  # type: ignore[attr-defined]
+        else:
+            bpy.ops.nksr.reconstruct(**options)  # type: ignore[attr-defined]
     except RuntimeError as exc:
         print(f"nksr: reconstruction failed: {exc}")
         return EXIT_FAILURE

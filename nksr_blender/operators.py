@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import bpy
 import numpy as np
+from bpy.props import StringProperty
 
 from . import engine_link, scene_io, settings, task
 
@@ -46,6 +48,16 @@ def started_client(preference: str) -> Any:
         raise RunError(str(exc)) from exc
 
 
+def select_only(context: bpy.types.Context, made: list[bpy.types.Object]) -> None:
+    """The new objects become the selection, the last one active (what an importer does)."""
+    for selected in context.selected_objects:
+        selected.select_set(False)
+    for made_obj in made:
+        made_obj.select_set(True)
+    if made:
+        context.view_layer.objects.active = made[-1]
+
+
 @dataclass
 class Run:
     """One reconstruction over the selected objects: the :class:`task.Work` both paths drive.
@@ -56,7 +68,7 @@ class Run:
     """
 
     objects: list[bpy.types.Object]
-    inputs: list[scene_io.PointSet]
+    inputs: list[Any]  # scene_io.PointSet each (FileRun: the files' paths)
     options: dict[str, Any]
     viewpoint: np.ndarray | None = None  # world space; estimated normals face it
     results: list[Any] = field(default_factory=list)
@@ -178,12 +190,7 @@ class Run:
             for mesh in meshes:
                 bpy.data.meshes.remove(mesh)
             raise
-        for selected in context.selected_objects:
-            selected.select_set(False)
-        for made_obj in made:
-            made_obj.select_set(True)
-        if made:
-            context.view_layer.objects.active = made[-1]
+        select_only(context, made)
         return made
 
     def record(self, context: bpy.types.Context) -> str:
@@ -199,6 +206,34 @@ class Run:
                               f"voxel {state.voxel_size:.4g}, {state.seconds:.1f} s"
                               + (f", {state.chunks} chunks" if state.chunks else ""))
         return state.last_summary
+
+
+@dataclass
+class FileRun(Run):
+    """Reconstruct File: the engine reads each of ``inputs`` (paths) itself, so a scan's points never pass
+    through Blender's memory; only the meshes come back, placed where the files' points are."""
+
+    keep_colors: bool = True
+
+    def _submit(self) -> None:
+        # The file's coordinates are world coordinates (its mesh is placed at its origin, unrotated).
+        self.job = self.client.submit_file(self.inputs[self.index], sensor=self.viewpoint, **self.options)
+
+    def finish(self, context: bpy.types.Context) -> list[bpy.types.Object]:
+        """Every result becomes a new object at its file's origin (all or none)."""
+        made: list[bpy.types.Object] = []
+        try:
+            for path, result in zip(self.inputs, self.results, strict=True):
+                made.append(scene_io.add_file_object(context, f"{Path(path).stem}_nksr", result,
+                                                     with_colors=self.keep_colors, source=str(path)))
+        except Exception:
+            for made_obj in made:
+                mesh: Any = made_obj.data
+                bpy.data.objects.remove(made_obj)
+                bpy.data.meshes.remove(mesh)
+            raise
+        select_only(context, made)
+        return made
 
 
 class ModalOperator:
@@ -343,14 +378,15 @@ class ModalOperator:
         return {"CANCELLED"}
 
 
-class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.Operator):
-    """Reconstruct a surface mesh from each selected point cloud (a mesh of loose vertices or a point cloud)"""
+class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
+    """What both reconstruct operators share: options from the panel, the viewpoint, the engine, the report.
 
-    bl_idname = "nksr.reconstruct"
-    bl_label = "Reconstruct Surface (NKSR)"
-    bl_options = {"REGISTER", "UNDO"}
+    A subclass says where the points come from (:meth:`_prepare`).
+    """
 
     cancelled_report = "NKSR: cancelled; the scene is unchanged."
+    if TYPE_CHECKING:  # bpy.types.Operator's, which each subclass also derives from (no annotation for Blender)
+        properties: Any
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -386,22 +422,8 @@ class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.
         }
 
     def _prepare(self, context: bpy.types.Context) -> Run:
-        options = self._resolve(context)
-        selected = list(context.selected_objects)
-        if not selected:
-            raise RunError("Nothing is selected. Select a point cloud (a mesh of loose vertices or a point cloud "
-                           "object) and run again.")
-        usable = [o for o in selected if o.type in scene_io.POINT_TYPES]
-        if not usable:
-            names = ", ".join(f"'{o.name}' ({o.type.lower()})" for o in selected[:3])
-            raise RunError(f"No selected object holds points: {names}. Select a mesh of loose vertices or a "
-                           "point cloud object.")
-        depsgraph = context.evaluated_depsgraph_get()
-        try:
-            inputs = [scene_io.read_point_set(o, depsgraph, self.keep_colors) for o in usable]
-        except scene_io.SceneInputError as exc:
-            raise RunError(str(exc)) from exc
-        return Run(usable, inputs, options, viewpoint=self._viewpoint(context))
+        """The work, before the engine starts; raises a RunError to report."""
+        raise NotImplementedError
 
     def _viewpoint(self, context: bpy.types.Context) -> np.ndarray | None:
         """Where estimated normals should face, in world space (None: outward/up by propagation)."""
@@ -448,6 +470,61 @@ class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.
             if area.type == "VIEW_3D":
                 area.tag_redraw()
 
+
+class NKSR_OT_reconstruct(ReconstructOperator, bpy.types.Operator):
+    """Reconstruct a surface mesh from each selected point cloud (a mesh of loose vertices or a point cloud)"""
+
+    bl_idname = "nksr.reconstruct"
+    bl_label = "Reconstruct Surface (NKSR)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def _prepare(self, context: bpy.types.Context) -> Run:
+        options = self._resolve(context)
+        selected = list(context.selected_objects)
+        if not selected:
+            raise RunError("Nothing is selected. Select a point cloud (a mesh of loose vertices or a point cloud "
+                           "object) and run again.")
+        usable = [o for o in selected if o.type in scene_io.POINT_TYPES]
+        if not usable:
+            names = ", ".join(f"'{o.name}' ({o.type.lower()})" for o in selected[:3])
+            raise RunError(f"No selected object holds points: {names}. Select a mesh of loose vertices or a "
+                           "point cloud object.")
+        depsgraph = context.evaluated_depsgraph_get()
+        try:
+            inputs = [scene_io.read_point_set(o, depsgraph, self.keep_colors) for o in usable]
+        except scene_io.SceneInputError as exc:
+            raise RunError(str(exc)) from exc
+        return Run(usable, inputs, options, viewpoint=self._viewpoint(context))
+
+
+class NKSR_OT_reconstruct_file(ReconstructOperator, bpy.types.Operator):
+    """Reconstruct a surface mesh from a point-cloud file the engine reads itself (large scans never load into \
+Blender): PLY, PCD, LAS/LAZ, E57, XYZ/PTS/TXT/CSV, NPY/NPZ"""
+
+    bl_idname = "nksr.reconstruct_file"
+    bl_label = "Reconstruct File..."
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH",  # type: ignore[valid-type]
+                             description="The point-cloud file the engine reads")
+    filter_glob: StringProperty(default=engine_link.engine_module("suffixes").glob(),  # type: ignore[valid-type]
+                                options={"HIDDEN"})
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> Result:
+        """The file browser, filtered to the engine's formats; choosing a file calls execute (modal from there)."""
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _prepare(self, context: bpy.types.Context) -> FileRun:
+        options = self._resolve(context)
+        path = Path(bpy.path.abspath(self.filepath))
+        suffixes = engine_link.engine_module("suffixes").CLOUD_INPUTS
+        if path.suffix.lower() not in suffixes:
+            raise RunError(f"{path.name}: the engine cannot read '{path.suffix or 'no extension'}' point clouds. "
+                           f"Choose a file of one of: {', '.join(suffixes)}.")
+        if not path.is_file():
+            raise RunError(f"{path}: no such file. Choose a point-cloud file.")
+        return FileRun([], [path], options, viewpoint=self._viewpoint(context), keep_colors=bool(self.keep_colors))
 
 class NKSR_OT_check_engine(bpy.types.Operator):
     """Start the engine with the configured interpreter and show its torch version and devices"""
@@ -512,7 +589,7 @@ class NKSR_OT_setup_engine(ModalOperator, bpy.types.Operator):
                 (step - 1) / steps)
 
 
-CLASSES = (NKSR_OT_reconstruct, NKSR_OT_check_engine, NKSR_OT_setup_engine)
+CLASSES = (NKSR_OT_reconstruct, NKSR_OT_reconstruct_file, NKSR_OT_check_engine, NKSR_OT_setup_engine)
 
 
 def menu_entry(self: Any, context: bpy.types.Context) -> None:

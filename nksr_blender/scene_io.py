@@ -202,3 +202,36 @@ def add_object(context: bpy.types.Context, source: bpy.types.Object, mesh: bpy.t
     for collection in collections:
         collection.objects.link(obj)
     return obj
+
+
+def add_file_object(context: bpy.types.Context, name: str, result: Any, *, with_colors: bool = True,
+                    source: str = "") -> bpy.types.Object:
+    """A new object for a mesh the engine made from a file: placed where the file's points are.
+
+    The engine sends vertices relative to ``result.origin`` (float64; a georeferenced
+    scan's offsets of 1e6 included).  The object's location is that origin as
+    Blender's float32 location holds it, the vertices stay small, and the
+    ``nksr_origin`` custom property keeps the exact offset for export or georeferencing.
+    """
+    origin = np.asarray(result.origin, dtype=np.float64).reshape(3)
+    location = origin.astype(np.float32).astype(np.float64)  # exactly what obj.location will hold
+    world = PointSet(name, np.zeros((0, 3), np.float32), None, None, np.zeros(3), np.eye(4))
+    mesh = build_mesh(name, world, result.local_vertices, result.faces, origin=origin - location,
+                      colors=result.colors if with_colors else None, normals=result.normals,
+                      edges=result.edges, corner_edges=result.corner_edges)
+    try:
+        obj = bpy.data.objects.new(name, mesh)
+    except BaseException:
+        bpy.data.meshes.remove(mesh)
+        raise
+    try:
+        obj.location = location.tolist()
+        obj["nksr_origin"] = location.tolist()
+        if source:
+            obj["nksr_source"] = source
+        (context.collection or context.scene.collection).objects.link(obj)
+    except BaseException:  # all or nothing: neither the object nor its mesh stays
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)
+        raise
+    return obj

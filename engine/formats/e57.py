@@ -7,7 +7,7 @@ that scan's scanner stood, kept as the sensor of its points (the CLI orients
 normals towards it).  Colours are kept; intensity is read by pye57 but not
 kept (nothing downstream uses it); E57's normals extension is not among the
 fields pye57 reads, so normals are estimated.  pye57 is optional
-(requirements/optional.txt): a compiled libE57Format of about 33 MB.
+(requirements/formats.txt): a compiled libE57Format of about 33 MB.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """GLB (binary glTF 2.0) output through ``pygltflib``: POSITION, NORMAL, COLOR_0 and indices.
 
-pygltflib is optional (requirements/optional.txt).  It was chosen over trimesh,
+pygltflib is optional (requirements/formats.txt).  It was chosen over trimesh,
 whose exporter stores COLOR_0 as 8-bit: glTF colours are linear, so 8-bit
 linear values band in the darks, and Blender's importer quantises them once
 more.  Here COLOR_0 is float32 linear RGBA (converted from the sRGB values the

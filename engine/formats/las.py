@@ -16,7 +16,7 @@ from ..errors import InputError, MissingPackageError
 from ..optional import import_optional
 from .fields import cloud_from_fields
 
-LAZ_HINT = "Install a LAZ backend into the engine's Python: pip install lazrs (pinned in requirements/optional.txt)."
+LAZ_HINT = "Install a LAZ backend into the engine's Python: pip install lazrs (pinned in requirements/formats.txt)."
 
 
 def read_las(path: str | Path) -> PointCloud:

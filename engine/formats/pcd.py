@@ -1,6 +1,6 @@
 """PCD (the Point Cloud Library's format) through ``pypcd4``: ASCII, binary and binary_compressed.
 
-pypcd4 is optional (requirements/optional.txt): it brings pydantic and an LZF
+pypcd4 is optional (requirements/formats.txt): it brings pydantic and an LZF
 extension, which only PCD files need.  Fields follow PCL's names: ``x y z``,
 ``normal_x normal_y normal_z``, and colour packed into one ``rgb`` (float32
 bits, 0x00RRGGBB) or ``rgba`` (uint32, 0xAARRGGBB) field, or as separate

@@ -226,6 +226,14 @@ def _rows(name: str, a: Any) -> np.ndarray:
         return protocol.wire_array(arr.astype(np.float32 if arr.dtype.itemsize < 4 else np.float64))
 
 
+def _checked(options: dict[str, Any]) -> dict[str, Any]:
+    """A request's options checked before anything is sent (an InvalidRequest names the bad one)."""
+    try:
+        return check(options)
+    except OptionError as exc:
+        raise InvalidRequest(exc.message, exc.hint) from None
+
+
 class Job:
     """One reconstruction in flight: :meth:`poll` it from a timer, or :meth:`wait` for it."""
 
@@ -506,12 +514,7 @@ class EngineClient:
         ``engine.reconstruct`` (:mod:`engine.options`, checked here before anything is sent).  Writing the
         request blocks while the engine reads it (about 40 MB for 1M points).
         """
-        if self._job is not None and not self._job.done:
-            raise ClientError("A reconstruction is already running on this engine.", "Wait for it or cancel it.")
-        try:
-            opts = check(options)
-        except OptionError as exc:
-            raise InvalidRequest(exc.message, exc.hint) from None
+        opts = _checked(options)
         arrays = {"points": _rows("points", points)}
         if normals is not None:  # without them the engine estimates normals
             arrays["normals"] = _rows("normals", normals)
@@ -519,12 +522,37 @@ class EngineClient:
             arrays["colors"] = _rows("colors", colors)
         if sensor is not None:  # where the scanner was: (3,) one viewpoint, or (N, 3) one per point
             arrays["sensors"] = _rows("sensors", np.asarray(sensor, dtype=np.float64).reshape(-1, 3))
+        return self._submit(Message("reconstruct", {"options": opts}, arrays))
+
+    def submit_file(self, path: str | os.PathLike[str], *, sensor: Any = None,
+                    splat_min_opacity: float | None = None, **options: Any) -> Job:
+        """Like :meth:`submit`, but the engine reads the point cloud from ``path`` itself (``reconstruct_file``).
+
+        The points never pass through this process: only the mesh comes back,
+        with the reading's figures in its stats.  ``sensor`` (3,) wins over the
+        sensor positions the file records; ``splat_min_opacity`` is for 3D
+        Gaussian Splatting PLY files.  The engine checks the file (format,
+        package, contents) and answers an unreadable one with an ``input`` error.
+        """
+        opts = _checked(options)
+        fields: dict[str, Any] = {"options": opts, "path": os.path.abspath(os.fspath(path))}
+        if splat_min_opacity is not None:
+            fields["splat_min_opacity"] = float(splat_min_opacity)
+        arrays: dict[str, np.ndarray] = {}
+        if sensor is not None:
+            arrays["sensors"] = _rows("sensors", np.asarray(sensor, dtype=np.float64).reshape(-1, 3))
+        return self._submit(Message("reconstruct_file", fields, arrays))
+
+    def _submit(self, request: Message) -> Job:
+        """Send a job's request (starting or restarting the engine first) and return the job at once."""
+        if self._job is not None and not self._job.done:
+            raise ClientError("A reconstruction is already running on this engine.", "Wait for it or cancel it.")
         self.start()
         job = Job(self)
         self._job = job
         self._heard = time.monotonic()
         try:
-            self._send(Message("reconstruct", {"options": opts}, arrays))
+            self._send(request)
         except EngineStalled as exc:
             self._kill()
             job._fail(exc)

@@ -20,6 +20,12 @@ Messages (fields beyond ``type``; arrays in brackets):
 - ``reconstruct`` client -> engine: options [points (N, 3), normals (N, 3),
   colors (N, 3|4) optional].  :data:`engine.options.REQUEST_SPECS` lists the
   accepted options.
+- ``reconstruct_file`` client -> engine: options, path (a point-cloud file
+  the engine reads itself, any format of :mod:`engine.formats`, so the points
+  never cross the pipe), splat_min_opacity optional [sensors (1|N, 3)
+  optional: the caller's viewpoint, which wins over the sensors the file
+  records].  Answered like ``reconstruct``; the result's stats add the
+  reading's ``read_dropped``, ``sensor_source`` and ``axes_orientation`` (new in 3).
 - ``progress`` engine -> client: stage, fraction (of the stage, 0..1), text.
 - ``log`` engine -> client: level, text.
 - ``heartbeat`` engine -> client, during a job: no fields; sent whenever no
@@ -52,7 +58,7 @@ import numpy as np
 
 from ..errors import EngineError
 
-PROTOCOL_VERSION = 2  # 2: heartbeat
+PROTOCOL_VERSION = 3  # 2: heartbeat; 3: reconstruct_file
 
 MAX_HEADER_BYTES = 1 << 20
 # Generous (a 100M-point request is about 4 GiB) but finite; both ends take a ``max_payload`` to change it.
@@ -65,6 +71,7 @@ DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "<u2", "<u4"})
 _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], frozenset[str]]] = {
     "hello": ({"engine_version": str, "protocol_version": int}, frozenset(), frozenset()),
     "reconstruct": ({"options": dict}, frozenset({"points"}), frozenset({"normals", "colors", "sensors"})),
+    "reconstruct_file": ({"options": dict, "path": str}, frozenset(), frozenset({"sensors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
     "heartbeat": ({}, frozenset(), frozenset()),
@@ -75,6 +82,7 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
     "shutdown": ({}, frozenset(), frozenset()),
 }
 MESSAGE_TYPES = frozenset(_SCHEMA)
+JOB_REQUESTS = frozenset({"reconstruct", "reconstruct_file"})  # requests that start a job (``cancel`` stops it)
 
 _PREFIX = struct.Struct("<I")
 _FIRST_ALLOCATION = 1 << 28  # bytes reserved for a payload before its bytes arrive; more as they do

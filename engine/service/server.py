@@ -87,7 +87,7 @@ class Inbox:
             if msg.type == "cancel":
                 self.cancel_through = self.requests
                 continue
-            if msg.type == "reconstruct":
+            if msg.type in protocol.JOB_REQUESTS:
                 self.requests += 1
             self.queue.put((self.requests, msg))
 
@@ -217,8 +217,30 @@ def synthetic_mesh(faces: int, colors: bool, edges: bool = False) -> dict[str, n
     return arrays
 
 
+def read_file(request: Message, options: dict[str, Any], out: Outbox
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """A ``reconstruct_file`` request's cloud, read here as the CLI reads it; sets ``options["sensor"]``.
+
+    Returns points, normals, colours and how the file was read (for the result's stats).
+    """
+    from ..formats.splat import MIN_OPACITY
+    from ..options import Options
+    from ..scanfile import read_input
+
+    path, opacity = request["path"], request.get("splat_min_opacity", MIN_OPACITY)
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity < 1.0:
+        raise InputError(f"splat_min_opacity must be a number from 0 to below 1; got {opacity!r}.",
+                         "Send an opacity such as 0.1, or leave the field out.")
+    out.progress("read", 0.0, f"reading {os.path.basename(path)}")
+    opts = Options.of({k: v for k, v in options.items() if k != "sensor"})
+    got = read_input(path, opts, options.get("sensor"), splat_min_opacity=float(opacity))
+    options["sensor"] = got.sensor
+    info = {**got.info, "points_read": len(got.points), "read_seconds": sum(got.seconds.values())}
+    return got.points, got.normals, got.colors, info
+
+
 def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: Callable[..., Any]) -> None:
-    """Answer one ``reconstruct`` request with progress frames and exactly one ``result`` or ``error``."""
+    """Answer one job request (``reconstruct``, ``reconstruct_file``): progress, then one ``result`` or ``error``."""
     t0 = time.perf_counter()
     out.stage = ""
     out.working = True
@@ -226,10 +248,16 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
         options = check(request["options"])  # types and ranges, before any work
         echo = options.pop("_benchmark_echo_faces", None)
         with_edges = options.pop("mesh_edges", False)
-        pts, nrm, col = request.arrays["points"], request.arrays.get("normals"), request.arrays.get("colors")
         sensors = request.arrays.get("sensors")
         if sensors is not None:  # one viewpoint (1, 3) or one per point (N, 3)
             options["sensor"] = sensors[0] if len(sensors) == 1 else sensors
+        read_info: dict[str, Any] = {}
+        if request.type == "reconstruct_file":
+            pts, nrm, col, read_info = read_file(request, options, out)
+            if inbox.cancelled(job):
+                raise Cancelled()
+        else:
+            pts, nrm, col = request.arrays["points"], request.arrays.get("normals"), request.arrays.get("colors")
         log.info("job %d: %d points, options %s", job, len(pts), options)
         if echo is not None:
             arrays = synthetic_mesh(echo, col is not None, with_edges)
@@ -247,7 +275,7 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
             arrays.update({k: v for k, v in (("colors", mesh.colors), ("normals", mesh.normals)) if v is not None})
             if with_edges:
                 arrays["edges"], arrays["corner_edges"] = mesh_edges(mesh.faces, len(mesh.local_vertices))
-            stats, origin = mesh.stats, mesh.origin.tolist()
+            stats, origin = {**mesh.stats, **read_info}, mesh.origin.tolist()
         try:
             result = protocol.encode(Message("result", {"stats": stats, "origin": origin}, arrays))
         except ProtocolError as exc:  # the engine's fault, not the request's
@@ -276,11 +304,11 @@ def serve(inbox: Inbox, out: Outbox, reconstruct: Callable[..., Any]) -> int:
                 return EXIT_PROTOCOL
             continue
         job, msg = item
-        if msg.type == "reconstruct":
+        if msg.type in protocol.JOB_REQUESTS:
             run_job(msg, job, inbox, out, reconstruct)
         else:
             out.error("protocol", f"The engine does not accept {msg.type!r} messages.",
-                      "Send 'reconstruct', 'cancel' or 'shutdown'.")
+                      "Send 'reconstruct', 'reconstruct_file', 'cancel' or 'shutdown'.")
 
 
 def _binary(fd: int) -> int:

@@ -1,7 +1,7 @@
 """File formats: every reader and writer round-trips positions, normals and colours; bad files say what is wrong.
 
 Optional packages (pypcd4, laspy with lazrs, pygltflib) are installed by build.py from
-requirements/optional.txt, so their tests run in CI; importorskip only spares an install without them.
+requirements/formats.txt, so their tests run in CI; importorskip only spares an install without them.
 """
 
 from __future__ import annotations

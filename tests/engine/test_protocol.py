@@ -27,6 +27,8 @@ EXAMPLES: list[Message] = [
              "colors": rng.integers(0, 256, (N, 3), dtype=np.uint8)}),
     Message("reconstruct", {"options": {}}, {"points": np.zeros((0, 3), np.float32),
                                              "normals": np.zeros((0, 3), np.float32)}),
+    Message("reconstruct_file", {"options": {"voxel_size": 0.05}, "path": "/data/scan é.laz",
+                                 "splat_min_opacity": 0.2}, {"sensors": np.array([[1.0, 2.0, 3.0]])}),
     Message("progress", {"stage": "solve", "fraction": 0.25, "text": "level 1: iteration 7 — résidu 1e-3"}),
     Message("log", {"level": "warning", "text": "15 points dropped"}),
     Message("heartbeat"),
