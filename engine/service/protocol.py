@@ -33,6 +33,13 @@ Messages (fields beyond ``type``; arrays in brackets):
   georeferenced coordinates exact: caller coordinates = origin + vertices.
 - ``error`` engine -> client, ends a job (or the engine, if it cannot go on):
   code, message, hint.
+- ``read`` client -> engine, a job like ``reconstruct`` (an importer's): path, options (``every``,
+  ``voxel_size``, ``splat_min_opacity``: :func:`engine.importing.check_import_options`).  The engine reads
+  the file and answers with progress frames and one ``cloud`` or ``error``.
+- ``cloud`` engine -> client, ends a ``read`` job: offset, total, dropped, format [points (N, 3) f4,
+  normals (N, 3) f4, colors (N, 4) f4, sensors (N, 3) f4, the last three optional].  Points and sensors
+  are relative to ``offset`` (three float64 numbers): file coordinates = offset + points; ``total`` is the
+  file's row count before subsampling, ``dropped`` the reader's rows left out, by reason.
 - ``cancel`` client -> engine: stop the running job; it ends with an ``error``
   of code ``cancelled`` (or its ``result``, when that was already on its way).
 - ``shutdown`` client -> engine: exit (the engine also exits on stdin EOF).
@@ -65,6 +72,9 @@ DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1", "<u2", "<u4"})
 _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], frozenset[str]]] = {
     "hello": ({"engine_version": str, "protocol_version": int}, frozenset(), frozenset()),
     "reconstruct": ({"options": dict}, frozenset({"points"}), frozenset({"normals", "colors", "sensors"})),
+    "read": ({"path": str, "options": dict}, frozenset(), frozenset()),
+    "cloud": ({"offset": list, "total": int, "dropped": dict, "format": str}, frozenset({"points"}),
+              frozenset({"normals", "colors", "sensors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
     "heartbeat": ({}, frozenset(), frozenset()),
