@@ -44,6 +44,9 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         row.scale_y = 1.4
         row.enabled = not state.running
         row.operator("nksr.reconstruct", icon="MESH_DATA")
+        row = layout.row()
+        row.enabled = not state.running
+        row.operator("nksr.import_cloud", text="Import Point Cloud...", icon="IMPORT")
         if state.running:
             layout.progress(factor=state.fraction, text=f"{state.stage} {100 * state.fraction:.0f}%  (Esc cancels)")
         elif state.last_summary:
