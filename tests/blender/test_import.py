@@ -138,22 +138,63 @@ def test_bad_files_and_options_leave_the_scene_as_it_was(scene: bpy.types.Scene,
         assert state() == before
 
 
-def test_cancel_leaves_the_scene_as_it_was(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType) -> None:
-    """What Esc does to the modal operator, with the operator's own Task and Work."""
-    np.save(tmp_path / "big.npy", np.random.default_rng(0).random((3_000_000, 3)))
-    before = state()
-    client = addon.engine_link.session.client_for("")
-    run = addon.importer.ImportRun(str(tmp_path / "big.npy"), {"voxel_size": 0.001})
-    run.start(client)
-    current = addon.task.Task(run, (addon.engine_link.client_api().ClientError,))
-    assert current.escape()
-    deadline = time.monotonic() + 30
-    while not current.ended:
-        current.tick()
+def _start_modal(addon: ModuleType, monkeypatch: pytest.MonkeyPatch, path: Path, **options: object) -> object:
+    """``nksr.import_cloud`` on its modal path (as after the file browser): the running operator.
+
+    Background mode never ticks timers, so the test ticks the operator's task as its timer would.
+    """
+    addon.engine_link.session.client_for("")  # a warm engine: the read is submitted at once
+    window = bpy.context.window_manager.windows[0]
+    running = {o.as_pointer() for o in window.modal_operators}  # an earlier test's, until a file load drops them
+    with monkeypatch.context() as patch:
+        patch.setattr(addon.operators, "is_modal", lambda op, context: True)
+        with bpy.context.temp_override(window=window):
+            t0 = time.perf_counter()
+            assert bpy.ops.nksr.import_cloud(filepath=str(path), **options) == {"RUNNING_MODAL"}
+            assert time.perf_counter() - t0 < 0.5  # the read runs in the engine, not in Blender's thread
+    (op,) = [o for o in window.modal_operators if isinstance(o, addon.importer.NKSR_OT_import_cloud)
+             and o.as_pointer() not in running]
+    return op
+
+
+def _tick_until_ended(op: object) -> None:
+    deadline = time.monotonic() + 60
+    while not op._task.ended:
+        op._task.tick()
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert current.state is addon.task.State.CANCELLED and state() == before
+
+
+def test_esc_cancels_and_leaves_the_scene_as_it_was(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).random((3_000_000, 3)))
+    before = state()
+    op = _start_modal(addon, monkeypatch, tmp_path / "big.npy", subsample="VOXEL", voxel_size=0.001)
+    run = op._task.work
+    assert op._task.escape()  # what Esc does
+    _tick_until_ended(op)
+    assert op._task.state is addon.task.State.CANCELLED and state() == before
     assert run.job.error is not None and run.job.error.code == "cancelled"  # the engine stopped the read
+    with bpy.context.temp_override(window=bpy.context.window_manager.windows[0]):
+        op.cancel(bpy.context)  # Blender drops the handler: the timer goes, nothing else happens
+    assert op._timer is None and state() == before
+
+
+def test_the_modal_path_imports(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    points = np.random.default_rng(4).random((1000, 3))
+    np.save(tmp_path / "m.npy", points)
+    op = _start_modal(addon, monkeypatch, tmp_path / "m.npy", subsample="EVERY", every=2)
+    stage = op._progress(op._task.work)[0]
+    assert stage.startswith("NKSR import m.npy")
+    _tick_until_ended(op)
+    assert op._task.state is addon.task.State.FINISHED
+    with bpy.context.temp_override(window=bpy.context.window_manager.windows[0]):
+        report = op._finish(bpy.context, op._task.work)
+        op.cancel(bpy.context)  # a no-op once ended, but removes the timer
+    assert "500 of 1,000 points" in report
+    obj = bpy.context.view_layer.objects.active
+    assert obj.name == "m" and np.allclose(attribute(obj, "position"), points[::2], atol=1e-6)
 
 
 def test_reconstruct_of_an_imported_cloud_lines_up(scene: bpy.types.Scene, tmp_path: Path,
