@@ -102,6 +102,7 @@ def read_for_import(path: str | Path, options: Mapping[str, Any], progress: Call
     """The file's cloud, subsampled, with its offset and its row count before subsampling.
 
     ``progress`` hears each stage; ``cancel`` is checked between them (a reader cannot be stopped midway).
+    Unoriented normals (splat axes) are given their side first, so every normal sent is oriented.
     """
     from .formats import read_cloud  # the format packages: engine side only
 
@@ -115,4 +116,15 @@ def read_for_import(path: str | Path, options: Mapping[str, Any], progress: Call
     cloud = subsample(cloud, opts.get("every", 1), opts.get("voxel_size"))
     if cancel():
         raise Cancelled("Import cancelled.", "Nothing was changed.")
+    if cloud.normals is not None and not cloud.normals_oriented:
+        # 3DGS splat axes are lines: a ``normal`` attribute must have a side, given here as the CLI gives it
+        # (towards the sensors when the file has them; rows where the side is doubtful become zero, and
+        # Reconstruct drops those).
+        from .solver.normals import orient_axes
+
+        progress("orient", 0.0, f"orienting {len(cloud.points):,} splat axes")
+        normals, _ = orient_axes(cloud.normals, cloud.points, None, cloud.sensors)
+        cloud = replace(cloud, normals=normals, normals_oriented=True)
+        if cancel():
+            raise Cancelled("Import cancelled.", "Nothing was changed.")
     return cloud, import_offset(cloud.points), total

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plyfile import PlyData
 
 from engine import formats
 from engine.importing import INPUT_SUFFIXES, check_import_options, import_offset, voxel_rows
@@ -15,6 +16,7 @@ from engine.service.client import EngineClient, InvalidRequest, RemoteError
 from tests import shapes
 from tests.engine.engines import ENV, PYTHON
 from tests.meshfiles import write_points
+from tests.scanfiles import write_splat_sphere
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,28 @@ def test_ply_with_normals_and_colours_comes_back_whole(client: EngineClient, tmp
     assert np.allclose(got.normals, normals, atol=1e-6)
     assert np.allclose(got.colors[:, :3], np.round(colors * 255) / 255, atol=1e-6) and got.sensors is None
     assert "read" in stages
+
+
+def test_splat_axes_come_back_oriented(client: EngineClient, tmp_path: Path) -> None:
+    """A splat's shortest axis has no side; a ``normal`` attribute must have one (outward on a sphere)."""
+    write_splat_sphere(tmp_path / "splats.ply", n=2000, centre=(2.0, 0.0, 0.0))
+    ply = PlyData.read(str(tmp_path / "splats.ply"))  # half the splats turned half round: their axes point in
+    v = ply["vertex"].data
+    q = np.stack([v[f"rot_{i}"] for i in range(4)], axis=1).astype(np.float64)
+    longest = np.eye(3)[np.argmax(np.stack([v[f"scale_{i}"] for i in range(3)], axis=1), axis=1)]
+    turned = np.concatenate([-(q[:, 1:] * longest).sum(axis=1, keepdims=True),  # q * (0, e_longest)
+                             q[:, :1] * longest + np.cross(q[:, 1:], longest)], axis=1)
+    half = np.random.default_rng(5).random(len(v)) < 0.5
+    for i in range(4):
+        v[f"rot_{i}"][half] = turned[half, i]
+    ply.write(str(tmp_path / "turned.ply"))
+    got = client.read_file(tmp_path / "turned.ply")
+    assert got.dropped and got.normals is not None
+    stored = formats.read_cloud(tmp_path / "turned.ply")
+    assert stored.normals is not None and 0.3 < (np.einsum("ij,ij->i", stored.normals, stored.points - [2.0, 0, 0])
+                                                 > 0).mean() < 0.7  # the file's axes: either side
+    outward = np.einsum("ij,ij->i", got.normals, got.points - [2.0, 0.0, 0.0])
+    assert (outward > 0).mean() > 0.95, (outward > 0).mean()
 
 
 def test_georeferenced_coordinates_keep_their_precision(client: EngineClient, tmp_path: Path) -> None:
