@@ -51,6 +51,16 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
+def display_radius(points: np.ndarray) -> float:
+    """Half the spacing of a surface sampled by ``points`` over its bounding box, about diagonal / sqrt(N):
+    drawn points then just touch (Blender's fixed default, 0.01, is a blob on a small object and dust on a site)."""
+    finite = points[np.isfinite(points).all(axis=1)]
+    if len(finite) < 2:
+        return 0.01
+    diagonal = float(np.linalg.norm(finite.max(axis=0) - finite.min(axis=0)))
+    return 0.5 * diagonal / np.sqrt(len(finite)) if diagonal > 0 else 0.01
+
+
 @dataclass
 class ImportRun:
     """One file read by the engine: the :class:`task.Work` of the import operator (modal or blocking)."""
@@ -136,13 +146,17 @@ def build_object(context: bpy.types.Context, name: str, cloud: Any) -> bpy.types
         obj = bpy.data.objects.new(name, mesh)
         context.collection.objects.link(obj)
         if makes_point_clouds():
-            with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
-                                       selected_editable_objects=[obj]):
-                bpy.ops.object.convert(target="POINTCLOUD")
-            if obj.type != "POINTCLOUD":
-                raise RunError(f"Blender could not make a point cloud of {name}.")
-            bpy.data.meshes.remove(mesh)  # the conversion leaves the mesh behind, unused
-            mesh = None
+            try:
+                with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
+                                           selected_editable_objects=[obj]):
+                    bpy.ops.object.convert(target="POINTCLOUD")
+            except RuntimeError as exc:  # e.g. another object in Edit Mode: the import stays a vertex mesh
+                print(f"NKSR: {name} stays a mesh of loose vertices ({exc})", flush=True)
+            if obj.type == "POINTCLOUD":
+                bpy.data.meshes.remove(mesh)  # the conversion leaves the mesh behind, unused
+                mesh = None
+                radius = obj.data.attributes.new("radius", "FLOAT", "POINT")
+                radius.data.foreach_set("value", np.full(count, display_radius(cloud.points), np.float32))
         obj.location = [float(v) for v in cloud.offset]
         obj[OFFSET_PROPERTY] = [float(v) for v in cloud.offset]
     except BaseException:

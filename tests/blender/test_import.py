@@ -30,7 +30,7 @@ def attribute(obj: bpy.types.Object, name: str, width: int = 3) -> np.ndarray:
     data = obj.data
     attr = data.attributes[name]
     assert attr.domain == "POINT"
-    field = "color" if attr.data_type == "FLOAT_COLOR" else "vector"
+    field = {"FLOAT_COLOR": "color", "FLOAT": "value"}.get(attr.data_type, "vector")
     values = np.empty(len(attr.data) * width, np.float32)
     attr.data.foreach_get(field, values)
     return values.reshape(-1, width)
@@ -52,6 +52,8 @@ def test_ply_with_normals_and_colours(scene: bpy.types.Scene, tmp_path: Path) ->
     assert np.allclose(attribute(obj, "normal"), normals, atol=1e-6)
     assert np.allclose(attribute(obj, "Color", 4)[:, :3], srgb_to_linear(np.round(colors * 255) / 255), atol=1e-5)
     assert "sensor" not in obj.data.attributes
+    if obj.type == "POINTCLOUD":  # drawn at about the point spacing (the unit sphere's is about 0.18)
+        assert 0.05 < attribute(obj, "radius", 1).mean() < 0.15
     assert tuple(obj.location) == (0, 0, 0) and list(obj["nksr_offset"]) == [0, 0, 0]
     # Reconstruct takes its normals and colours (a Point Cloud's colour attributes have no active one).
     assert bpy.ops.nksr.reconstruct(detail_level=0.3, mise_iter=0) == {"FINISHED"}
