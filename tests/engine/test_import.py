@@ -16,7 +16,7 @@ from engine.service.client import EngineClient, InvalidRequest, RemoteError
 from tests import shapes
 from tests.engine.engines import ENV, PYTHON
 from tests.meshfiles import write_points
-from tests.scanfiles import write_splat_sphere
+from tests.scanfiles import write_e57_sphere, write_splat_sphere
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,16 @@ def test_sensors_come_back_relative_to_the_offset(client: EngineClient, tmp_path
     got = client.read_file(tmp_path / "scan.npy")
     assert got.sensors is not None and got.normals is None
     assert np.allclose(got.offset + got.sensors, [5000.0, 0.0, 10.0], atol=1e-5)
+
+
+def test_e57_scans_with_their_poses(client: EngineClient, tmp_path: Path) -> None:
+    pytest.importorskip("pye57")
+    world, rgb, sensors = write_e57_sphere(tmp_path / "two.e57", n=400)
+    got = client.read_file(tmp_path / "two.e57")
+    assert got.format == "E57" and len(got.points) == len(world)
+    assert np.abs(got.offset + got.points - world).max() < 1e-4
+    assert np.abs(got.offset + got.sensors - sensors).max() < 1e-4
+    assert np.allclose(got.colors[:, :3], rgb / 255, atol=1e-6)
 
 
 def test_every_kth_point(client: EngineClient, tmp_path: Path) -> None:
