@@ -5,15 +5,16 @@ torch).  It reads the selected point clouds, sends them to the engine, a
 separate Python process with torch (``engine_link``), and adds the meshes it
 returns.  Modules: ``settings`` (panel options, run state, preferences),
 ``scene_io`` (arrays out of objects, meshes back in), ``operators``
-(``nksr.reconstruct`` and the engine set-up), ``panel`` (the sidebar tab) and
+(``nksr.reconstruct`` and the engine set-up), ``importer`` (*File > Import >
+Point Cloud (NKSR)*: any format the engine reads), ``panel`` (the sidebar tab) and
 ``cli_command`` (``blender --background --command nksr``).
 """
 
 from __future__ import annotations
 
-from . import cli_command, engine_link, operators, panel, settings
+from . import cli_command, engine_link, importer, operators, panel, settings
 
-_MODULES = (settings, operators, panel, cli_command)
+_MODULES = (settings, operators, importer, panel, cli_command)
 
 
 def register() -> None:

@@ -105,7 +105,8 @@ class Run:
 
     def _submit(self) -> None:
         points = self.inputs[self.index]
-        sensor = None if self.viewpoint is None else self.viewpoint - points.center  # the points' frame
+        # A viewpoint chosen in the panel wins; else the object's ``sensor`` attribute, if any (the points' frame).
+        sensor = points.sensors if self.viewpoint is None else self.viewpoint - points.center
         self.job = self.client.submit(points.points, points.normals, points.colors, sensor=sensor, **self.options)
 
     def tick(self) -> bool:

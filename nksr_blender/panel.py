@@ -47,6 +47,9 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         row = layout.row()
         row.enabled = not state.running
         row.operator("nksr.reconstruct_file", icon="FILE_FOLDER")  # the engine reads the file: no import first
+        row = layout.row()
+        row.enabled = not state.running
+        row.operator("nksr.import_cloud", text="Import Point Cloud...", icon="IMPORT")
         if state.running:
             layout.progress(factor=state.fraction, text=f"{state.stage} {100 * state.fraction:.0f}%  (Esc cancels)")
         elif state.last_summary:

@@ -32,6 +32,7 @@ class PointSet:
     colors: np.ndarray | None  # (N, 4) float32, linear RGBA
     center: np.ndarray  # (3,) float64
     matrix_world: np.ndarray  # (4, 4) float64
+    sensors: np.ndarray | None = None  # (N, 3) float32, world minus center: the ``sensor`` attribute
 
 
 def _matrix(obj: bpy.types.Object) -> np.ndarray:
@@ -54,7 +55,7 @@ def _read_vectors(attr: Any, count: int) -> np.ndarray:
 def _point_colors(geometry: Any, count: int, corner_verts: np.ndarray | None) -> np.ndarray | None:
     """The active colour attribute per point (corner colours averaged onto their vertices)."""
     colors = getattr(geometry, "color_attributes", None)
-    attr = colors.active_color if colors is not None else None
+    attr = getattr(colors, "active_color", None)  # a PointCloud's colour attributes have no active one (5.0)
     if attr is None:
         attr = next((a for a in geometry.attributes if a.data_type in {"FLOAT_COLOR", "BYTE_COLOR"}
                      and a.domain == "POINT" and not a.name.startswith(".")), None)
@@ -73,10 +74,12 @@ def _point_colors(geometry: Any, count: int, corner_verts: np.ndarray | None) ->
     return None
 
 
-def _read_geometry(geometry: Any, with_colors: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Positions, normals and colours of an evaluated mesh or point cloud, in its local frame.
+def _read_geometry(geometry: Any, with_colors: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Positions, normals, colours and sensor positions of an evaluated mesh or point cloud, in its local frame.
 
-    The ``normal`` attribute wins; a mesh with faces falls back to its vertex normals.
+    The ``normal`` attribute wins; a mesh with faces falls back to its vertex normals.  ``sensor`` (where the
+    scanner stood for each point, FLOAT_VECTOR on points: what the NKSR importer makes) orients estimated normals.
     """
     is_mesh = isinstance(geometry, bpy.types.Mesh)
     count = len(geometry.vertices) if is_mesh else len(geometry.points)
@@ -96,7 +99,9 @@ def _read_geometry(geometry: Any, with_colors: bool) -> tuple[np.ndarray, np.nda
             corner_verts = np.empty(len(geometry.loops), dtype=np.int32)
             geometry.attributes[".corner_vert"].data.foreach_get("value", corner_verts)
         colors = _point_colors(geometry, count, corner_verts)
-    return local, normals, colors
+    sensor_attr = _attribute(geometry.attributes, "sensor", "FLOAT_VECTOR")
+    sensors = _read_vectors(sensor_attr, count) if sensor_attr is not None else None
+    return local, normals, colors, sensors
 
 
 def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_colors: bool = True) -> PointSet:
@@ -111,11 +116,11 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
     evaluated = obj.evaluated_get(depsgraph)
     if obj.type == "MESH":
         try:
-            local, normals, colors = _read_geometry(evaluated.to_mesh(), with_colors)
+            local, normals, colors, sensors = _read_geometry(evaluated.to_mesh(), with_colors)
         finally:
             evaluated.to_mesh_clear()
     else:
-        local, normals, colors = _read_geometry(evaluated.data, with_colors)
+        local, normals, colors, sensors = _read_geometry(evaluated.data, with_colors)
     count = len(local)
     if count == 0:
         raise SceneInputError(f"'{obj.name}' has no points. Select an object with vertices or points.")
@@ -134,7 +139,9 @@ def read_point_set(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_c
     if normals is not None:
         # Normals transform with the inverse transpose (the engine normalises them after a non-uniform scale).
         normals = _transform(normals, np.linalg.inv(linear).T)
-    return PointSet(obj.name, points, normals, colors, center, matrix)
+    if sensors is not None:  # positions: the same map as the points
+        sensors = _transform(sensors - local_center.astype(np.float32), linear)
+    return PointSet(obj.name, points, normals, colors, center, matrix, sensors)
 
 
 def _transform(vectors: np.ndarray, linear: np.ndarray) -> np.ndarray:

@@ -21,11 +21,13 @@ import subprocess
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..importing import check_import_options
 from ..mesh import Mesh
 from ..options import OptionError, check
 from ..progress import ProgressFn
@@ -88,6 +90,34 @@ class Progress(NamedTuple):
 
 
 Result = Mesh  # the engine's own result type (engine/mesh.py needs only numpy)
+
+
+@dataclass
+class ImportedCloud:
+    """What a ``read`` job brings back: a file's cloud, subsampled, ready for an importer.
+
+    points (N, 3) float32 relative to ``offset`` ((3,) float64): file coordinates
+    = offset + points, so a georeferenced file keeps its precision; normals
+    (N, 3), colors (N, 4) RGBA 0-1 (as the file stores them, usually sRGB),
+    sensors (N, 3) relative to ``offset``: float32 or None.  ``total``: the file's
+    rows before subsampling; ``dropped``: rows the reader left out, by reason;
+    ``format``: the reader's name.
+    """
+
+    points: np.ndarray
+    offset: np.ndarray
+    normals: np.ndarray | None = None
+    colors: np.ndarray | None = None
+    sensors: np.ndarray | None = None
+    total: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    format: str = ""
+
+
+def _imported(msg: Message) -> ImportedCloud:
+    a = msg.arrays
+    return ImportedCloud(a["points"], np.asarray(msg["offset"], np.float64).reshape(3), a.get("normals"),
+                         a.get("colors"), a.get("sensors"), int(msg["total"]), dict(msg["dropped"]), msg["format"])
 
 
 def _result(msg: Message) -> Mesh:
@@ -243,7 +273,7 @@ class Job:
         self.progress: Progress | None = None
         self.logs: list[tuple[str, str]] = []
         self.error: ClientError | None = None
-        self._result: Result | None = None
+        self._result: Any = None  # a Result (reconstruct) or an ImportedCloud (read)
         self._cancel_deadline: float | None = None
         self._cancel_grace = 0.0
 
@@ -253,8 +283,9 @@ class Job:
         return self._cancel_deadline is not None
 
     @property
-    def result(self) -> Result:
-        """The mesh; raises the job's error if it failed, ClientError if it is still running."""
+    def result(self) -> Any:
+        """The mesh (an ImportedCloud for a ``read`` job); raises the job's error if it failed, ClientError if
+        it is still running."""
         if self.error is not None:
             raise self.error
         if self._result is None:
@@ -303,7 +334,7 @@ class Job:
                 "heavy swapping).  Nothing was changed; the next reconstruction starts a fresh engine."))
         return handled
 
-    def wait(self, timeout: float | None = None, on_progress: ProgressFn | None = None) -> Result:
+    def wait(self, timeout: float | None = None, on_progress: ProgressFn | None = None) -> Any:
         """Block until the job ends and return its result; raise RemoteError, EngineCrashed or EngineTimeout.
 
         With ``timeout=None`` it waits as long as the engine works, but no
@@ -359,6 +390,14 @@ class Job:
                 self._fail(EngineCrashed("The engine sent a result with a malformed origin.", "Reinstall the add-on."))
                 return
             self._finish(result, None)
+        elif msg.type == "cloud":
+            try:
+                cloud = _imported(msg)
+            except (ValueError, TypeError):
+                self._client._kill()
+                self._fail(EngineCrashed("The engine sent a cloud with a malformed offset.", "Reinstall the add-on."))
+                return
+            self._finish(cloud, None)
         elif msg.type == "error":
             self._finish(None, RemoteError(msg["code"], msg["message"], msg["hint"], msg.get("reason")))
         else:
@@ -371,7 +410,7 @@ class Job:
             error = RemoteError("cancelled", f"Reconstruction cancelled ({error.message})", error.hint)
         self._finish(None, error)
 
-    def _finish(self, result: Result | None, error: ClientError | None) -> None:
+    def _finish(self, result: Any, error: ClientError | None) -> None:
         self.done, self._result, self.error = True, result, error
         if error is not None:
             self._client._cited(error)
@@ -543,10 +582,35 @@ class EngineClient:
             arrays["sensors"] = _rows("sensors", np.asarray(sensor, dtype=np.float64).reshape(-1, 3))
         return self._submit(Message("reconstruct_file", fields, arrays))
 
-    def _submit(self, request: Message) -> Job:
-        """Send a job's request (starting or restarting the engine first) and return the job at once."""
+    def submit_read(self, path: str | os.PathLike[str], *, every: int = 1, voxel_size: float | None = None,
+                    **options: Any) -> Job:
+        """Ask the engine to read a point-cloud file (any format it reads) and return its job at once.
+
+        The job's result is an :class:`ImportedCloud`.  ``every`` keeps every k-th point, ``voxel_size`` one
+        point per cube of that edge (file units); both are checked here before anything is sent.
+        """
         if self._job is not None and not self._job.done:
-            raise ClientError("A reconstruction is already running on this engine.", "Wait for it or cancel it.")
+            raise ClientError("A job is already running on this engine.", "Wait for it or cancel it.")
+        try:
+            opts = check_import_options({"every": every, "voxel_size": voxel_size, **options})
+        except OptionError as exc:
+            raise InvalidRequest(exc.message, exc.hint) from None
+        return self._submit(Message("read", {"path": os.path.abspath(os.fspath(path)), "options": opts}))
+
+    def read_file(self, path: str | os.PathLike[str], *, timeout: float | None = None,
+                  on_progress: ProgressFn | None = None, **options: Any) -> ImportedCloud:
+        """Blocking :meth:`submit_read`: the file's cloud.  An interrupt (Ctrl-C) cancels the job first."""
+        job = self.submit_read(path, **options)
+        try:
+            result: ImportedCloud = job.wait(timeout, on_progress)
+        except BaseException:
+            if not job.done:
+                job.cancel()
+            raise
+        return result
+
+    def _submit(self, request: Message) -> Job:
+        """Send a job's request (starting or restarting the engine first); its job."""
         self.start()
         job = Job(self)
         self._job = job

@@ -39,6 +39,13 @@ Messages (fields beyond ``type``; arrays in brackets):
   georeferenced coordinates exact: caller coordinates = origin + vertices.
 - ``error`` engine -> client, ends a job (or the engine, if it cannot go on):
   code, message, hint.
+- ``read`` client -> engine, a job like ``reconstruct`` (an importer's): path, options (``every``,
+  ``voxel_size``, ``splat_min_opacity``: :func:`engine.importing.check_import_options`).  The engine reads
+  the file and answers with progress frames and one ``cloud`` or ``error``.
+- ``cloud`` engine -> client, ends a ``read`` job: offset, total, dropped, format [points (N, 3) f4,
+  normals (N, 3) f4, colors (N, 4) f4, sensors (N, 3) f4, the last three optional].  Points and sensors
+  are relative to ``offset`` (three float64 numbers): file coordinates = offset + points; ``total`` is the
+  file's row count before subsampling, ``dropped`` the reader's rows left out, by reason.
 - ``cancel`` client -> engine: stop the running job; it ends with an ``error``
   of code ``cancelled`` (or its ``result``, when that was already on its way).
 - ``shutdown`` client -> engine: exit (the engine also exits on stdin EOF).
@@ -58,7 +65,7 @@ import numpy as np
 
 from ..errors import EngineError
 
-PROTOCOL_VERSION = 3  # 2: heartbeat; 3: reconstruct_file
+PROTOCOL_VERSION = 3  # 2: heartbeat; 3: reconstruct_file and read
 
 MAX_HEADER_BYTES = 1 << 20
 # Generous (a 100M-point request is about 4 GiB) but finite; both ends take a ``max_payload`` to change it.
@@ -72,6 +79,9 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
     "hello": ({"engine_version": str, "protocol_version": int}, frozenset(), frozenset()),
     "reconstruct": ({"options": dict}, frozenset({"points"}), frozenset({"normals", "colors", "sensors"})),
     "reconstruct_file": ({"options": dict, "path": str}, frozenset(), frozenset({"sensors"})),
+    "read": ({"path": str, "options": dict}, frozenset(), frozenset()),
+    "cloud": ({"offset": list, "total": int, "dropped": dict, "format": str}, frozenset({"points"}),
+              frozenset({"normals", "colors", "sensors"})),
     "progress": ({"stage": str, "fraction": (int, float), "text": str}, frozenset(), frozenset()),
     "log": ({"level": str, "text": str}, frozenset(), frozenset()),
     "heartbeat": ({}, frozenset(), frozenset()),
@@ -82,7 +92,7 @@ _SCHEMA: dict[str, tuple[dict[str, type | tuple[type, ...]], frozenset[str], fro
     "shutdown": ({}, frozenset(), frozenset()),
 }
 MESSAGE_TYPES = frozenset(_SCHEMA)
-JOB_REQUESTS = frozenset({"reconstruct", "reconstruct_file"})  # requests that start a job (``cancel`` stops it)
+JOB_REQUESTS = frozenset({"reconstruct", "reconstruct_file", "read"})  # requests that start a job (``cancel`` stops it)
 
 _PREFIX = struct.Struct("<I")
 _FIRST_ALLOCATION = 1 << 28  # bytes reserved for a payload before its bytes arrive; more as they do

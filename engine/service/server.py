@@ -54,7 +54,7 @@ class Inbox:
     def __init__(self, stream: protocol.Readable) -> None:
         self.stream = stream
         self.queue: queue.Queue[tuple[int, Message] | ProtocolError | None] = queue.Queue()
-        self.requests = 0  # reconstruct frames read so far; the n-th is job n
+        self.requests = 0  # job frames (protocol.JOB_REQUESTS) read so far; the n-th is job n
         self.cancel_through = 0  # jobs numbered up to this one are cancelled (plain ints: atomic under the GIL)
         self.thread = threading.Thread(target=self._run, name="engine-stdin", daemon=True)
 
@@ -291,6 +291,41 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
     log.info("job %d: result, %d faces (%.2f s)", job, len(arrays["faces"]), time.perf_counter() - t0)
 
 
+def run_read(request: Message, job: int, inbox: Inbox, out: Outbox) -> None:
+    """Answer one ``read`` request (an importer's) with progress frames and exactly one ``cloud`` or ``error``."""
+    from ..formats import READERS
+    from ..importing import read_for_import
+
+    t0 = time.perf_counter()
+    out.stage = ""
+    out.working = True
+    path = request["path"]
+    try:
+        cloud, offset, total = read_for_import(path, request["options"], out.progress,
+                                               lambda: inbox.cancelled(job))
+        out.progress("send", 0.0, f"{len(cloud.points):,} points")
+        arrays = {"points": (cloud.points - offset).astype(np.float32)}
+        if cloud.normals is not None:
+            arrays["normals"] = cloud.normals.astype(np.float32)
+        if cloud.colors is not None:
+            arrays["colors"] = cloud.colors.astype(np.float32)
+        if cloud.sensors is not None:
+            arrays["sensors"] = (cloud.sensors - offset).astype(np.float32)
+        reader = READERS[os.path.splitext(path)[1].lower()]
+        reply = protocol.encode(Message("cloud", {"offset": offset.tolist(), "total": total,
+                                                  "dropped": cloud.dropped, "format": reader.name}, arrays))
+    except Exception as exc:
+        code, message, hint = error_reply(exc)
+        if code == "internal":
+            traceback.print_exc(file=sys.stderr)
+        log.info("job %d (read %s): %s: %s (%.2f s)", job, path, code, message, time.perf_counter() - t0)
+        out.error(code, message, hint, reason=getattr(exc, "code", type(exc).__name__), ends_job=True)
+        return
+    out.write(reply, ends_job=True)
+    log.info("job %d: read %s, %d of %d points (%.2f s)", job, path, len(arrays["points"]), total,
+             time.perf_counter() - t0)
+
+
 def serve(inbox: Inbox, out: Outbox, reconstruct: Callable[..., Any]) -> int:
     """The request loop; returns the exit code."""
     while True:
@@ -304,11 +339,13 @@ def serve(inbox: Inbox, out: Outbox, reconstruct: Callable[..., Any]) -> int:
                 return EXIT_PROTOCOL
             continue
         job, msg = item
-        if msg.type in protocol.JOB_REQUESTS:
+        if msg.type == "read":
+            run_read(msg, job, inbox, out)
+        elif msg.type in protocol.JOB_REQUESTS:
             run_job(msg, job, inbox, out, reconstruct)
         else:
             out.error("protocol", f"The engine does not accept {msg.type!r} messages.",
-                      "Send 'reconstruct', 'reconstruct_file', 'cancel' or 'shutdown'.")
+                      "Send 'reconstruct', 'reconstruct_file', 'read', 'cancel' or 'shutdown'.")
 
 
 def _binary(fd: int) -> int:

@@ -40,6 +40,11 @@ EXAMPLES: list[Message] = [
              "normals": rng.normal(size=(4, 3)).astype(np.float32)}),
     Message("error", {"code": "input", "message": "The point cloud is empty.", "hint": "Select an object.",
                       "reason": "too_few_points"}),
+    Message("read", {"path": "/scans/site.laz", "options": {"every": 4}}),
+    Message("cloud", {"offset": [652345.0, 5412988.0, 312.0], "total": 40, "dropped": {"transparent_splats": 2},
+                      "format": "LAZ"},
+            {"points": rng.normal(size=(N, 3)).astype(np.float32),
+             "sensors": rng.normal(size=(N, 3)).astype(np.float32)}),
     Message("cancel"),
     Message("shutdown"),
 ]
