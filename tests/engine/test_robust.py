@@ -69,3 +69,16 @@ def test_a_closed_shape_loses_nothing_to_either_filter(noise: float) -> None:
     assert whole.stats["pieces"] == 1 and whole.stats["pieces_removed"] == whole.stats["faces_removed"] == 0
     # clean: not one point; 0.5% noise of the diagonal: only the noise's far tail
     assert whole.stats["outliers_removed"] <= (0 if noise == 0 else 0.002 * len(points))
+
+
+def test_a_thin_separate_part_that_many_points_see_stays() -> None:
+    """A pole beside a sphere: 0.3% of the sphere's area, which an area rule would cut, but 200 points see it."""
+    points, normals = shapes.sphere(8000, seed=1)
+    rng = np.random.default_rng(3)
+    angle, height = rng.uniform(0, 2 * np.pi, 200), rng.uniform(-0.2, 0.2, 200)
+    around = np.c_[np.cos(angle), np.sin(angle), np.zeros(200)]
+    pole = np.array([2.0, 0.0, 0.0]) + 0.03 * around + np.c_[np.zeros((200, 2)), height]
+    mesh = reconstruct(np.r_[points, pole], np.r_[normals, around], device="cpu", mise_iter=0)
+    assert mesh.stats["pieces"] == components(len(mesh.vertices), mesh.faces) == 2
+    assert mesh.stats["pieces_removed"] == 0
+    assert (mesh.vertices[:, 0] > 1.5).any()
