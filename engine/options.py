@@ -143,6 +143,9 @@ class Options:
         1, "refinement rounds below the finest voxel; each halves the triangle size and quadruples the count",
         flag="--mise-iter", kind=int, minimum=0, maximum=3)
     trim: bool = option(True, "cut away surface far from the points (off closes holes)", flag="--no-trim", kind=bool)
+    keep_fragments: bool = option(
+        False, "keep small pieces of surface that few points support (stray points' blobs, removed by default)",
+        flag="--keep-fragments", kind=bool)
     solver_tol: float = option(
         1e-5, "relative residual at which the solver stops", flag="--solver-tol", kind=float, minimum=0.0,
         maximum=0.1, open_minimum=True)

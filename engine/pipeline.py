@@ -31,9 +31,11 @@ from .solver.fitting import solve_levels
 from .solver.hierarchy import Level, build_levels, evaluate
 from .solver.knn import PointTree
 from .solver.normals import estimate_oriented, sensor_rows
+from .solver.outliers import drop_outliers
 from .solver.resolution import Resolution, choose_voxel_size
 from .solver.system import Weights, point_weight
 from .surface.colors import interpolate_colors
+from .surface.fragments import drop_fragments
 from .surface.meshing import candidate_cells, marching_cubes
 from .surface.trimming import compact, trim_distance, trim_far
 
@@ -136,6 +138,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         cloud = prepare_cloud(points, None if opts.estimate_normals else normals, colors)
         if opts.estimate_normals:
             cloud.normals_source = "forced"
+        cloud, outliers = drop_outliers(cloud)
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
     with run.stage("resolution"):
         res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.frame.diagonal)
@@ -157,6 +160,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         "points_in": int(np.asarray(points).shape[0]),
         "points_used": int(cloud.points.shape[0]),
         "points_dropped": cloud.dropped,
+        "outliers_removed": outliers,
         **normal_stats,
         "voxel_size": frame.from_canonical(res.voxel_size),
         "detail_level": res.detail_level if res.detail_level is not None else str(opts.detail_level),
@@ -280,9 +284,10 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
             verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
+        verts, faces, _, pieces = drop_fragments(verts, faces, cloud.points, f.voxel_size, keep=opts.keep_fragments)
     with run.stage("colors"):
         vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
-    return verts, faces, vcolors, f.stats
+    return verts, faces, vcolors, {**f.stats, **pieces.stats()}
 
 
 def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: Options, run: Run) -> MeshArrays:
@@ -315,6 +320,10 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
             run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")
     with run.stage("weld"):
         verts, faces, vcolors = weld(blocks)
+        # pieces cross chunks, so fragments are found on the welded mesh
+        verts, faces, rows, pieces = drop_fragments(verts, faces, cloud.points, prep.voxel_size,
+                                                    keep=opts.keep_fragments)
+        vcolors = None if vcolors is None else vcolors[rows]
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
     stats = {**prep.stats, "chunks": count, "chunk_size": size,
              "chunk_origin": frame.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
@@ -325,5 +334,5 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
              "unknowns": sum(f.unknowns for f in ordered),
              "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(depth)],
              "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(depth)],
-             "chunk_seconds": [round(f.seconds, 3) for f in ordered]}
+             "chunk_seconds": [round(f.seconds, 3) for f in ordered], **pieces.stats()}
     return verts, faces, vcolors, stats

@@ -412,6 +412,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "voxel_size": float(self.voxel_size) if self.voxel_size > 0 else None,
             "mise_iter": int(self.mise_iter),
             "trim": bool(self.trim),
+            "keep_fragments": bool(self.keep_fragments),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,

@@ -29,6 +29,7 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         col.prop(panel, "voxel_size")
         col.prop(panel, "mise_iter")
         col.prop(panel, "trim")
+        col.prop(panel, "keep_fragments")
         col.prop(panel, "keep_colors")
         col.prop(panel, "estimate_normals")
         col.prop(panel, "viewpoint")

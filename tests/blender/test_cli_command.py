@@ -24,7 +24,7 @@ def _cloud(tmp_path: Path) -> Path:
 def test_reconstructs_a_file_into_a_mesh_file(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
                                               capsys: object) -> None:
     out = tmp_path / "sub" / "out.ply"
-    assert addon.cli_command.run([str(_cloud(tmp_path)), str(out), "--mise-iter", "0"]) == 0
+    assert addon.cli_command.run([str(_cloud(tmp_path)), str(out), "--mise-iter", "0", "--keep-fragments"]) == 0
     header = out.read_bytes()[:400].split(b"end_header")[0].decode()
     faces = int(next(line.split()[-1] for line in header.splitlines() if line.startswith("element face")))
     assert faces > 500

@@ -1,0 +1,84 @@
+"""Real scans' stray points: removed before the solve, and the blobs the rest make removed after trimming.
+
+The scan comes from the scan simulator (bench/scanner.py) with its
+``scanner+outliers`` preset (1% uniform outliers, 1% flying pixels), small
+enough to reconstruct in a few seconds on one core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine import reconstruct
+from engine.solver.outliers import outlier_mask
+from tests import shapes
+from tests.meshcheck import components
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import scanner  # noqa: E402
+from scanner import FLYING, OUTLIER, SURFACE  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scan() -> scanner.Scan:
+    params = dataclasses.replace(scanner.PRESETS["scanner+outliers"], points=20_000)
+    return scanner.scan(scanner.torus_mesh(segments=80, tube=32), params, seed=3)
+
+
+@pytest.fixture(scope="module")
+def default(scan: scanner.Scan) -> Any:
+    return reconstruct(scan.points, scan.normals, device="cpu", mise_iter=0)
+
+
+def test_the_pre_filter_takes_outliers_and_no_surface(scan: scanner.Scan) -> None:
+    bad = outlier_mask(scan.points)
+    assert bad[scan.labels == OUTLIER].mean() > 0.4
+    assert bad[scan.labels == FLYING].mean() < 0.3  # flying pixels are sheets, not isolated points
+    assert not bad[scan.labels == SURFACE].any()
+
+
+def test_a_scan_with_stray_points_gives_one_piece(scan: scanner.Scan, default: Any) -> None:
+    stats = default.stats
+    assert stats["outliers_removed"] > 0 and stats["pieces_removed"] > 0 and stats["faces_removed"] > 0
+    assert stats["pieces"] == components(len(default.vertices), default.faces) == 1
+    kept = reconstruct(scan.points, scan.normals, device="cpu", mise_iter=0, keep_fragments=True)
+    assert kept.stats["pieces_removed"] == kept.stats["faces_removed"] == 0
+    assert kept.stats["pieces"] == components(len(kept.vertices), kept.faces) > 1
+    assert len(kept.faces) - len(default.faces) == stats["faces_removed"]
+
+
+def test_chunked_and_whole_remove_the_same_fragments(scan: scanner.Scan, default: Any) -> None:
+    chunked = reconstruct(scan.points, scan.normals, device="cpu", mise_iter=0, chunk_size=1.5)
+    assert chunked.stats["chunks"] > 1
+    assert chunked.stats["pieces"] == default.stats["pieces"] == 1
+    assert chunked.stats["pieces_removed"] > 0
+    assert components(len(chunked.vertices), chunked.faces) == 1
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.005])
+def test_a_closed_shape_loses_nothing_to_either_filter(noise: float) -> None:
+    points, normals = shapes.sphere(10_000, seed=1)
+    points = points + np.random.default_rng(2).normal(scale=noise * 2 * np.sqrt(3), size=points.shape)
+    whole = reconstruct(points, normals, device="cpu")
+    assert whole.stats["pieces"] == 1 and whole.stats["pieces_removed"] == whole.stats["faces_removed"] == 0
+    # clean: not one point; 0.5% noise of the diagonal: only the noise's far tail
+    assert whole.stats["outliers_removed"] <= (0 if noise == 0 else 0.002 * len(points))
+
+
+def test_a_thin_separate_part_that_many_points_see_stays() -> None:
+    """A pole beside a sphere: 0.3% of the sphere's area, which an area rule would cut, but 200 points see it."""
+    points, normals = shapes.sphere(8000, seed=1)
+    rng = np.random.default_rng(3)
+    angle, height = rng.uniform(0, 2 * np.pi, 200), rng.uniform(-0.2, 0.2, 200)
+    around = np.c_[np.cos(angle), np.sin(angle), np.zeros(200)]
+    pole = np.array([2.0, 0.0, 0.0]) + 0.03 * around + np.c_[np.zeros((200, 2)), height]
+    mesh = reconstruct(np.r_[points, pole], np.r_[normals, around], device="cpu", mise_iter=0)
+    assert mesh.stats["pieces"] == components(len(mesh.vertices), mesh.faces) == 2
+    assert mesh.stats["pieces_removed"] == 0
+    assert (mesh.vertices[:, 0] > 1.5).any()
