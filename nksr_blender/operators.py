@@ -375,6 +375,7 @@ class NKSR_OT_reconstruct(ModalOperator, settings.ReconstructOptions, bpy.types.
             "voxel_size": float(self.voxel_size) if self.voxel_size > 0 else None,
             "mise_iter": int(self.mise_iter),
             "trim": bool(self.trim),
+            "watertight": bool(self.watertight),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,
