@@ -12,6 +12,7 @@ import pytest
 from engine import options, reconstruct
 from engine.errors import MemoryLimitError
 from engine.options import OptionError, Options
+from engine.surface.watertight import closed_piece
 from tests import shapes
 from tests.engine.test_cli import engine_cli, no_traceback
 from tests.meshcheck import boundary_edges, components, edge_counts, inconsistent_edges, signed_volume
@@ -64,6 +65,19 @@ def test_watertight_closes_the_hole_without_ballooning(scanned: dict) -> None:
     assert np.abs(shapes.sphere_sdf(v)).max() < 0.1
     assert abs(signed_volume(v, f) / (4 / 3 * np.pi) - 1) < 0.03
     assert v[:, 2].min() < -0.95, "the unseen cap is covered"
+
+
+def test_a_hole_left_in_the_largest_piece_is_closed_with_consistent_winding(scanned: dict) -> None:
+    """The last safeguard: a boundary loop (here, the faces around one vertex taken out) is closed by a fan."""
+    mesh = scanned["watertight"]
+    v, f = mesh.vertices64, mesh.faces
+    open_f = f[~(f == f[0, 0]).any(axis=1)]
+    assert boundary_edges(open_f) > 0
+    cv, cf, done = closed_piece(v, open_f)
+    assert done["watertight_holes_filled"] == 1
+    _, counts = edge_counts(cf)
+    assert (counts == 2).all() and inconsistent_edges(cf) == 0
+    assert signed_volume(cv, cf) == pytest.approx(signed_volume(v, f), rel=1e-3)
 
 
 def test_option_is_checked_and_flagged() -> None:
