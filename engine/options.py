@@ -146,6 +146,9 @@ class Options:
     keep_fragments: bool = option(
         False, "keep small pieces of surface that few points support (stray points' blobs, removed by default)",
         flag="--keep-fragments", kind=bool)
+    watertight: bool = option(
+        False, "close holes into one closed manifold surface, for 3D printing and simulation (replaces trim)",
+        flag="--watertight", kind=bool)
     solver_tol: float = option(
         1e-5, "relative residual at which the solver stops", flag="--solver-tol", kind=float, minimum=0.0,
         maximum=0.1, open_minimum=True)
@@ -188,7 +191,11 @@ class Options:
         """Validated options: ``options`` (a mapping or an Options) updated by ``overrides``; OptionError if bad."""
         given = dict(dataclasses.asdict(options) if isinstance(options, Options) else (options or {}))
         given.update(overrides)
-        return cls(**check(given, SPECS))
+        opts = cls(**check(given, SPECS))
+        if opts.watertight and opts.chunk_size is not None:  # chunks are meshed apart: no one closed piece
+            raise OptionError("Option 'watertight' cannot be combined with 'chunk_size' (chunks are meshed apart).",
+                              "Leave chunk_size unset, or turn watertight off.")
+        return opts
 
     def replace(self, **changes: Any) -> Options:
         return Options.of(self, **changes)

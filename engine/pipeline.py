@@ -38,6 +38,7 @@ from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
 from .surface.meshing import candidate_cells, marching_cubes
 from .surface.trimming import compact, trim_distance, trim_far
+from .surface.watertight import close_level, closed_piece, outside_beyond, refuse_chunks
 
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 
@@ -181,6 +182,8 @@ def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
         x = prepared.frame.to_voxels(torch.from_numpy(cloud.points).to(dev))
         nrm = torch.from_numpy(cloud.normals).to(dev)
         levels = build_levels(x, opts.depth)
+        if opts.watertight:  # the coarsest level spans the gaps and the inside (surface/watertight.py)
+            levels[-1] = close_level(levels[-1])
     iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
                                          run)
     stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
@@ -246,6 +249,8 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     pool = pool_spec if pool_spec is not None else make_executor(opts.executor, opts.workers)
     prep = prepare(points, normals, colors, opts, run, sensor=sensor, concurrent=pool.concurrent,
                    worker_processes=pool.worker_processes)
+    if prep.plan.grid is not None and opts.watertight:
+        raise refuse_chunks()
     if prep.plan.grid is not None:
         verts, faces, vcolors, stats = reconstruct_chunked(prep, prep.plan.grid, pool, opts, run)
     else:
@@ -273,14 +278,18 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
 
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
-        start = levels[0] if opts.trim else levels[-1]
-        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + opts.mise_iter, field)
+        start = levels[0] if opts.trim and not opts.watertight else levels[-1]
+        meshed = outside_beyond(start, field) if opts.watertight else field
+        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + opts.mise_iter, meshed)
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = frame.from_voxels(verts_t.double()).cpu().numpy()
         faces = faces_t.cpu().numpy()
     with run.stage("trim"):
         tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
-        if opts.trim:
+        if opts.watertight:
+            verts, faces, closed = closed_piece(verts, faces)
+            f.stats.update(closed)
+        elif opts.trim:
             verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)

@@ -413,6 +413,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "mise_iter": int(self.mise_iter),
             "trim": bool(self.trim),
             "keep_fragments": bool(self.keep_fragments),
+            "watertight": bool(self.watertight),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,

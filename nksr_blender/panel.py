@@ -28,8 +28,11 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         sub.prop(panel, "detail_level", slider=True)
         col.prop(panel, "voxel_size")
         col.prop(panel, "mise_iter")
-        col.prop(panel, "trim")
+        sub = col.column()
+        sub.active = not panel.watertight  # watertight replaces trimming
+        sub.prop(panel, "trim")
         col.prop(panel, "keep_fragments")
+        col.prop(panel, "watertight")
         col.prop(panel, "keep_colors")
         col.prop(panel, "estimate_normals")
         col.prop(panel, "viewpoint")

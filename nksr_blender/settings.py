@@ -64,6 +64,7 @@ class ReconstructOptions:
     mise_iter: _number(IntProperty, "mise_iter", "Refinement")  # type: ignore[valid-type]
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_fragments: _flag("keep_fragments", "Keep Fragments")  # type: ignore[valid-type]
+    watertight: _flag("watertight", "Watertight")  # type: ignore[valid-type]
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
     estimate_normals: _flag("estimate_normals", "Estimate Normals")  # type: ignore[valid-type]

@@ -9,6 +9,7 @@ import bpy
 import numpy as np
 import pytest
 
+from tests.meshcheck import boundary_edges
 from tests.mounts import fill, read_only_folder, tiny_fs
 from tests.shapes import sphere
 
@@ -100,3 +101,18 @@ def test_out_of_range_options_are_refused_before_anything_is_imported(scene: bpy
     assert code == 2
     assert "'mise_iter' must be an integer from 0 to 3" in capsys.readouterr().out
     assert set(bpy.data.objects) == before and not (tmp_path / "out.ply").exists()
+
+
+def test_watertight_closes_the_unseen_underside(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType,
+                                                capsys: object) -> None:
+    """``--watertight`` reaches the engine: the cap the scan never saw is closed; without it, it stays open."""
+    points, normals = sphere(3000, seed=5)
+    seen = points[:, 2] > -0.7
+    src = write_ply(tmp_path / "in.ply", points[seen], normals[seen], color_of(points[seen]))
+    for flags, closed in (([], False), (["--watertight"], True)):
+        out = tmp_path / f"out{len(flags)}.ply"
+        assert addon.cli_command.run([str(src), str(out), "--mise-iter", "0", *flags]) == 0
+        bpy.ops.wm.ply_import(filepath=str(out))
+        mesh = bpy.context.selected_objects[0].data
+        faces = np.array([p.vertices[:] for p in mesh.polygons])
+        assert (boundary_edges(faces) == 0) is closed

@@ -9,8 +9,8 @@ import pytest
 
 # Blender property -> what stands for the option's unset value (None: the option has a value of its own).
 ZERO_UNSETS = {"voxel_size": True, "chunk_size": True, "memory_limit_gb": True}
-SHARED = ["detail_level", "voxel_size", "mise_iter", "trim", "keep_fragments", "estimate_normals", "chunk_size",
-          "overlap_ratio", "memory_limit_gb", "workers"]
+SHARED = ["detail_level", "voxel_size", "mise_iter", "trim", "keep_fragments", "watertight", "estimate_normals",
+          "chunk_size", "overlap_ratio", "memory_limit_gb", "workers"]
 
 
 @pytest.mark.parametrize("owner", ["NKSR_Settings", "NKSR_OT_reconstruct"])
@@ -38,3 +38,26 @@ def test_refinement_is_capped_where_the_engine_caps_it(addon: ModuleType, scene:
     """The engine refuses mise_iter 4 and above; the panel cannot even hold it (it clamps to the same range)."""
     scene.nksr.mise_iter = 10
     assert scene.nksr.mise_iter == addon.engine_link.options_api().SPECS["mise_iter"].maximum == 3
+
+
+class _Layout:
+    """Records the properties a panel's ``draw`` lays out (the UI itself needs a window, which tests lack)."""
+
+    def __init__(self, shown: list[str]) -> None:
+        self.shown = shown
+
+    def __getattr__(self, name: str) -> object:
+        if name in ("column", "row", "box"):
+            return lambda *a, **k: _Layout(self.shown)
+        return lambda *a, **k: None
+
+    def prop(self, data: object, name: str, **kwargs: object) -> None:
+        self.shown.append(name)
+
+
+def test_panel_shows_every_setting_including_watertight(addon: ModuleType, scene: bpy.types.Scene) -> None:
+    shown: list[str] = []
+    panel = type("Drawn", (), {"layout": _Layout(shown)})()
+    addon.panel.NKSR_PT_reconstruct.draw(panel, bpy.context)
+    assert "watertight" in shown
+    assert set(shown) == set(addon.settings.OPTION_NAMES), "every setting is on the panel"
