@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,8 @@ def underside_unseen_scan(n: int = 4000, strays: int = 12, seed: int = 0) -> tup
 @pytest.fixture(scope="module")
 def scanned() -> dict[str, object]:
     p, n = underside_unseen_scan()
-    start = time.perf_counter()
-    closed = reconstruct(p, n, device="cpu", mise_iter=0, watertight=True)
-    seconds = time.perf_counter() - start
-    return {"default": reconstruct(p, n, device="cpu", mise_iter=0), "watertight": closed, "seconds": seconds}
+    return {"default": reconstruct(p, n, device="cpu", mise_iter=0),
+            "watertight": reconstruct(p, n, device="cpu", mise_iter=0, watertight=True)}
 
 
 def test_the_default_leaves_the_unseen_region_open(scanned: dict) -> None:
@@ -50,12 +47,12 @@ def test_watertight_is_one_closed_manifold_outward_piece(scanned: dict) -> None:
     mesh = scanned["watertight"]
     v, f = mesh.vertices64, mesh.faces
     assert components(len(v), f) == 1, "one piece: the stray points' blobs are dropped"
-    assert mesh.stats["watertight_pieces_dropped"] > 0
+    # The strays go before the solve (the outlier test) or as pieces of their own after it.
+    assert mesh.stats["outliers_removed"] + mesh.stats["watertight_pieces_dropped"] >= 12
     _, counts = edge_counts(f)
     assert (counts == 2).all(), "no boundary edges, every edge in exactly two faces"
     assert inconsistent_edges(f) == 0, "neighbouring faces wind the same way"
     assert signed_volume(v, f) > 0, "faces wind outward"
-    assert scanned["seconds"] < 20
 
 
 def test_watertight_closes_the_hole_without_ballooning(scanned: dict) -> None:
@@ -105,9 +102,10 @@ def test_automatic_chunking_does_not_drop_watertight() -> None:
     """Over the memory limit the scene would be chunked (as tests/engine/test_chunks.py's auto-chunk test shows for
     this scene and limit): watertight is refused before the solve, not silently lost."""
     p, n, c = shapes.city(200_000, size=60.0)
-    start = time.perf_counter()
+    stages: set[str] = set()
     with pytest.raises(MemoryLimitError, match="Watertight mode needs the scene solved in one piece") as info:
-        reconstruct(p, n, c, device="cpu", memory_limit_gb=1.5, watertight=True)
+        reconstruct(p, n, c, device="cpu", memory_limit_gb=1.5, watertight=True,
+                    progress=lambda stage, fraction, text: stages.add(stage))
     assert "would be split into chunks" in info.value.message
     assert "Raise the memory limit" in info.value.hint
-    assert time.perf_counter() - start < 15, "refused before the solve"
+    assert not stages & {"hierarchy", "system", "solve", "chunks"}, f"refused before the solve, not after {stages}"
