@@ -35,6 +35,7 @@ from .solver.resolution import Resolution, choose_voxel_size
 from .solver.system import Weights, point_weight
 from .surface.colors import interpolate_colors
 from .surface.meshing import candidate_cells, marching_cubes
+from .surface.simplify import simplify
 from .surface.trimming import compact, trim_distance, trim_far
 
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
@@ -280,9 +281,11 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
             verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
+    with run.stage("simplify"):
+        verts, faces, simplified = simplify(verts, faces, f.voxel_size, opts.max_faces)
     with run.stage("colors"):
         vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
-    return verts, faces, vcolors, f.stats
+    return verts, faces, vcolors, {**f.stats, **simplified}
 
 
 def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: Options, run: Run) -> MeshArrays:
@@ -315,6 +318,10 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
             run.report("mesh", (i + 1) / count, f"chunk {i + 1}/{count} meshed")
     with run.stage("weld"):
         verts, faces, vcolors = weld(blocks)
+    with run.stage("simplify"):  # the blocks' colours were the welded vertices': interpolate again
+        verts, faces, simplified = simplify(verts, faces, prep.voxel_size, opts.max_faces)
+        if vcolors is not None and cloud.colors is not None:
+            vcolors = interpolate_colors(verts, PointTree(cloud.points), cloud.colors)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
     stats = {**prep.stats, "chunks": count, "chunk_size": size,
              "chunk_origin": frame.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
@@ -325,5 +332,5 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
              "unknowns": sum(f.unknowns for f in ordered),
              "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(depth)],
              "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(depth)],
-             "chunk_seconds": [round(f.seconds, 3) for f in ordered]}
+             "chunk_seconds": [round(f.seconds, 3) for f in ordered], **simplified}
     return verts, faces, vcolors, stats

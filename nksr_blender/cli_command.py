@@ -41,8 +41,8 @@ EXPORTERS: dict[str, Callable[[str], Any]] = {
 
 
 # The engine options this command takes (flags, help and ranges from the engine's option table).
-FLAGS = ("detail_level", "voxel_size", "mise_iter", "trim", "estimate_normals", "chunk_size", "overlap_ratio",
-         "memory_limit_gb", "workers")
+FLAGS = ("detail_level", "voxel_size", "mise_iter", "max_faces", "trim", "estimate_normals", "chunk_size",
+         "overlap_ratio", "memory_limit_gb", "workers")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,7 +135,8 @@ def run(argv: list[str]) -> int:
         obj.select_set(obj in imported)
     view_layer.objects.active = imported[0]
     # The operator's properties cannot be empty: 0 stands for unset (and 1 worker for the engine itself).
-    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter, "trim": opts.trim,
+    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter,
+                               "max_faces": opts.max_faces or 0, "trim": opts.trim,
                                "keep_colors": not args.no_colors, "device": args.device.upper(),
                                "estimate_normals": opts.estimate_normals, "chunk_size": opts.chunk_size or 0.0,
                                "overlap_ratio": opts.overlap_ratio, "memory_limit_gb": opts.memory_limit_gb or 0.0,

@@ -62,6 +62,7 @@ class ReconstructOptions:
     voxel_size: _number(FloatProperty, "voxel_size", "Voxel Size", zero_unsets=True,  # type: ignore[valid-type]
                         subtype="DISTANCE", precision=4)
     mise_iter: _number(IntProperty, "mise_iter", "Refinement")  # type: ignore[valid-type]
+    max_faces: _number(IntProperty, "max_faces", "Max Triangles", zero_unsets=True)  # type: ignore[valid-type]
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
