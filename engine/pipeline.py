@@ -282,7 +282,8 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         else:
             verts, faces, _ = compact(verts, faces)
     with run.stage("simplify"):
-        verts, faces, simplified = simplify(verts, faces, f.voxel_size, opts.max_faces)
+        verts, faces, simplified = simplify(verts, faces, f.voxel_size, opts.max_faces,
+                                            prep.stats["memory_limit_bytes"])
     with run.stage("colors"):
         vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
     return verts, faces, vcolors, {**f.stats, **simplified}
@@ -319,7 +320,8 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
     with run.stage("weld"):
         verts, faces, vcolors = weld(blocks)
     with run.stage("simplify"):  # the blocks' colours were the welded vertices': interpolate again
-        verts, faces, simplified = simplify(verts, faces, prep.voxel_size, opts.max_faces)
+        verts, faces, simplified = simplify(verts, faces, prep.voxel_size, opts.max_faces,
+                                            prep.stats["memory_limit_bytes"])
         if vcolors is not None and cloud.colors is not None:
             vcolors = interpolate_colors(verts, PointTree(cloud.points), cloud.colors)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]

@@ -35,6 +35,8 @@ SIMPLIFY_TOLERANCE = 0.03
 ITERATIONS = 20  # collapse passes; the error threshold grows over them to the bound (100: same faces, 2x time)
 AGGRESSIVENESS = 7.0  # threshold ~ (pass + 3)^7, so the cheapest collapses go first
 MIN_FACES = 4  # a tetrahedron: the smallest closed mesh, the smallest budget max_faces accepts
+# pyfqmr's peak memory per input face: 465 bytes measured on the scan of bench/README.md (1.02M faces, +453 MiB).
+BYTES_PER_FACE = 500
 
 
 def _schedule(bound: float) -> float:
@@ -42,16 +44,24 @@ def _schedule(bound: float) -> float:
     return bound / (ITERATIONS - 1 + 3) ** AGGRESSIVENESS
 
 
-def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_faces: int | None
-             ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_faces: int | None,
+             memory_limit: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Vertices (V, 3) and faces (F, 3) after error-bounded collapse, then down to ``max_faces`` if set; and stats.
 
     The bound is ``SIMPLIFY_TOLERANCE`` finest voxels; a ``max_faces`` budget below
     what the bound leaves is met by further collapses (cheapest first), within 10%.
+    A mesh whose collapse would need more than ``memory_limit`` bytes is left as it
+    is, and ``simplify_skipped`` in the stats says so (a chunked scene of tens of
+    millions of faces: the solve fits its limit chunk by chunk, the collapse would not).
     """
     before = int(faces.shape[0])
     stats: dict[str, Any] = {"faces_before_simplify": before, "simplify_tolerance_voxels": SIMPLIFY_TOLERANCE}
     if before <= MIN_FACES:
+        return vertices, faces, stats
+    if memory_limit is not None and before * BYTES_PER_FACE > memory_limit:
+        stats["simplify_skipped"] = (f"{before:,} faces would need about {before * BYTES_PER_FACE / 2**30:.1f} GiB "
+                                     f"to simplify, over the memory limit of {memory_limit / 2**30:.1f} GiB; "
+                                     "raise the memory limit or use a larger voxel size")
         return vertices, faces, stats
     import pyfqmr
 

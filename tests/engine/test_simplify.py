@@ -108,6 +108,16 @@ def test_chunked_run_honours_max_faces() -> None:
     assert _closed(mesh.faces, mesh.vertices.shape[0])
 
 
+def test_a_collapse_over_the_memory_limit_is_skipped_and_said() -> None:
+    """Tens of millions of chunked faces must not break the memory limit the solve kept: the mesh stays whole."""
+    from engine.surface.simplify import BYTES_PER_FACE, simplify
+
+    v, f = np.eye(3).repeat(2, axis=0)[:5], np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [1, 2, 3], [1, 3, 4]])
+    v2, f2, stats = simplify(v, f, 1.0, 4, memory_limit=4 * BYTES_PER_FACE)
+    assert f2 is f and v2 is v and "memory limit" in stats["simplify_skipped"]
+    assert "simplify_skipped" not in simplify(v, f, 1.0, 4, memory_limit=5 * BYTES_PER_FACE)[2]
+
+
 def test_impossible_budget_is_refused_with_the_range() -> None:
     p, n = sphere(500, seed=7)
     with pytest.raises(OptionError, match="max_faces.*from 4"):
