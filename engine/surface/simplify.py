@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .trimming import compact
+
 # Quadric error bound per collapse, in finest voxels (as a distance).  Measured on the sphere (20k points,
 # mise 1, 115k faces; mean distance of the surface to the true sphere, in voxels): unsimplified 0.0016;
 # bound 0.03 -> 21k faces at 0.0032, 0.1 -> 8.9k at 0.0063, 0.3 -> 4.1k at 0.0125 (mise 0 unsimplified: 29k
@@ -37,6 +39,8 @@ AGGRESSIVENESS = 7.0  # threshold ~ (pass + 3)^7, so the cheapest collapses go f
 MIN_FACES = 4  # a tetrahedron: the smallest closed mesh, the smallest budget max_faces accepts
 # pyfqmr's peak memory per input face: 465 bytes measured on the scan of bench/README.md (1.02M faces, +453 MiB).
 BYTES_PER_FACE = 500
+REPAIR_RADIUS = 3.0  # voxels around a pinch whose input faces are kept as they were
+REPAIR_ROUNDS = 4  # each keeps the input around the pinches found so far and collapses the rest again
 
 
 def _schedule(bound: float) -> float:
@@ -63,20 +67,77 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
                                      f"to simplify, over the memory limit of {memory_limit / 2**30:.1f} GiB; "
                                      "raise the memory limit or use a larger voxel size")
         return vertices, faces, stats
-    import pyfqmr
-
     origin = vertices.mean(axis=0)
     scaled = (np.asarray(vertices, np.float64) - origin) / voxel_size  # errors in voxels^2
+    f0 = np.asarray(faces, np.int64)
+    v, f = _collapse(scaled, f0, max_faces, move_border=True)
+    if _pinched(f).size and not _pinched(f0).size:
+        v, f = _repair(scaled, f0, v, f, max_faces)
+        if _pinched(f).size and max_faces is not None:  # the budget pinches thin parts: the bound alone
+            v, f = _repair(scaled, f0, *_collapse(scaled, f0, None, move_border=True), None)
+            stats["simplify_note"] = (f"max_faces {max_faces:,} would pinch thin parts of the surface; "
+                                      "simplified to the error bound only")
+        if _pinched(f).size:
+            stats["simplify_skipped"] = "the collapse pinched the surface (an edge of more than two faces)"
+            return vertices, faces, stats
+    if max_faces is not None and f.shape[0] > 1.1 * max_faces and "simplify_note" not in stats:
+        stats["simplify_note"] = (f"max_faces {max_faces:,} left {f.shape[0]:,}: thin parts were kept as meshed "
+                                  "so that no edge joins more than two faces")
+    out_v = (v * voxel_size + origin).astype(vertices.dtype)
+    return out_v, f.astype(faces.dtype), stats
+
+
+def _collapse(v: np.ndarray, f: np.ndarray, max_faces: int | None, move_border: bool
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """pyfqmr's collapse to the error bound, then to ``max_faces``; borders stay unless ``move_border`` must."""
+    import pyfqmr
+
     s = pyfqmr.Simplify()
-    s.setMesh(scaled, np.asarray(faces, np.int32))
+    s.setMesh(v, f.astype(np.int32))
     s.simplify_mesh(target_count=MIN_FACES, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
                     alpha=_schedule(SIMPLIFY_TOLERANCE ** 2), K=3, preserve_border=True, verbose=False)
     if max_faces is not None and s.getMesh()[1].shape[0] > max_faces:
         s.simplify_mesh(target_count=max_faces, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
                         preserve_border=True, verbose=False)
-        if s.getMesh()[1].shape[0] > max_faces * 1.1:  # the open boundary alone is over the budget: move it too
+        if move_border and s.getMesh()[1].shape[0] > max_faces * 1.1:  # the open border alone is over the budget
             s.simplify_mesh(target_count=max_faces, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
                             preserve_border=False, verbose=False)
-    v, f, _ = s.getMesh()
-    out_v = (np.asarray(v, np.float64) * voxel_size + origin).astype(vertices.dtype)
-    return out_v, np.asarray(f, faces.dtype), stats
+    v2, f2, _ = s.getMesh()
+    return np.asarray(v2, np.float64), np.asarray(f2, np.int64)
+
+
+def _pinched(f: np.ndarray) -> np.ndarray:
+    """Edges (E, 2) shared by more than two faces: pyfqmr checks flips, not the link condition, so thin
+    parts (a pole a voxel wide) can collapse into two sheets that meet along an edge."""
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    u, count = np.unique(e, axis=0, return_counts=True)
+    return u[count > 2]
+
+
+def _repair(v0: np.ndarray, f0: np.ndarray, v: np.ndarray, f: np.ndarray, max_faces: int | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse again with the input's faces near each pinch left as they were (their border pinned), round
+    after round; the kept faces and the collapsed rest share the pinned cut vertices bit for bit, so they weld."""
+    from scipy.spatial import cKDTree
+
+    centres = v0[f0].mean(axis=1)
+    near = np.zeros(f0.shape[0], bool)
+    for _ in range(REPAIR_ROUNDS):
+        pinches = v[_pinched(f)].mean(axis=1)
+        if not pinches.size:
+            break
+        near |= cKDTree(pinches).query(centres, distance_upper_bound=REPAIR_RADIUS)[0] <= REPAIR_RADIUS
+        budget = None if max_faces is None else max(max_faces - int(near.sum()), MIN_FACES)
+        rv, rf = _collapse(v0, f0[~near], budget, move_border=False)
+        kept = np.unique(f0[near])
+        shared = np.intersect1d(kept, np.unique(f0[~near]))  # the cut: pinned, so bit-equal in rv
+        _, ids = np.unique(np.concatenate([v0[shared], rv]), axis=0, return_inverse=True)
+        ids = ids.reshape(-1)
+        owner = np.full(int(ids.max()) + 1, -1, np.int64)
+        owner[ids[:shared.shape[0]]] = shared
+        source = owner[ids[shared.shape[0]:]]  # each collapsed vertex's input row where it is a cut vertex
+        remap = np.zeros(v0.shape[0], np.int64)
+        remap[kept] = rv.shape[0] + np.arange(kept.shape[0])
+        remap[source[source >= 0]] = np.nonzero(source >= 0)[0]  # kept faces use the rest's copy of the cut
+        v, f, _ = compact(np.concatenate([rv, v0[kept]]), np.concatenate([rf, remap[f0[near]]]))
+    return v, f
