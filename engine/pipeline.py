@@ -320,9 +320,10 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
     with run.stage("weld"):
         verts, faces, vcolors = weld(blocks)
     with run.stage("simplify"):  # the blocks' colours were the welded vertices': interpolate again
+        welded = verts
         verts, faces, simplified = simplify(verts, faces, prep.voxel_size, opts.max_faces,
                                             prep.stats["memory_limit_bytes"])
-        if vcolors is not None and cloud.colors is not None:
+        if vcolors is not None and cloud.colors is not None and verts is not welded:
             vcolors = interpolate_colors(verts, PointTree(cloud.points), cloud.colors)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
     stats = {**prep.stats, "chunks": count, "chunk_size": size,

@@ -22,6 +22,7 @@ closed and manifold (tests/engine/test_simplify.py checks it).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -54,18 +55,19 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
 
     The bound is ``SIMPLIFY_TOLERANCE`` finest voxels; a ``max_faces`` budget below
     what the bound leaves is met by further collapses (cheapest first), within 10%.
-    A mesh whose collapse would need more than ``memory_limit`` bytes is left as it
-    is, and ``simplify_skipped`` in the stats says so (a chunked scene of tens of
-    millions of faces: the solve fits its limit chunk by chunk, the collapse would not).
+    A mesh whose collapse would need more than ``memory_limit`` leaves (less what the
+    process holds now, where /proc says) is left as it is, and ``simplify_skipped`` in
+    the stats says so (a chunked scene of millions of faces under a tight limit: the
+    solve fits it chunk by chunk, the collapse of the welded whole would not).
     """
     before = int(faces.shape[0])
     stats: dict[str, Any] = {"faces_before_simplify": before, "simplify_tolerance_voxels": SIMPLIFY_TOLERANCE}
     if before <= MIN_FACES:
         return vertices, faces, stats
-    if memory_limit is not None and before * BYTES_PER_FACE > memory_limit:
+    if memory_limit is not None and before * BYTES_PER_FACE > memory_limit - _resident_bytes():
         stats["simplify_skipped"] = (f"{before:,} faces would need about {before * BYTES_PER_FACE / 2**30:.1f} GiB "
-                                     f"to simplify, over the memory limit of {memory_limit / 2**30:.1f} GiB; "
-                                     "raise the memory limit or use a larger voxel size")
+                                     f"to simplify, more than the memory limit of {memory_limit / 2**30:.1f} GiB "
+                                     "leaves; raise the memory limit or use a larger voxel size")
         return vertices, faces, stats
     origin = vertices.mean(axis=0)
     scaled = (np.asarray(vertices, np.float64) - origin) / voxel_size  # errors in voxels^2
@@ -85,6 +87,15 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
                                   "so that no edge joins more than two faces")
     out_v = (v * voxel_size + origin).astype(vertices.dtype)
     return out_v, f.astype(faces.dtype), stats
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux); 0 where /proc does not say."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _collapse(v: np.ndarray, f: np.ndarray, max_faces: int | None, move_border: bool
