@@ -1,4 +1,4 @@
-"""The pipeline: clean -> resolution -> normals -> hierarchy -> system -> solve -> mesh -> trim -> colours.
+"""The pipeline: clean -> resolution -> normals -> hierarchy -> system -> solve -> mesh -> trim -> simplify -> colours.
 
 Each stage lives in its own module; this one only sequences them, times them,
 reports progress and checks for cancellation between and inside stages.
