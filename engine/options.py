@@ -142,6 +142,9 @@ class Options:
     mise_iter: int = option(
         1, "refinement rounds below the finest voxel; each halves the triangle size and quadruples the count",
         flag="--mise-iter", kind=int, minimum=0, maximum=3)
+    max_faces: int | None = option(
+        None, "triangles the mesh may have at most (unset: as many as a tolerance of 0.03 voxel needs)",
+        flag="--max-faces", kind=int, minimum=4, maximum=1_000_000_000, special=(None,))
     trim: bool = option(True, "cut away surface far from the points (off closes holes)", flag="--no-trim", kind=bool)
     keep_fragments: bool = option(
         False, "keep small pieces of surface that few points support (stray points' blobs, removed by default)",

@@ -1,4 +1,4 @@
-"""The pipeline: clean -> resolution -> normals -> hierarchy -> system -> solve -> mesh -> trim -> colours.
+"""The pipeline: clean -> resolution -> normals -> hierarchy -> system -> solve -> mesh -> trim -> simplify -> colours.
 
 Each stage lives in its own module; this one only sequences them, times them,
 reports progress and checks for cancellation between and inside stages.
@@ -37,6 +37,7 @@ from .solver.system import Weights, point_weight
 from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
 from .surface.meshing import candidate_cells, marching_cubes
+from .surface.simplify import simplify
 from .surface.trimming import compact, trim_distance, trim_far
 from .surface.watertight import close_level, closed_piece, outside_beyond, refuse_chunks
 
@@ -294,9 +295,12 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         else:
             verts, faces, _ = compact(verts, faces)
         verts, faces, _, pieces = drop_fragments(verts, faces, cloud.points, f.voxel_size, keep=opts.keep_fragments)
+    with run.stage("simplify"):
+        verts, faces, simplified = simplify(verts, faces, f.voxel_size, opts.max_faces,
+                                            prep.stats["memory_limit_bytes"])
     with run.stage("colors"):
         vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
-    return verts, faces, vcolors, {**f.stats, **pieces.stats()}
+    return verts, faces, vcolors, {**f.stats, **pieces.stats(), **simplified}
 
 
 def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: Options, run: Run) -> MeshArrays:
@@ -333,6 +337,12 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
         verts, faces, rows, pieces = drop_fragments(verts, faces, cloud.points, prep.voxel_size,
                                                     keep=opts.keep_fragments)
         vcolors = None if vcolors is None else vcolors[rows]
+    with run.stage("simplify"):  # the blocks' colours were the welded vertices': interpolate again
+        welded = verts
+        verts, faces, simplified = simplify(verts, faces, prep.voxel_size, opts.max_faces,
+                                            prep.stats["memory_limit_bytes"])
+        if vcolors is not None and cloud.colors is not None and verts is not welded:
+            vcolors = interpolate_colors(verts, PointTree(cloud.points), cloud.colors)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
     stats = {**prep.stats, "chunks": count, "chunk_size": size,
              "chunk_origin": frame.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
@@ -343,5 +353,5 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
              "unknowns": sum(f.unknowns for f in ordered),
              "solver_iterations": [max(f.iterations[d] for f in ordered) for d in range(depth)],
              "solver_residual": [max(f.residuals[d] for f in ordered) for d in range(depth)],
-             "chunk_seconds": [round(f.seconds, 3) for f in ordered], **pieces.stats()}
+             "chunk_seconds": [round(f.seconds, 3) for f in ordered], **pieces.stats(), **simplified}
     return verts, faces, vcolors, stats

@@ -44,8 +44,8 @@ EXPORTERS: dict[str, Callable[[str], Any]] = {
 
 
 # The engine options this command takes (flags, help and ranges from the engine's option table).
-FLAGS = ("detail_level", "voxel_size", "mise_iter", "trim", "keep_fragments", "watertight", "estimate_normals",
-         "chunk_size", "overlap_ratio", "memory_limit_gb", "workers")
+FLAGS = ("detail_level", "voxel_size", "mise_iter", "max_faces", "trim", "keep_fragments", "watertight",
+         "estimate_normals", "chunk_size", "overlap_ratio", "memory_limit_gb", "workers")
 
 
 def _engine_inputs() -> tuple[str, ...]:
@@ -155,7 +155,8 @@ def run(argv: list[str]) -> int:
         print(f"nksr: {problem}")
         return EXIT_USAGE
     # The operator's properties cannot be empty: 0 stands for unset (and 1 worker for the engine itself).
-    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter, "trim": opts.trim,
+    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter,
+                               "max_faces": opts.max_faces or 0, "trim": opts.trim,
                                "keep_fragments": opts.keep_fragments,
                                "watertight": opts.watertight,
                                "keep_colors": not args.no_colors, "device": args.device.upper(),

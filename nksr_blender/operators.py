@@ -411,6 +411,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "detail_level": "auto" if self.auto_detail else float(self.detail_level),
             "voxel_size": float(self.voxel_size) if self.voxel_size > 0 else None,
             "mise_iter": int(self.mise_iter),
+            "max_faces": int(self.max_faces) if self.max_faces > 0 else None,
             "trim": bool(self.trim),
             "keep_fragments": bool(self.keep_fragments),
             "watertight": bool(self.watertight),

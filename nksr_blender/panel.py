@@ -28,6 +28,7 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         sub.prop(panel, "detail_level", slider=True)
         col.prop(panel, "voxel_size")
         col.prop(panel, "mise_iter")
+        col.prop(panel, "max_faces")
         sub = col.column()
         sub.active = not panel.watertight  # watertight replaces trimming
         sub.prop(panel, "trim")

@@ -62,6 +62,7 @@ class ReconstructOptions:
     voxel_size: _number(FloatProperty, "voxel_size", "Voxel Size", zero_unsets=True,  # type: ignore[valid-type]
                         subtype="DISTANCE", precision=4)
     mise_iter: _number(IntProperty, "mise_iter", "Refinement")  # type: ignore[valid-type]
+    max_faces: _number(IntProperty, "max_faces", "Max Triangles", zero_unsets=True)  # type: ignore[valid-type]
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_fragments: _flag("keep_fragments", "Keep Fragments")  # type: ignore[valid-type]
     watertight: _flag("watertight", "Watertight")  # type: ignore[valid-type]

@@ -35,6 +35,15 @@ def test_reconstructs_a_file_into_a_mesh_file(scene: bpy.types.Scene, tmp_path: 
     assert np.abs(np.linalg.norm(verts, axis=1) - 1).max() < 0.1
 
 
+def test_max_faces_reaches_the_engine(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType) -> None:
+    """``--max-faces`` is one of the command's flags, and the written mesh keeps to it (within 10%)."""
+    out = tmp_path / "out.ply"
+    assert addon.cli_command.run([str(_cloud(tmp_path)), str(out), "--max-faces", "600", "--no-colors"]) == 0
+    header = out.read_bytes()[:400].split(b"end_header")[0].decode()
+    faces = int(next(line.split()[-1] for line in header.splitlines() if line.startswith("element face")))
+    assert 540 <= faces <= 660
+
+
 def test_saves_a_blend_file(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType) -> None:
     out = tmp_path / "result.blend"
     assert addon.cli_command.run([str(_cloud(tmp_path)), str(out), "--detail", "0.4", "--no-colors"]) == 0
