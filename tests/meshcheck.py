@@ -41,3 +41,26 @@ def components(n_vertices: int, faces: np.ndarray) -> int:
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     t = vertices[faces].astype(np.float64)
     return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
+
+
+def surface_gaps(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
+                 only_a: np.ndarray | None = None, only_b: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each mesh's vertices (``only_*``: those) to the other's surface, each way.
+
+    The surface near a vertex is the plane of the other mesh's nearest vertex (its vertex normal):
+    simplified meshes (engine/surface/simplify.py) put vertices in different places along flat parts,
+    so vertex-to-vertex distances would measure the triangulation, not the surface.
+    """
+    from scipy.spatial import cKDTree  # here, not at the top: the Blender tests' environment has no scipy
+
+    from engine.mesh import vertex_normals
+
+    def one_way(p: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndarray], only: np.ndarray | None
+                ) -> np.ndarray:
+        x = p[0] if only is None else p[0][only]
+        nq = vertex_normals(q[0].astype(np.float64), q[1])
+        _, i = cKDTree(q[0]).query(x, workers=-1)
+        return np.abs(((x - q[0][i]) * nq[i]).sum(axis=1))
+
+    return one_way(a, b, only_a), one_way(b, a, only_b)

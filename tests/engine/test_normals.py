@@ -10,9 +10,10 @@ import torch
 
 from engine import Cancelled, estimate_normals, reconstruct
 from engine.errors import InputError, ShapeMismatchError
+from engine.mesh import Mesh
 from engine.solver.knn import PointTree, grid_knn
 from tests import shapes
-from tests.meshcheck import signed_volume
+from tests.meshcheck import signed_volume, surface_gaps
 
 Sampler = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -130,11 +131,9 @@ def test_grazing_views_are_dropped_and_counted() -> None:
     assert "doubtful" in mesh.stats["warnings"][0]
 
 
-def mesh_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean and 99th percentile of the symmetric nearest-vertex distance between two vertex sets."""
-    d1, _ = PointTree(a).query(b, 1)
-    d2, _ = PointTree(b).query(a, 1)
-    d = np.concatenate([d1[:, 0], d2[:, 0]])
+def mesh_gap(a: Mesh, b: Mesh) -> tuple[float, float]:
+    """Mean and 99th percentile of the distances from each mesh's vertices to the other's surface."""
+    d = np.concatenate(surface_gaps((a.vertices64, a.faces), (b.vertices64, b.faces)))
     return float(d.mean()), float(np.quantile(d, 0.99))
 
 
@@ -150,7 +149,7 @@ def test_mesh_without_normals_matches_the_one_with_true_normals(name: str) -> No
     h = ref.stats["voxel_size"]
     assert mesh.stats["voxel_size"] == h and mesh.stats["normals_estimated"]
     assert mesh.stats["normals_source"] == "missing" and "normals" in mesh.stats["seconds"]
-    mean, p99 = mesh_gap(ref.vertices64, mesh.vertices64)
+    mean, p99 = mesh_gap(ref, mesh)
     assert mean < 0.1 * h and p99 < 0.5 * h, (mean / h, p99 / h)  # box: PCA rounds the sharp edges a little
     if name != "terrain":
         assert signed_volume(mesh.vertices64, mesh.faces) > 0  # outward
@@ -164,15 +163,17 @@ def test_inward_given_normals_give_the_same_surface_inside_out() -> None:
     out = reconstruct(points, true, device="cpu")
     inward = reconstruct(points, -true, device="cpu")
     h = out.stats["voxel_size"]
-    assert len(inward.vertices) == len(out.vertices)
-    assert np.abs(np.sort(inward.vertices64, axis=0) - np.sort(out.vertices64, axis=0)).max() < 1e-4 * h
+    # The same mesh as meshed; simplification may collapse a few edges differently on the other winding.
+    assert inward.stats["faces_before_simplify"] == out.stats["faces_before_simplify"]
+    mean, p99 = mesh_gap(inward, out)  # the simplification's own tolerance is 0.03 voxel
+    assert mean < 0.01 * h and p99 < 0.05 * h, (mean / h, p99 / h)
     assert signed_volume(out.vertices64, out.faces) > 0 > signed_volume(inward.vertices64, inward.faces)
     assert not inward.stats["normals_estimated"]
     # estimation forced: the inward normals are ignored and the result faces outward again
     forced = reconstruct(points, -true, device="cpu", estimate_normals=True)
     assert forced.stats["normals_source"] == "forced"
     assert signed_volume(forced.vertices64, forced.faces) > 0
-    assert mesh_gap(out.vertices64, forced.vertices64)[0] < 0.1 * h
+    assert mesh_gap(out, forced)[0] < 0.1 * h
 
 
 def test_stacked_duplicates_have_no_plane_and_are_left_out() -> None:
