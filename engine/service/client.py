@@ -589,8 +589,6 @@ class EngineClient:
         The job's result is an :class:`ImportedCloud`.  ``every`` keeps every k-th point, ``voxel_size`` one
         point per cube of that edge (file units); both are checked here before anything is sent.
         """
-        if self._job is not None and not self._job.done:
-            raise ClientError("A job is already running on this engine.", "Wait for it or cancel it.")
         try:
             opts = check_import_options({"every": every, "voxel_size": voxel_size, **options})
         except OptionError as exc:
@@ -610,7 +608,9 @@ class EngineClient:
         return result
 
     def _submit(self, request: Message) -> Job:
-        """Send a job's request (starting or restarting the engine first); its job."""
+        """Send a job's request (starting or restarting the engine first) and return the job at once."""
+        if self._job is not None and not self._job.done:
+            raise ClientError("A job is already running on this engine.", "Wait for it or cancel it.")
         self.start()
         job = Job(self)
         self._job = job

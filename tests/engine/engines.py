@@ -31,7 +31,8 @@ def in_process() -> Mesh:
 
 
 def expected_stages(levels: int) -> list[str]:
-    return ["clean", "resolution", "normals", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "colors",
+    return ["clean", "resolution", "normals", "hierarchy", *["system", "solve"] * levels, "mesh", "trim", "simplify",
+            "colors",
             "vertex_normals"]
 
 
