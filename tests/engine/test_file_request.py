@@ -49,7 +49,8 @@ def test_a_file_request_gives_the_mesh_of_the_same_points_sent_as_arrays(raw: Ra
     ref = in_process()
     assert np.array_equal(result.arrays["faces"], ref.faces)
     assert result["origin"] == ref.origin.tolist()  # georeferenced: vertices come back relative to the origin
-    np.testing.assert_allclose(result.arrays["vertices"], ref.local_vertices, atol=1e-6)
+    # as test_client: simplified vertices carry float32 noise
+    np.testing.assert_allclose(result.arrays["vertices"], ref.local_vertices, atol=1e-5)
     stats = result["stats"]
     assert stats["points_read"] == len(POINTS) and stats["sensor_source"] is None
     assert stats["read_dropped"] == {}
