@@ -37,6 +37,12 @@ class DegenerateInputError(InputError):
     code = "degenerate_input"
 
 
+class NoSurfaceError(InputError):
+    """The points fill a volume (all stray points, a volume sample): there is no surface to close."""
+
+    code = "no_surface"
+
+
 class ShapeMismatchError(InputError):
     code = "shape_mismatch"
 
