@@ -83,7 +83,7 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 
 def surface_variation(points: np.ndarray, seed: int = 0) -> float:
-    """Smallest over :data:`VARIATION_SCALES` of the median local surface variation: ~0 on a surface, ~1/4 in a volume."""
+    """Smallest over :data:`VARIATION_SCALES` of the median local surface variation: ~0 on surfaces, ~1/4 in volumes."""
     rng = np.random.default_rng(seed)
     n = points.shape[0]
     medians = []
