@@ -63,8 +63,8 @@ class _Bar:
     def __call__(self, stage: str, fraction: float, text: str) -> None:
         if self.bar is None:
             return
-        order = ["clean", "resolution", "normals", "hierarchy", "chunks", "system", "solve", "mesh", "trim", "simplify",
-                 "colors", "weld", "vertex_normals"]
+        order = ["clean", "resolution", "normals", "register", "hierarchy", "chunks", "system", "solve", "mesh", "trim",
+                 "simplify", "colors", "weld", "vertex_normals"]
         done = order.index(stage) if stage in order else 0
         self.bar.n = int(1000 * (done + fraction) / len(order))
         self.bar.set_description_str(text or stage, refresh=False)

@@ -152,6 +152,9 @@ class Options:
     watertight: bool = option(
         False, "close holes into one closed manifold surface, for 3D printing and simulation (replaces trim)",
         flag="--watertight", kind=bool)
+    register_views: bool = option(
+        True, "move each scanner view (the points that share a sensor position) rigidly onto the others before "
+        "fitting, undoing small misregistration", flag="--no-register-views", kind=bool)
     solver_tol: float = option(
         1e-5, "relative residual at which the solver stops", flag="--solver-tol", kind=float, minimum=0.0,
         maximum=0.1, open_minimum=True)

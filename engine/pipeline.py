@@ -32,6 +32,7 @@ from .solver.hierarchy import Level, build_levels, evaluate
 from .solver.knn import PointTree
 from .solver.normals import estimate_oriented, sensor_rows
 from .solver.outliers import drop_outliers
+from .solver.registration import find_views, register_views
 from .solver.resolution import Resolution, choose_voxel_size
 from .solver.system import Weights, point_weight
 from .surface.colors import interpolate_colors
@@ -155,6 +156,15 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
         if normal_stats["normals_estimated"]:
             weights = replace(weights, point=weights.point * ESTIMATED_POINT_SCALE)
+    views = find_views(sensor[cloud.kept]) if opts.register_views and sensor is not None and sensor.ndim == 2 else None
+    if views is not None:
+        assert cloud.normals is not None
+        with run.stage("register"):
+            moved, turned, registration = register_views(cloud.points, cloud.normals, views, res.voxel_size, weights,
+                                                         run)
+            cloud = replace(cloud, points=moved, normals=turned)
+            registration["registration_shift_max"] = cloud.frame.from_canonical(registration["registration_shift_max"])
+            normal_stats = {**normal_stats, **registration}
     frame = cloud.frame
     stats: dict[str, Any] = {
         "engine_version": __version__,

@@ -415,6 +415,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "trim": bool(self.trim),
             "keep_fragments": bool(self.keep_fragments),
             "watertight": bool(self.watertight),
+            "register_views": bool(self.register_views),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,

@@ -66,6 +66,7 @@ class ReconstructOptions:
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_fragments: _flag("keep_fragments", "Keep Fragments")  # type: ignore[valid-type]
     watertight: _flag("watertight", "Watertight")  # type: ignore[valid-type]
+    register_views: _flag("register_views", "Register Views")  # type: ignore[valid-type]
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
     estimate_normals: _flag("estimate_normals", "Estimate Normals")  # type: ignore[valid-type]
