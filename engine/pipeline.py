@@ -169,6 +169,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
     stats: dict[str, Any] = {
         "engine_version": __version__,
         "device": str(dev),
+        "threads": torch.get_num_threads(),  # CPU threads of torch's parallel operations (OMP_NUM_THREADS sets it)
         "points_in": int(np.asarray(points).shape[0]),
         "points_used": int(cloud.points.shape[0]),
         "points_dropped": cloud.dropped,
