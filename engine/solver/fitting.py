@@ -17,10 +17,13 @@ from .system import Weights, assemble
 # (100k-point bunny and torus scans, 1e-3 -> 1e-2): coarse iterations [109, 114] -> [53, 55] and
 # [110, 126] -> [55, 68], the finest level's unchanged (60, 56); the meshes are 0.0002 voxel apart on
 # average (99th percentile 0.005, max 0.11), Chamfer to the true surface 0.4402e-3 -> 0.4410e-3 and
-# 0.4230e-3 -> 0.4231e-3, normal consistency equal; on the clean 100k sphere the surface error is
-# 2e-5 voxel either way.  With the matrix-vector kernel of :func:`engine.solver.cg.csr_matvec`, the
-# solve stage took 1.9x less time on the bunny scan (same script, old and new alternating; see the
-# commit message).
+# 0.4230e-3 -> 0.4231e-3, normal consistency equal; on the clean 100k sphere the true surface lies
+# 2e-5 voxel (mean), 3e-4 (max) from the zero level either way.  Together with
+# :func:`engine.solver.cg.csr_matvec`, the solve stage (issue 12; one script alternating old and new,
+# medians of 3, a shared machine at load 4-6 on 2 cores) went bunny 18.0 -> 9.3 s, torus 8.6 -> 4.7 s,
+# sphere 3.2 -> 1.9 s at 1 thread (1.95x, 1.84x, 1.71x); 2.00x, 1.82x, 1.53x at torch's default 2
+# threads.  3e-2 still gave equal Chamfer but moved the meshes 2-3x farther; coarse levels carry the
+# field across holes, so that margin is kept.
 COARSE_TOL = 1e-2
 
 
