@@ -43,11 +43,28 @@ class Level:
     def neighbours(self) -> torch.Tensor:
         """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.solver.basis`); -1: absent."""
         if self._neighbours is None:
-            rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
-            for start in range(0, len(self), BATCH):
-                rows[start:start + BATCH] = self._lookup_taps(self.ijk[start:start + BATCH]).to(torch.int32)
-            self._neighbours = rows
+            self._neighbours = self._neighbour_table()
         return self._neighbours
+
+    def _neighbour_table(self) -> torch.Tensor:
+        """The table behind :attr:`neighbours`, looking up only half of the offsets.
+
+        Voxel w is v's neighbour at offset o exactly when v is w's at -o, and
+        tap -o is column 26 - (column of o): the other half (and the centre) is
+        scattered from the looked-up half, halving the lookups that took a
+        fifth of the system stage.
+        """
+        m, device = len(self), self.ijk.device
+        rows = torch.full((m, 27), -1, dtype=torch.int32, device=device)
+        rows[:, 13] = torch.arange(m, dtype=torch.int32, device=device)
+        offsets = tap_offsets(device)[:13]  # the taps before the centre; their mirrors are the 13 after it
+        mirror = torch.arange(26, 13, -1, device=device)
+        for start in range(0, m, BATCH):
+            found = self.index.lookup(self.ijk[start:start + BATCH, None, :] + offsets).to(torch.int32)  # (B, 13)
+            rows[start:start + BATCH, :13] = found
+            v, t = (found >= 0).nonzero(as_tuple=True)
+            rows[found[v, t].long(), mirror[t]] = (v + start).to(torch.int32)
+        return rows
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
         """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""
