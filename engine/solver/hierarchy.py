@@ -55,16 +55,17 @@ class Level:
         fifth of the system stage.
         """
         m, device = len(self), self.ijk.device
-        rows = torch.full((m, 27), -1, dtype=torch.int32, device=device)
-        rows[:, 13] = torch.arange(m, dtype=torch.int32, device=device)
+        rows = torch.full((m + 1, 27), -1, dtype=torch.int32, device=device)  # row m: a sink for absent ones
+        rows[:m, 13] = torch.arange(m, dtype=torch.int32, device=device)
         offsets = tap_offsets(device)[:13]  # the taps before the centre; their mirrors are the 13 after it
         mirror = torch.arange(26, 13, -1, device=device)
         for start in range(0, m, BATCH):
-            found = self.index.lookup(self.ijk[start:start + BATCH, None, :] + offsets).to(torch.int32)  # (B, 13)
-            rows[start:start + BATCH, :13] = found
-            v, t = (found >= 0).nonzero(as_tuple=True)
-            rows[found[v, t].long(), mirror[t]] = (v + start).to(torch.int32)
-        return rows
+            found = self.index.lookup(self.ijk[start:start + BATCH, None, :] + offsets)  # (B, 13) int64
+            rows[start:start + found.shape[0], :13] = found
+            sink = torch.where(found >= 0, found, m) * 27 + mirror  # absent -> row m, overwritten at will
+            here = torch.arange(start, start + found.shape[0], dtype=torch.int32, device=device)
+            rows.view(-1)[sink.view(-1)] = here[:, None].expand(-1, 13).reshape(-1)
+        return rows[:m]
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:
         """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""

@@ -32,7 +32,7 @@ from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
-ASSEMBLY_BATCH = 1 << 13  # cells whose (729-wide) local matrices are formed at once
+ASSEMBLY_BATCH = 1 << 11  # cells whose (729-wide) local matrices are formed at once (cache-sized)
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,24 @@ def offset_index(delta: np.ndarray) -> np.ndarray:
     return d[..., 0] + 5 * d[..., 1] + 25 * d[..., 2]
 
 
-def _pair_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For the 729 (a, b) tap pairs, a*27 + b: the row tap a and the offset index of b - a."""
+def _pair_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tables of the 729 (a, b) tap pairs, a*27 + b, and of the 378 pairs a <= b.
+
+    Returns the row tap a and the offset index of b - a of each pair, the 378
+    pairs a <= b (the cell matrix is symmetric, so only they are computed), and
+    for each of the 729 pairs its place among the 378.
+    """
     from .basis import TAP_OFFSETS
 
     a, b = np.meshgrid(np.arange(27), np.arange(27), indexing="ij")
-    return a.reshape(-1), offset_index(TAP_OFFSETS[b.reshape(-1)] - TAP_OFFSETS[a.reshape(-1)])
+    upper_a, upper_b = np.triu_indices(27)
+    place = np.zeros((27, 27), dtype=np.int64)
+    place[upper_a, upper_b] = place[upper_b, upper_a] = np.arange(upper_a.size)
+    return (a.reshape(-1), offset_index(TAP_OFFSETS[b.reshape(-1)] - TAP_OFFSETS[a.reshape(-1)]),
+            upper_a * 27 + upper_b, place.reshape(-1))
 
 
-PAIR_ROW, PAIR_OFFSET = _pair_tables()
+PAIR_ROW, PAIR_OFFSET, UPPER_PAIRS, PAIR_PLACE = _pair_tables()
 
 
 def moment_operator(weights: Weights, size: float) -> torch.Tensor:
@@ -109,14 +118,16 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
     for start in range(0, n, BATCH):
         moments.index_add_(0, inverse[start:start + BATCH], _monomials(u[start:start + BATCH].double()))
     moments /= n
-    op = moment_operator(weights, level.size).to(x.device, stencil.dtype)
+    # the cell matrix is symmetric: its 378 entries a <= b come from the product, the 729 from a gather
+    op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(x.device, stencil.dtype)
+    place = torch.from_numpy(PAIR_PLACE).to(x.device)
     # pair (a, b) lands in row taps[a] at offset PAIR_OFFSET[a * 27 + b]: a broadcast add, not a (C, 729) gather
-    pair_offset = torch.from_numpy(PAIR_OFFSET.reshape(27, 27)).to(x.device)
+    pair_offset = torch.from_numpy(PAIR_OFFSET.reshape(27, 27)).to(x.device, torch.int32)
     moments32 = moments.to(stencil.dtype)  # accumulated in float64, multiplied in float32
     for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
-        local = moments32[start:start + ASSEMBLY_BATCH] @ op  # (C, 729)
-        taps = level.taps(cells[start:start + ASSEMBLY_BATCH])  # (C, 27), all present by construction
-        flat = (taps * N_OFFSETS)[:, :, None] + pair_offset  # (C, 27, 27)
+        local = (moments32[start:start + ASSEMBLY_BATCH] @ op).index_select(1, place)  # (C, 729)
+        taps = level.taps(cells[start:start + ASSEMBLY_BATCH]).to(torch.int32)  # (C, 27), all present
+        flat = (taps * N_OFFSETS)[:, :, None] + pair_offset  # (C, 27, 27); int32: M * 125 < 2**31 (VoxelIndex)
         stencil.index_add_(0, flat.view(-1), local.view(-1))
 
 
@@ -186,20 +197,30 @@ def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> N
     stencil.view(len(level), N_OFFSETS).addmm_(present, stencils, alpha=weight / len(level))
 
 
-def _csr_columns(level: Level, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
+                 padded: torch.Tensor | None = None) -> torch.Tensor:
     """(rows, 125) int32 rows of the voxels at offsets [-2, 2]^3 (x fastest) of voxels start:stop, -1 if absent.
 
     Offset d is reached in two steps through the neighbour table: first
     clamp(d, -1, 1), then the rest.  Every pair of voxels that shares a cell
     with data, or a smoothness stencil, is joined through an existing voxel
-    this way, so no non-zero of the matrix is lost.
+    this way, so no non-zero of the matrix is lost.  The table is read with a
+    leading row of -1 (``padded``, :func:`_padded_neighbours`, built once per
+    level by the caller), so an absent first step (-1) lands there without a
+    ``where`` pass over the (rows, 125) table.
     """
     nbr = level.neighbours
-    padded = torch.cat((nbr, torch.full((1, 27), -1, dtype=nbr.dtype, device=nbr.device))).view(-1)
-    mid = nbr[start:stop, torch.from_numpy(_FIRST_STEP).to(nbr.device)]  # (rows, 125), -1 where absent
-    mid = torch.where(mid < 0, nbr.shape[0], mid)  # absent -> the padding row of -1
+    if padded is None:
+        padded = _padded_neighbours(nbr)
+    first = torch.from_numpy(_FIRST_STEP).to(nbr.device)
     second = torch.from_numpy(_SECOND_STEP).to(nbr.device, nbr.dtype)
-    return padded.index_select(0, (mid * 27 + second).view(-1)).view(-1, 125)
+    step = (nbr[start:stop] + 1) * 27  # start of each neighbour's row in ``padded``; 0 (the -1 row) if absent
+    return padded.index_select(0, (step.index_select(1, first) + second).view(-1)).view(-1, 125)
+
+
+def _padded_neighbours(nbr: torch.Tensor) -> torch.Tensor:
+    """The neighbour table flat, after a row of -1 (the row of an absent voxel)."""
+    return torch.cat((torch.full((1, 27), -1, dtype=nbr.dtype, device=nbr.device), nbr)).view(-1)
 
 
 def _two_steps() -> tuple[np.ndarray, np.ndarray]:
@@ -228,37 +249,42 @@ def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad:
 
 
 ROW_BATCH = 1 << 17
-KEEP_COLUMNS = 1 << 26  # int32 entries (256 MiB) of column table worth keeping between the two passes
+KEEP_NONZEROS = 1 << 26  # entries of the (M, 125) column table (int32: 256 MiB) worth one pass
 
 
 def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
-    """CSR (int32 indices) of the (M, 125) stencil, in row chunks and two passes (count, then fill).
+    """CSR (int32 indices) of the (M, 125) stencil.
 
-    Large levels never hold an (M, 125) index table nor a second copy of the
-    non-zeros (at 1M points this halved the assembly's peak memory); small
-    ones keep the first pass's columns instead of computing them again.
+    Small levels take one pass over the whole (M, 125) column table (as large
+    as the tables the old two passes kept); large ones go in row chunks and
+    two passes (count, then fill) and never hold an (M, 125) index table nor a
+    second copy of the non-zeros (at 1M points this halved the assembly's peak
+    memory).  Row starts come from a binary search of the sorted non-zero
+    positions, not from a pass over the (M, 125) table.
     """
-    m = stencil.shape[0]
-    keep = m * N_OFFSETS <= KEEP_COLUMNS  # small levels: compute the columns once and keep them
-    kept: list[torch.Tensor] = []
-    counts = []
-    for start in range(0, m, ROW_BATCH):
-        c = _csr_columns(level, start, start + ROW_BATCH)
-        counts.append((c >= 0).sum(dim=1))
-        if keep:
-            kept.append(c)
-    crow = torch.zeros(m + 1, dtype=torch.int64, device=stencil.device)
-    crow[1:] = torch.cumsum(torch.cat(counts), 0)
-    nnz = int(crow[-1])
-    cols = torch.empty(nnz, dtype=torch.int32, device=stencil.device)
-    values = torch.empty(nnz, dtype=stencil.dtype, device=stencil.device)
-    for i, start in enumerate(range(0, m, ROW_BATCH)):
-        c = kept[i] if keep else _csr_columns(level, start, start + ROW_BATCH)
+    m, device = stencil.shape[0], stencil.device
+    padded = _padded_neighbours(level.neighbours)
+    if m * N_OFFSETS <= KEEP_NONZEROS:  # one pass over all rows
+        c = _csr_columns(level, padded=padded)
         # nonzero + index_select: boolean-mask indexing of wide arrays is 3x slower on the CPU
         flat = (c >= 0).view(-1).nonzero().squeeze(1)
-        lo, hi = int(crow[start]), int(crow[min(start + ROW_BATCH, m)])
-        cols[lo:hi] = c.view(-1).index_select(0, flat)
-        values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
+        crow = torch.searchsorted(flat, torch.arange(m + 1, device=device) * N_OFFSETS)
+        cols, values = c.view(-1).index_select(0, flat), stencil.view(-1).index_select(0, flat)
+    else:
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=device)
+        for start in range(0, m, ROW_BATCH):
+            c = _csr_columns(level, start, start + ROW_BATCH, padded)
+            crow[start + 1:start + c.shape[0] + 1] = (c >= 0).sum(dim=1)
+        crow = torch.cumsum(crow, 0)
+        nnz = int(crow[-1])
+        cols = torch.empty(nnz, dtype=torch.int32, device=device)
+        values = torch.empty(nnz, dtype=stencil.dtype, device=device)
+        for start in range(0, m, ROW_BATCH):
+            c = _csr_columns(level, start, start + ROW_BATCH, padded)
+            flat = (c >= 0).view(-1).nonzero().squeeze(1)
+            lo, hi = int(crow[start]), int(crow[min(start + ROW_BATCH, m)])
+            cols[lo:hi] = c.view(-1).index_select(0, flat)
+            values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))
