@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .basis import product_polynomials, split_points, tap_weights
+from .basis import product_polynomials, split_points, weights_1d
 from .hierarchy import BATCH, Level
 from .voxels import unique_voxels_inverse
 
@@ -236,15 +236,23 @@ _FIRST_STEP, _SECOND_STEP = _two_steps()
 
 def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
          weights: Weights) -> torch.Tensor:
+    """The data term's right-hand side: sum_p w_p/N t_p B(p) + w_n/N g_p . grad B(p) over each point's 27 taps.
+
+    The basis is a tensor product, so the 27 values are built one axis at a
+    time with the targets folded in first, never forming the (N, 27, 3) gradients.
+    """
     n = x.shape[0]
     b = torch.zeros(len(level), dtype=torch.float32, device=x.device)
     for start in range(0, n, BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
-        w, g = tap_weights(u, level.size)
-        contrib = (weights.point / n) * w * target_value[start:start + BATCH, None]
-        contrib += (weights.normal / n) * (g * target_grad[start:start + BATCH, None, :]).sum(dim=-1)
-        rows = level.taps(cell)
-        b.index_add_(0, rows.reshape(-1), contrib.reshape(-1))
+        w, d = weights_1d(u)  # (B, 3 axes, 3 taps)
+        d = d * ((weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None])  # g_axis d/du
+        value = (weights.point / n) * target_value[start:start + BATCH, None]
+        wx, wy, wz, dx, dy, dz = w[:, 0], w[:, 1], w[:, 2], d[:, 0], d[:, 1], d[:, 2]
+        xs = value * wx + dx  # (B, 3): x's factor of the value and x-gradient terms
+        xy = wy[:, :, None] * xs[:, None, :] + dy[:, :, None] * wx[:, None, :]  # (B, 3 y, 3 x)
+        contrib = wz[:, :, None, None] * xy[:, None] + dz[:, :, None, None] * (wy[:, :, None] * wx[:, None, :])[:, None]
+        b.index_add_(0, level.taps(cell).view(-1), contrib.reshape(-1))
     return b
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from engine.solver.basis import split_points
+from engine.solver.basis import split_points, tap_weights
 from engine.solver.hierarchy import BATCH, Level
 from engine.solver.system import (
     _FIRST_STEP,
@@ -26,7 +26,6 @@ from engine.solver.system import (
     LevelSystem,
     Weights,
     _monomials,
-    _rhs,
     _smoothness_terms,
     _tap_column,
     moment_operator,
@@ -130,6 +129,20 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))
+
+
+def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
+         weights: Weights) -> torch.Tensor:
+    n = x.shape[0]
+    b = torch.zeros(len(level), dtype=torch.float32, device=x.device)
+    for start in range(0, n, BATCH):
+        cell, u = split_points(x[start:start + BATCH] / level.size)
+        w, g = tap_weights(u, level.size)
+        contrib = (weights.point / n) * w * target_value[start:start + BATCH, None]
+        contrib += (weights.normal / n) * (g * target_grad[start:start + BATCH, None, :]).sum(dim=-1)
+        rows = level.taps(cell)
+        b.index_add_(0, rows.reshape(-1), contrib.reshape(-1))
+    return b
 
 
 def reference_assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
