@@ -32,6 +32,7 @@ from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
+MOMENT_BATCH = 1 << 12  # points whose (125-wide, float64) monomials are formed at once (cache-sized)
 ASSEMBLY_BATCH = 1 << 11  # cells whose (729-wide) local matrices are formed at once (cache-sized)
 
 
@@ -106,7 +107,8 @@ def moment_operator(weights: Weights, size: float) -> torch.Tensor:
 def _monomials(u: torch.Tensor) -> torch.Tensor:
     """(N, 125) products u_x^i u_y^j u_z^k, i, j, k in 0..4, i slowest."""
     powers = torch.stack([torch.ones_like(u), u, u * u, u * u * u, (u * u) ** 2], dim=-1)  # (N, 3, 5)
-    return (powers[:, 0, :, None, None] * powers[:, 1, None, :, None] * powers[:, 2, None, None, :]).reshape(-1, 125)
+    yz = (powers[:, 1, :, None] * powers[:, 2, None, :]).view(-1, 1, 25)
+    return (powers[:, 0, :, None] * yz).view(-1, 125)
 
 
 def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torch.Tensor) -> None:
@@ -115,8 +117,8 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
     cell, u = split_points(x / level.size)
     cells, inverse = unique_voxels_inverse(cell)
     moments = torch.zeros(cells.shape[0], 125, dtype=torch.float64, device=x.device)
-    for start in range(0, n, BATCH):
-        moments.index_add_(0, inverse[start:start + BATCH], _monomials(u[start:start + BATCH].double()))
+    for start in range(0, n, MOMENT_BATCH):
+        moments.index_add_(0, inverse[start:start + MOMENT_BATCH], _monomials(u[start:start + MOMENT_BATCH].double()))
     moments /= n
     # the cell matrix is symmetric: its 378 entries a <= b come from the product, the 729 from a gather
     op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(x.device, stencil.dtype)
@@ -186,15 +188,17 @@ def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> N
     """
     nbr = level.neighbours
     device = nbr.device
-    # whole[t, v]: term t's support exists around v; the trailing column stands for an absent voxel (-1)
+    exists = nbr >= 0
+    # whole[t, 1 + v]: term t's support exists around v; column 0 stands for an absent voxel (-1)
     whole = torch.zeros(len(_SMOOTH_SUPPORTS), len(level) + 1, dtype=torch.bool, device=device)
     for t, support in enumerate(_SMOOTH_SUPPORTS):
-        whole[t, :-1] = (nbr[:, torch.from_numpy(support).to(device)] >= 0).all(dim=1)
+        whole[t, 1:] = exists.index_select(1, torch.from_numpy(support).to(device)).all(dim=1)
     term = torch.from_numpy(_SMOOTH_CENTRES[:, 0]).to(device)
-    centre = nbr[:, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device)].long()  # (M, 21), -1 picks the False column
-    present = whole[term, centre].to(stencil.dtype)
+    centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device))  # (M, 21), -1: the False column
+    present = whole.view(-1).index_select(0, (centre + 1 + (term * (len(level) + 1))[None, :]).view(-1))
     stencils = torch.from_numpy(_SMOOTH_STENCILS).to(device, stencil.dtype)
-    stencil.view(len(level), N_OFFSETS).addmm_(present, stencils, alpha=weight / len(level))
+    stencil.view(len(level), N_OFFSETS).addmm_(present.view(-1, len(term)).to(stencil.dtype), stencils,
+                                               alpha=weight / len(level))
 
 
 def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
