@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from engine.solver.basis import split_points, tap_weights
@@ -22,7 +23,6 @@ from engine.solver.system import (
     CENTRE,
     N_OFFSETS,
     PAIR_OFFSET,
-    PAIR_ROW,
     LevelSystem,
     Weights,
     _monomials,
@@ -32,6 +32,8 @@ from engine.solver.system import (
     offset_index,
 )
 from engine.solver.voxels import unique_voxels_inverse
+
+PAIR_ROW = np.repeat(np.arange(27), 27)  # the row tap a of pair a * 27 + b
 
 
 def reference_level(level: Level) -> Level:

@@ -111,3 +111,14 @@ def test_neighbour_table_equals_27_lookups() -> None:
     for level in build_levels(x, 3):
         assert torch.equal(level.neighbours, reference_level(level).neighbours)
         assert (level.neighbours >= 0).float().mean() < 0.95  # the shell has absent neighbours to get right
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_assembly_equals_the_reference() -> None:
+    """The torch path is the CUDA path: on a GPU it builds the CPU reference's system."""
+    x, tv, tg = _scan("torus")
+    gpu = torch.device("cuda")
+    for level, level_gpu in zip(build_levels(x, 2), build_levels(x.to(gpu), 2), strict=True):
+        got = assemble(level_gpu, x.to(gpu), tv.to(gpu), tg.to(gpu), W)
+        _assert_same_system(LevelSystem(got.matrix.cpu(), got.rhs.cpu(), got.diagonal.cpu()),
+                            reference_assemble(level, x, tv, tg, W))
