@@ -67,7 +67,6 @@ class VoxelIndex:
         row = torch.index_select(self.table.view(-1), 0, flat)
         return torch.where(inside & (b >= 0), row, -1).to(torch.int64).reshape(shape)
 
-
     def neighbour_table(self, batch: int = 1 << 18) -> torch.Tensor:
         """(M, 27) int32 rows of each voxel's 27 neighbours, -1 where absent.
 
@@ -75,7 +74,8 @@ class VoxelIndex:
         Each brick's 8^3 table is copied, with a one-voxel rim from its 26
         neighbour bricks, into a 10^3 block; a voxel's neighbours are then one
         gather at fixed distances from its own place in its block (close in
-        memory), instead of 27 lookups of several passes each (7x faster).
+        memory), instead of 27 lookups of several passes each (~10x faster on the
+        finest level of the 100k-point bunny scan).
         """
         k, h, dev = self.table.shape[0], BRICK + 2, self.device
         tables = torch.cat((self.table, self.table.new_full((1, BRICK**3), -1))).view(k + 1, BRICK, BRICK, BRICK)
