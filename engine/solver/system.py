@@ -24,15 +24,16 @@ constant stencils times 0/1 presence flags (one matrix product); the CSR
 columns are one gather per entry, compacted in one pass with row starts by
 binary search; the neighbour table is read from rimmed brick blocks
 (:meth:`engine.solver.voxels.VoxelIndex.neighbour_table`); the rhs is built one
-axis at a time.  On the 100k-point bunny scan (3 levels, 465k unknowns), on
-the inputs captured from a real run and timed old and new alternately in one
-script (2 repeats; the shared 2-core machine was loaded 3-5 by others): CPU
-time with 1 thread 19.7 s -> 8.9 s for the two repeats (2.2x); wall time
-with 2 threads see bench/README.md and the branch's report.  A numba version
-of the CSR compaction was measured too (4x faster than this one on the
-largest level) and not kept: importing numba and loading its cached kernels
-cost ~2 s in every fresh process, what it saved on this scan.  The old
-implementation is kept as the tests' reference (tests/engine/system_reference.py).
+axis at a time.  Measured on the 100k-point bunny scan (3 levels, 465k
+unknowns), with the assembly inputs captured from a real run, old and new
+timed alternately in one script, the shared 2-core machine loaded 3-5 by
+others (the old assembly took 22-26 s here, 6.3 s on an idle machine):
+2 threads, wall, 3 repeats 72.7 s -> 32.4 s (2.2x); 1 thread, CPU time, 2
+repeats 19.7 s -> 8.9 s (2.2x).  A numba kernel for the CSR compaction was
+measured too (4x faster than the torch one on the finest level) and not kept:
+importing numba and loading its cached kernels took ~2 s in every fresh
+process, about what it saved on this scan.  The old implementation is the
+tests' reference (tests/engine/system_reference.py).
 """
 
 from __future__ import annotations
@@ -286,8 +287,8 @@ KEEP_NONZEROS = 1 << 26  # entries of the (M, 125) column table (int32: 256 MiB)
 def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
     """CSR (int32 indices) of the (M, 125) stencil.
 
-    Small levels take one pass over the whole (M, 125) column table (as large
-    as the tables the old two passes kept); large ones go in row chunks and
+    Small levels take one pass over the whole (M, 125) column table (at most
+    ``KEEP_NONZEROS`` entries, 256 MiB of int32); large ones go in row chunks and
     two passes (count, then fill) and never hold an (M, 125) index table nor a
     second copy of the non-zeros (at 1M points this halved the assembly's peak
     memory).  Row starts come from a binary search of the sorted non-zero
