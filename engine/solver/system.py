@@ -25,11 +25,12 @@ columns are one gather per entry, compacted in one pass with row starts by
 binary search; the neighbour table is read from rimmed brick blocks
 (:meth:`engine.solver.voxels.VoxelIndex.neighbour_table`); the rhs is built one
 axis at a time.  Measured on the 100k-point bunny scan (3 levels, 465k
-unknowns), with the assembly inputs captured from a real run, old and new
-timed alternately in one script, the shared 2-core machine loaded 3-5 by
-others (the old assembly took 22-26 s here, 6.3 s on an idle machine):
-2 threads, wall, 3 repeats 72.7 s -> 32.4 s (2.2x); 1 thread, CPU time, 2
-repeats 19.7 s -> 8.9 s (2.2x).  A numba kernel for the CSR compaction was
+unknowns) on the shared 2-core machine, loaded 3-5 by others (the old
+assembly took 14-32 s here against 6.3 s on an idle machine), old and new
+alternating: the CLI's ``system`` stage with 2 threads, 2 runs each, 31.9 +
+14.5 s -> 11.2 + 6.6 s (2.6x); the assembly inputs captured from a real run,
+in one script, 2 threads, wall, 3 repeats 72.7 s -> 32.4 s (2.2x); 1 thread,
+CPU time, 2 repeats 18.9 s -> 9.3 s (2.0x).  A numba kernel for the CSR compaction was
 measured too (4x faster than the torch one on the finest level) and not kept:
 importing numba and loading its cached kernels took ~2 s in every fresh
 process, about what it saved on this scan.  The old implementation is the
