@@ -43,10 +43,7 @@ class Level:
     def neighbours(self) -> torch.Tensor:
         """(M, 27) int32 rows of each voxel's 27 neighbours (tap order of :mod:`engine.solver.basis`); -1: absent."""
         if self._neighbours is None:
-            rows = torch.empty(len(self), 27, dtype=torch.int32, device=self.ijk.device)
-            for start in range(0, len(self), BATCH):
-                rows[start:start + BATCH] = self._lookup_taps(self.ijk[start:start + BATCH]).to(torch.int32)
-            self._neighbours = rows
+            self._neighbours = self.index.neighbour_table(BATCH)
         return self._neighbours
 
     def set_coeffs(self, coeffs: torch.Tensor) -> None:

@@ -16,6 +16,25 @@ coordinate, so the 27 x 27 cell matrix is (cell moments, 125) @ (125, 729).
 Cell matrices are scattered into a stencil array (M, 125 offsets in
 [-2, 2]^3) and that becomes the CSR matrix, int32 indices (a CSR matvec is ~1
 ns per non-zero on this CPU; matrix-free gathers over points cost 20x more).
+
+Speed (issue 12): every step is a few whole-array torch passes, valid on any
+device.  The cell matrices come from their 378 symmetric entries; scatter
+indices are a broadcast add, not a (C, 729) gather; the smoothness term is 21
+constant stencils times 0/1 presence flags (one matrix product); the CSR
+columns are one gather per entry, compacted in one pass with row starts by
+binary search; the neighbour table is read from rimmed brick blocks
+(:meth:`engine.solver.voxels.VoxelIndex.neighbour_table`); the rhs is built one
+axis at a time.  Measured on the 100k-point bunny scan (3 levels, 465k
+unknowns) on the shared 2-core machine, loaded 3-5 by others (the old
+assembly took 14-32 s here against 6.3 s on an idle machine), old and new
+alternating: the CLI's ``system`` stage with 2 threads, 2 runs each, 31.9 +
+14.5 s -> 11.2 + 6.6 s (2.6x); the assembly inputs captured from a real run,
+in one script, 2 threads, wall, 3 repeats 72.7 s -> 32.4 s (2.2x); 1 thread,
+CPU time, 2 repeats 18.9 s -> 9.3 s (2.0x).  A numba kernel for the CSR compaction was
+measured too (4x faster than the torch one on the finest level) and not kept:
+importing numba and loading its cached kernels took ~2 s in every fresh
+process, about what it saved on this scan.  The old implementation is the
+tests' reference (tests/engine/system_reference.py).
 """
 
 from __future__ import annotations
@@ -26,13 +45,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .basis import product_polynomials, split_points, tap_weights
+from .basis import product_polynomials, split_points, weights_1d
 from .hierarchy import BATCH, Level
 from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
-ASSEMBLY_BATCH = 1 << 13  # cells whose (729-wide) local matrices are formed at once
+# cells whose (729-wide) local matrices are formed at once: cache-sized batches (2^11) were 20% faster with one
+# thread but 2x slower with two on the loaded 2-core machine (each torch call wakes the thread pool)
+ASSEMBLY_BATCH = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -73,15 +94,24 @@ def offset_index(delta: np.ndarray) -> np.ndarray:
     return d[..., 0] + 5 * d[..., 1] + 25 * d[..., 2]
 
 
-def _pair_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For the 729 (a, b) tap pairs, a*27 + b: the row tap a and the offset index of b - a."""
+def _pair_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tables of the 729 (a, b) tap pairs, a*27 + b, and of the 378 pairs a <= b.
+
+    Returns the offset index of b - a of each pair, the 378 pairs a <= b (the
+    cell matrix is symmetric, so only they are computed), and for each of the
+    729 pairs its place among the 378.
+    """
     from .basis import TAP_OFFSETS
 
     a, b = np.meshgrid(np.arange(27), np.arange(27), indexing="ij")
-    return a.reshape(-1), offset_index(TAP_OFFSETS[b.reshape(-1)] - TAP_OFFSETS[a.reshape(-1)])
+    upper_a, upper_b = np.triu_indices(27)
+    place = np.zeros((27, 27), dtype=np.int64)
+    place[upper_a, upper_b] = place[upper_b, upper_a] = np.arange(upper_a.size)
+    return (offset_index(TAP_OFFSETS[b.reshape(-1)] - TAP_OFFSETS[a.reshape(-1)]), upper_a * 27 + upper_b,
+            place.reshape(-1))
 
 
-PAIR_ROW, PAIR_OFFSET = _pair_tables()
+PAIR_OFFSET, UPPER_PAIRS, PAIR_PLACE = _pair_tables()
 
 
 def moment_operator(weights: Weights, size: float) -> torch.Tensor:
@@ -97,7 +127,8 @@ def moment_operator(weights: Weights, size: float) -> torch.Tensor:
 def _monomials(u: torch.Tensor) -> torch.Tensor:
     """(N, 125) products u_x^i u_y^j u_z^k, i, j, k in 0..4, i slowest."""
     powers = torch.stack([torch.ones_like(u), u, u * u, u * u * u, (u * u) ** 2], dim=-1)  # (N, 3, 5)
-    return (powers[:, 0, :, None, None] * powers[:, 1, None, :, None] * powers[:, 2, None, None, :]).reshape(-1, 125)
+    yz = (powers[:, 1, :, None] * powers[:, 2, None, :]).view(-1, 1, 25)
+    return (powers[:, 0, :, None] * yz).view(-1, 125)
 
 
 def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torch.Tensor) -> None:
@@ -109,15 +140,18 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
     for start in range(0, n, BATCH):
         moments.index_add_(0, inverse[start:start + BATCH], _monomials(u[start:start + BATCH].double()))
     moments /= n
-    op = moment_operator(weights, level.size).to(x.device, stencil.dtype)
-    pair_row = torch.from_numpy(PAIR_ROW).to(x.device)
-    pair_offset = torch.from_numpy(PAIR_OFFSET).to(x.device)
+    # the cell matrix is symmetric: its 378 entries a <= b come from the product, the 729 from a gather
+    op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(x.device, stencil.dtype)
+    place = torch.from_numpy(PAIR_PLACE).to(x.device)
+    # pair (a, b) lands in row taps[a] at offset PAIR_OFFSET[a * 27 + b]: a broadcast add, not a (C, 729) gather
+    index_type = torch.int32 if stencil.numel() < 2**31 else torch.int64  # int32 halves the index traffic
+    pair_offset = torch.from_numpy(PAIR_OFFSET.reshape(27, 27)).to(x.device, index_type)
     moments32 = moments.to(stencil.dtype)  # accumulated in float64, multiplied in float32
     for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
-        local = moments32[start:start + ASSEMBLY_BATCH] @ op  # (C, 729)
-        taps = level.taps(cells[start:start + ASSEMBLY_BATCH])  # (C, 27), all present by construction
-        flat = taps[:, pair_row] * N_OFFSETS + pair_offset
-        stencil.index_add_(0, flat.reshape(-1), local.reshape(-1))
+        local = (moments32[start:start + ASSEMBLY_BATCH] @ op).index_select(1, place)  # (C, 729)
+        taps = level.taps(cells[start:start + ASSEMBLY_BATCH]).to(index_type)  # (C, 27), all present
+        flat = (taps * N_OFFSETS)[:, :, None] + pair_offset  # (C, 27, 27)
+        stencil.index_add_(0, flat.view(-1), local.view(-1))
 
 
 def _tap_column(offset: np.ndarray) -> int:
@@ -144,34 +178,74 @@ def _smoothness_terms() -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]
     return terms
 
 
-def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> None:
-    """Add lam/M * sum |D2 a|^2 to ``stencil`` in place, for stencils whose taps all exist."""
-    nbr = level.neighbours
-    factor = weight / len(level)
-    for taps, coeffs, w, support in _smoothness_terms():
-        need = nbr[:, [_tap_column(o) for o in support]]
-        rows = nbr[(need >= 0).all(dim=1)][:, [_tap_column(o) for o in taps]]
+def _smoothness_table() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """The smoothness term as 21 constant stencils, one per (term, tap p) of :func:`_smoothness_terms`.
+
+    Term t centred on voxel v adds c_p c_q w_t to row v + o_p at offset o_q - o_p.
+    Seen from the row r = v + o_p, that is a constant 125-wide stencil, present
+    when the voxel at -o_p from r exists and has term t's whole support.
+    Returns the neighbour column of -o_p per stencil, each term's support
+    columns, and the (21, 125) stencils (without the lam/M factor).
+    """
+    columns, supports, stencils = [], [], []
+    for t, (taps, coeffs, w, support) in enumerate(_smoothness_terms()):
+        supports.append(np.array([_tap_column(o) for o in support]))
         for p in range(len(taps)):
-            for q in range(len(taps)):
-                flat = rows[:, p] * N_OFFSETS + int(offset_index(taps[q] - taps[p]))
-                stencil.index_add_(0, flat, torch.full(flat.shape, factor * w * coeffs[p] * coeffs[q],
-                                                       dtype=stencil.dtype, device=stencil.device))
+            row = np.zeros(N_OFFSETS)
+            row[offset_index(taps - taps[p])] = w * coeffs[p] * coeffs
+            columns.append((t, _tap_column(-taps[p])))
+            stencils.append(row)
+    return np.array(columns), supports, np.array(stencils)
 
 
-def _csr_columns(level: Level, start: int = 0, stop: int | None = None) -> torch.Tensor:
+_SMOOTH_CENTRES, _SMOOTH_SUPPORTS, _SMOOTH_STENCILS = _smoothness_table()
+
+
+def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> None:
+    """Add lam/M * sum |D2 a|^2 to ``stencil`` (M * 125,) in place, for stencils whose taps all exist.
+
+    One (M, 21) @ (21, 125) product of 0/1 presence flags by the constant
+    stencils of :func:`_smoothness_table` (3x faster than scattering each tap pair).
+    """
+    nbr = level.neighbours
+    device = nbr.device
+    exists = nbr >= 0
+    # whole[t, 1 + v]: term t's support exists around v; column 0 stands for an absent voxel (-1)
+    whole = torch.zeros(len(_SMOOTH_SUPPORTS), len(level) + 1, dtype=torch.bool, device=device)
+    for t, support in enumerate(_SMOOTH_SUPPORTS):
+        whole[t, 1:] = exists.index_select(1, torch.from_numpy(support).to(device)).all(dim=1)
+    term = torch.from_numpy(_SMOOTH_CENTRES[:, 0]).to(device)
+    centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device))  # (M, 21), -1: the False column
+    present = whole.view(-1).index_select(0, (centre + 1 + (term * (len(level) + 1))[None, :]).view(-1))
+    stencils = torch.from_numpy(_SMOOTH_STENCILS).to(device, stencil.dtype)
+    stencil.view(len(level), N_OFFSETS).addmm_(present.view(-1, len(term)).to(stencil.dtype), stencils,
+                                               alpha=weight / len(level))
+
+
+def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
+                 padded: torch.Tensor | None = None) -> torch.Tensor:
     """(rows, 125) int32 rows of the voxels at offsets [-2, 2]^3 (x fastest) of voxels start:stop, -1 if absent.
 
     Offset d is reached in two steps through the neighbour table: first
     clamp(d, -1, 1), then the rest.  Every pair of voxels that shares a cell
     with data, or a smoothness stencil, is joined through an existing voxel
-    this way, so no non-zero of the matrix is lost.
+    this way, so no non-zero of the matrix is lost.  The table is read with a
+    leading row of -1 (``padded``, :func:`_padded_neighbours`, built once per
+    level by the caller), so an absent first step (-1) lands there without a
+    ``where`` pass over the (rows, 125) table.
     """
     nbr = level.neighbours
-    padded = torch.cat((nbr, torch.full((1, 27), -1, dtype=nbr.dtype, device=nbr.device))).view(-1)
-    mid = nbr[start:stop, torch.from_numpy(_FIRST_STEP).to(nbr.device)]  # (rows, 125), -1 where absent
-    mid = torch.where(mid < 0, nbr.shape[0], mid)  # absent -> the padding row of -1
+    if padded is None:
+        padded = _padded_neighbours(nbr)
+    first = torch.from_numpy(_FIRST_STEP).to(nbr.device)
     second = torch.from_numpy(_SECOND_STEP).to(nbr.device, nbr.dtype)
-    return padded.index_select(0, (mid * 27 + second).view(-1)).view(-1, 125)
+    step = (nbr[start:stop] + 1) * 27  # start of each neighbour's row in ``padded``; 0 (the -1 row) if absent
+    return padded.index_select(0, (step.index_select(1, first) + second).view(-1)).view(-1, 125)
+
+
+def _padded_neighbours(nbr: torch.Tensor) -> torch.Tensor:
+    """The neighbour table flat, after a row of -1 (the row of an absent voxel)."""
+    return torch.cat((torch.full((1, 27), -1, dtype=nbr.dtype, device=nbr.device), nbr)).view(-1)
 
 
 def _two_steps() -> tuple[np.ndarray, np.ndarray]:
@@ -187,50 +261,63 @@ _FIRST_STEP, _SECOND_STEP = _two_steps()
 
 def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
          weights: Weights) -> torch.Tensor:
+    """The data term's right-hand side: sum_p w_p/N t_p B(p) + w_n/N g_p . grad B(p) over each point's 27 taps.
+
+    The basis is a tensor product, so the 27 values are built one axis at a
+    time with the targets folded in first, never forming the (N, 27, 3) gradients.
+    """
     n = x.shape[0]
     b = torch.zeros(len(level), dtype=torch.float32, device=x.device)
     for start in range(0, n, BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
-        w, g = tap_weights(u, level.size)
-        contrib = (weights.point / n) * w * target_value[start:start + BATCH, None]
-        contrib += (weights.normal / n) * (g * target_grad[start:start + BATCH, None, :]).sum(dim=-1)
-        rows = level.taps(cell)
-        b.index_add_(0, rows.reshape(-1), contrib.reshape(-1))
+        w, d = weights_1d(u)  # (B, 3 axes, 3 taps)
+        d = d * ((weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None])  # g_axis d/du
+        value = (weights.point / n) * target_value[start:start + BATCH, None]
+        wx, wy, wz, dx, dy, dz = w[:, 0], w[:, 1], w[:, 2], d[:, 0], d[:, 1], d[:, 2]
+        xs = value * wx + dx  # (B, 3): x's factor of the value and x-gradient terms
+        xy = wy[:, :, None] * xs[:, None, :] + dy[:, :, None] * wx[:, None, :]  # (B, 3 y, 3 x)
+        contrib = wz[:, :, None, None] * xy[:, None] + dz[:, :, None, None] * (wy[:, :, None] * wx[:, None, :])[:, None]
+        b.index_add_(0, level.taps(cell).view(-1), contrib.reshape(-1))
     return b
 
 
 ROW_BATCH = 1 << 17
-KEEP_COLUMNS = 1 << 26  # int32 entries (256 MiB) of column table worth keeping between the two passes
+KEEP_NONZEROS = 1 << 26  # entries of the (M, 125) column table (int32: 256 MiB) worth one pass
 
 
 def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
-    """CSR (int32 indices) of the (M, 125) stencil, in row chunks and two passes (count, then fill).
+    """CSR (int32 indices) of the (M, 125) stencil.
 
-    Large levels never hold an (M, 125) index table nor a second copy of the
-    non-zeros (at 1M points this halved the assembly's peak memory); small
-    ones keep the first pass's columns instead of computing them again.
+    Small levels take one pass over the whole (M, 125) column table (at most
+    ``KEEP_NONZEROS`` entries, 256 MiB of int32); large ones go in row chunks and
+    two passes (count, then fill) and never hold an (M, 125) index table nor a
+    second copy of the non-zeros (at 1M points this halved the assembly's peak
+    memory).  Row starts come from a binary search of the sorted non-zero
+    positions, not from a pass over the (M, 125) table.
     """
-    m = stencil.shape[0]
-    keep = m * N_OFFSETS <= KEEP_COLUMNS  # small levels: compute the columns once and keep them
-    kept: list[torch.Tensor] = []
-    counts = []
-    for start in range(0, m, ROW_BATCH):
-        c = _csr_columns(level, start, start + ROW_BATCH)
-        counts.append((c >= 0).sum(dim=1))
-        if keep:
-            kept.append(c)
-    crow = torch.zeros(m + 1, dtype=torch.int64, device=stencil.device)
-    crow[1:] = torch.cumsum(torch.cat(counts), 0)
-    nnz = int(crow[-1])
-    cols = torch.empty(nnz, dtype=torch.int32, device=stencil.device)
-    values = torch.empty(nnz, dtype=stencil.dtype, device=stencil.device)
-    for i, start in enumerate(range(0, m, ROW_BATCH)):
-        c = kept[i] if keep else _csr_columns(level, start, start + ROW_BATCH)
+    m, device = stencil.shape[0], stencil.device
+    padded = _padded_neighbours(level.neighbours)
+    if m * N_OFFSETS <= KEEP_NONZEROS:  # one pass over all rows
+        c = _csr_columns(level, padded=padded)
         # nonzero + index_select: boolean-mask indexing of wide arrays is 3x slower on the CPU
         flat = (c >= 0).view(-1).nonzero().squeeze(1)
-        lo, hi = int(crow[start]), int(crow[min(start + ROW_BATCH, m)])
-        cols[lo:hi] = c.view(-1).index_select(0, flat)
-        values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
+        crow = torch.searchsorted(flat, torch.arange(m + 1, device=device) * N_OFFSETS)
+        cols, values = c.view(-1).index_select(0, flat), stencil.view(-1).index_select(0, flat)
+    else:
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=device)
+        for start in range(0, m, ROW_BATCH):
+            c = _csr_columns(level, start, start + ROW_BATCH, padded)
+            crow[start + 1:start + c.shape[0] + 1] = (c >= 0).sum(dim=1)
+        crow = torch.cumsum(crow, 0)
+        nnz = int(crow[-1])
+        cols = torch.empty(nnz, dtype=torch.int32, device=device)
+        values = torch.empty(nnz, dtype=stencil.dtype, device=device)
+        for start in range(0, m, ROW_BATCH):
+            c = _csr_columns(level, start, start + ROW_BATCH, padded)
+            flat = (c >= 0).view(-1).nonzero().squeeze(1)
+            lo, hi = int(crow[start]), int(crow[min(start + ROW_BATCH, m)])
+            cols[lo:hi] = c.view(-1).index_select(0, flat)
+            values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))

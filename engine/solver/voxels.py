@@ -41,6 +41,7 @@ class VoxelIndex:
         ubk, inv = torch.unique(bkey, return_inverse=True)
         self.grid = torch.full((total,), -1, dtype=torch.int32, device=self.device)
         self.grid[ubk] = torch.arange(ubk.numel(), dtype=torch.int32, device=self.device)
+        self.bricks = ubk  # brick key of each brick table
         local = rel & (BRICK - 1)
         lkey = (local[:, 2] * BRICK + local[:, 1]) * BRICK + local[:, 0]
         self.table = torch.full((ubk.numel(), BRICK**3), -1, dtype=torch.int32, device=self.device)
@@ -65,6 +66,45 @@ class VoxelIndex:
         flat = b.clamp_min(0) * BRICK**3 + ((local[:, 2] << BRICK_BITS) + local[:, 1] << BRICK_BITS) + local[:, 0]
         row = torch.index_select(self.table.view(-1), 0, flat)
         return torch.where(inside & (b >= 0), row, -1).to(torch.int64).reshape(shape)
+
+    def neighbour_table(self, batch: int = 1 << 18) -> torch.Tensor:
+        """(M, 27) int32 rows of each voxel's 27 neighbours, -1 where absent.
+
+        Neighbour t is at offset (x, y, z) in [-1, 1]^3 with t = (x + 1) + 3 (y + 1) + 9 (z + 1).
+        Each brick's 8^3 table is copied, with a one-voxel rim from its 26
+        neighbour bricks, into a 10^3 block; a voxel's neighbours are then one
+        gather at fixed distances from its own place in its block (close in
+        memory), instead of 27 lookups of several passes each (~10x faster on the
+        finest level of the 100k-point bunny scan).
+        """
+        k, h, dev = self.table.shape[0], BRICK + 2, self.device
+        tables = torch.cat((self.table, self.table.new_full((1, BRICK**3), -1))).view(k + 1, BRICK, BRICK, BRICK)
+        bx, rest = self.bricks % self.bdims[0], self.bricks // self.bdims[0]
+        brick = torch.stack((bx, rest % self.bdims[1], rest // self.bdims[1]), dim=1)  # (K, 3) x, y, z
+        block = torch.empty((k, h, h, h), dtype=torch.int32, device=dev)  # z, y, x like the tables
+        # per step along an axis: the block's rim or interior it fills, and the slice of the neighbour's table
+        spans = {-1: (slice(0, 1), slice(BRICK - 1, BRICK)), 0: (slice(1, BRICK + 1), slice(0, BRICK)),
+                 1: (slice(BRICK + 1, h), slice(0, 1))}
+        for dz in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    nb = brick + torch.tensor([dx, dy, dz], device=dev)
+                    inside = ((nb >= 0) & (nb < self.bdims)).all(dim=1)
+                    slot = self.grid[torch.where(inside, self._brick_key(nb), 0)]
+                    slot = torch.where(inside & (slot >= 0), slot, k).long()  # k: the table of -1
+                    (zd, zs), (yd, ys), (xd, xs) = spans[dz], spans[dy], spans[dx]
+                    block[:, zd, yd, xd] = tables[:, zs, ys, xs][slot]
+        offsets = torch.tensor([z * h * h + y * h + x for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)],
+                               device=dev)
+        rows = torch.empty(len(self), 27, dtype=torch.int32, device=dev)
+        flat_block = block.view(-1)
+        for start in range(0, len(self), batch):
+            rel = self.ijk[start:start + batch] - self.origin
+            slot = self.grid[self._brick_key(rel >> BRICK_BITS)].long()
+            local = (rel & (BRICK - 1)) + 1
+            place = slot * h**3 + (local[:, 2] * h + local[:, 1]) * h + local[:, 0]
+            rows[start:start + batch] = flat_block[(place[:, None] + offsets).view(-1)].view(-1, 27)
+        return rows
 
 
 def unique_voxels(ijk: torch.Tensor) -> torch.Tensor:

@@ -30,3 +30,16 @@ def test_unique_and_dilate() -> None:
     assert u.shape == (2, 3)
     d = dilate(u, torch.tensor([[0, 0, 0], [1, 0, 0], [-1, 0, 0]]))
     assert {tuple(v) for v in d.tolist()} == {(0, 0, 0), (1, 0, 0), (-1, 0, 0), (5, -3, 2), (6, -3, 2), (4, -3, 2)}
+
+
+@pytest.mark.parametrize("spread", [6, 40, 300])
+def test_neighbour_table_matches_lookups(spread: int) -> None:
+    """The table read from rimmed brick blocks equals 27 lookups per voxel, across brick and grid edges."""
+    rng = np.random.default_rng(spread + 1)
+    vox = unique_voxels(torch.from_numpy(rng.integers(-spread, spread, size=(3000, 3))))
+    index = VoxelIndex(vox)
+    steps = torch.tensor([(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)])
+    expected = index.lookup(vox[:, None, :] + steps).to(torch.int32)
+    table = index.neighbour_table(batch=700)  # several batches
+    assert torch.equal(table, expected)
+    assert (expected >= 0).any() and (expected < 0).any()
