@@ -84,9 +84,6 @@ class LevelSystem:
     rhs: torch.Tensor  # (M,)
     diagonal: torch.Tensor  # (M,)
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return (self.matrix @ v[:, None])[:, 0]
-
 
 def offset_index(delta: np.ndarray) -> np.ndarray:
     """Index in [0, 125) of offsets (..., 3) in [-2, 2]^3, x fastest."""
