@@ -77,7 +77,9 @@ def test_views_come_from_distinct_fixed_sensors() -> None:
     p, _, s, _ = scan_views()
     views = find_views(s)
     assert views is not None and views.count == 8
-    assert np.array_equal(SENSORS[np.lexsort(SENSORS.T[::-1])][views.index], s)  # np.unique sorts the rows
+    first = np.array([np.flatnonzero(views.index == k)[0] for k in range(views.count)])
+    assert np.array_equal(s[first][views.index], s), "a view is exactly the points of one sensor position"
+    assert np.unique(s[first], axis=0).shape[0] == 8
     assert find_views(np.tile(SENSORS[0], (p.shape[0], 1))) is None, "one sensor is one view: nothing to register"
     assert find_views(p + 5.0) is None, "a sensor per point is a moving sensor's path, not views"
     assert find_views(None) is None
