@@ -161,7 +161,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         assert cloud.normals is not None
         with run.stage("register"):
             moved, turned, registration = register_views(cloud.points, cloud.normals, views, res.voxel_size, weights,
-                                                         run)
+                                                         run, dev)
             cloud = replace(cloud, points=moved, normals=turned)
             registration["registration_shift_max"] = cloud.frame.from_canonical(registration["registration_shift_max"])
             normal_stats = {**normal_stats, **registration}

@@ -98,7 +98,12 @@ def _rotation(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(theta) / theta * k + (1.0 - np.cos(theta)) / theta**2 * (k @ k)
 
 
-def _align(levels: list, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _degrees(rot: np.ndarray) -> float:
+    """The angle of a rotation matrix, in degrees."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def _align(levels: list, p: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
     """Rotation R and shift t (coarse units) that best put the view's points p (M, 3) on the field's zero level.
 
     Also the share of the view's robust residual scale that the motion removed (0 when it could not be fitted).
@@ -108,9 +113,9 @@ def _align(levels: list, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     scales: list[float] = []
     for _ in range(STEPS):
         q = (p - c) @ rot.T + c + shift
-        f, g = evaluate(levels, torch.from_numpy(q.astype(np.float32)), with_grad=True)
+        f, g = evaluate(levels, torch.from_numpy(q.astype(np.float32)).to(device), with_grad=True)
         assert g is not None
-        f64, g64 = f.double().numpy(), g.double().numpy()
+        f64, g64 = f.double().cpu().numpy(), g.double().cpu().numpy()
         ok = (np.abs(f64) < BAND) & (np.linalg.norm(g64, axis=1) > 0.5)
         if int(ok.sum()) < MIN_VIEW_POINTS // 2:
             return np.eye(3), np.zeros(3), 0.0
@@ -129,12 +134,15 @@ def _align(levels: list, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_size: float, weights: Weights,
-                   run: Run) -> tuple[np.ndarray, np.ndarray, dict]:
+                   run: Run, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
     """Points and normals (canonical, (N, 3)) with each view moved onto the consensus; and the stats.
 
-    ``voxel_size`` is the finest voxel (canonical units).  Progress and
-    cancellation go through ``run`` under the stage "register".
+    ``voxel_size`` is the finest voxel (canonical units).  The consensus is
+    fitted and evaluated on ``device``; the motions are found and applied in
+    float64 on the CPU.  Progress and cancellation go through ``run`` under
+    the stage "register".
     """
+    device = torch.device(device)
     coarse = COARSE * voxel_size
     pts = points.astype(np.float64)
     nrm = normals.astype(np.float64)
@@ -146,20 +154,21 @@ def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_
     quiet = Run(None, run.cancel)  # the consensus solve's own stages are part of this one
     for r in range(ROUNDS):
         fit_rows = rng.choice(pts.shape[0], size=min(pts.shape[0], FIT_POINTS), replace=False)
-        x = torch.from_numpy((pts[fit_rows] / coarse).astype(np.float32))
+        x = torch.from_numpy((pts[fit_rows] / coarse).astype(np.float32)).to(device)
         levels = build_levels(x, DEPTH)
-        solve_levels(levels, x, torch.from_numpy(nrm[fit_rows].astype(np.float32)), weights, TOL, MAX_ITER, quiet)
+        solve_levels(levels, x, torch.from_numpy(nrm[fit_rows].astype(np.float32)).to(device), weights, TOL,
+                     MAX_ITER, quiet)
         for v, rows in enumerate(members):
             run.report("register", (r + v / views.count) / ROUNDS, f"round {r + 1}: view {v + 1}/{views.count}")
             if rows.size < MIN_VIEW_POINTS:
                 continue
             sample = rows if rows.size <= VIEW_POINTS else rng.choice(rows, size=VIEW_POINTS, replace=False)
-            rot, shift, gain = _align(levels, pts[sample] / coarse)
+            rot, shift, gain = _align(levels, pts[sample] / coarse, device)
             if gain < MIN_GAIN:
                 continue
             c = pts[sample].mean(axis=0)
             new_rot = rot @ total_rot[v]
-            angle = np.degrees(np.arccos(np.clip((np.trace(new_rot) - 1.0) / 2.0, -1.0, 1.0)))
+            angle = _degrees(new_rot)
             if np.linalg.norm(total_shift[v] / coarse + shift) > MAX_SHIFT or angle > MAX_ROTATION_DEG:
                 continue
             pts[rows] = (pts[rows] - c) @ rot.T + c + shift * coarse
@@ -168,8 +177,7 @@ def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_
             moved[v] = True
     # The shift of each view's centroid, and the rotation, as the stats report them.
     shifts = [float(np.linalg.norm(s)) for s, m in zip(total_shift, moved, strict=True) if m]
-    angles = [float(np.degrees(np.arccos(np.clip((np.trace(q) - 1.0) / 2.0, -1.0, 1.0))))
-              for q, m in zip(total_rot, moved, strict=True) if m]
+    angles = [_degrees(q) for q, m in zip(total_rot, moved, strict=True) if m]
     stats = {"views": views.count, "views_registered": int(sum(moved)),
              "registration_shift_max": max(shifts, default=0.0),
              "registration_rotation_max_deg": max(angles, default=0.0)}
