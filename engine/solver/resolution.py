@@ -52,6 +52,22 @@ def points_per_voxel(detail: float) -> float:
     return float(20.0 ** (1.0 - detail))
 
 
+def _subsample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``size`` random points (all of them when there are fewer)."""
+    n = points.shape[0]
+    return points[rng.choice(n, size=size, replace=False)] if n > size else points
+
+
+def _neighbourhoods(sub: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+    """Distances (M, k) and centred float64 neighbourhoods (M, k, 3) of up to PROBES random points of ``sub``
+    (k = NEIGHBOURS, fewer when ``sub`` is smaller): what the noise and the surface test both fit planes to."""
+    k = min(NEIGHBOURS, sub.shape[0])
+    probe = rng.choice(sub.shape[0], size=min(PROBES, sub.shape[0]), replace=False)
+    dist, idx = PointTree(sub).query(sub[probe], k)
+    nb = torch.from_numpy(sub[idx].astype(np.float64))
+    return dist, nb - nb.mean(dim=1, keepdim=True)
+
+
 def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Median surface density (points per unit area) and noise (RMS of quadric-fit residuals).
 
@@ -62,15 +78,11 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """
     rng = np.random.default_rng(seed)
     n = points.shape[0]
-    sub = points[rng.choice(n, size=SUBSAMPLE, replace=False)] if n > SUBSAMPLE else points
-    tree = PointTree(sub)
-    k = min(NEIGHBOURS, sub.shape[0])
-    probe = rng.choice(sub.shape[0], size=min(PROBES, sub.shape[0]), replace=False)
-    dist, idx = tree.query(sub[probe], k)
+    sub = _subsample(points, SUBSAMPLE, rng)
+    dist, nb = _neighbourhoods(sub, rng)
+    k = nb.shape[1]
     r = dist[:, -1]
     density = float(np.median((k - 1) / (np.pi * np.maximum(r, 1e-12) ** 2))) * n / sub.shape[0]
-    nb = torch.from_numpy(sub[idx].astype(np.float64))  # (M, k, 3)
-    nb = nb - nb.mean(dim=1, keepdim=True)
     _, vecs = torch.linalg.eigh(nb.transpose(1, 2) @ nb)
     local = nb @ vecs  # column 0 is the normal direction (smallest eigenvalue)
     x, y, z = local[..., 2], local[..., 1], local[..., 0]
@@ -85,15 +97,9 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
 def surface_variation(points: np.ndarray, seed: int = 0) -> float:
     """Smallest over :data:`VARIATION_SCALES` of the median local surface variation: ~0 on surfaces, ~1/4 in volumes."""
     rng = np.random.default_rng(seed)
-    n = points.shape[0]
     medians = []
     for size in VARIATION_SCALES:
-        sub = points[rng.choice(n, size=size, replace=False)] if n > size else points
-        k = min(NEIGHBOURS, sub.shape[0])
-        probe = rng.choice(sub.shape[0], size=min(PROBES, sub.shape[0]), replace=False)
-        _, idx = PointTree(sub).query(sub[probe], k)
-        nb = torch.from_numpy(sub[idx].astype(np.float64))
-        nb = nb - nb.mean(dim=1, keepdim=True)
+        _, nb = _neighbourhoods(_subsample(points, size, rng), rng)
         ev = torch.linalg.eigvalsh(nb.transpose(1, 2) @ nb)
         medians.append(float((ev[:, 0] / ev.sum(dim=1).clamp_min(1e-300)).median()))
     return min(medians)
