@@ -122,13 +122,13 @@ def _align(levels: list, p: np.ndarray, device: torch.device) -> tuple[np.ndarra
         r, gq = f64[ok], g64[ok]
         scale = 1.4826 * float(np.median(np.abs(r))) + 1e-9
         scales.append(scale)
+        if len(scales) == STEPS:  # the last scale is measured at the motion found so far
+            break
         w = 1.0 / np.maximum(1.0, np.abs(r) / (2.0 * scale))  # Huber
         jac = np.concatenate((np.cross(q[ok] - c - shift, gq), gq), axis=1)  # d f / d (omega, t)
         normal = (jac * w[:, None]).T @ jac
         normal += DAMPING * np.diag(np.diag(normal)) + 1e-12 * np.eye(6)
         step = np.linalg.solve(normal, -(jac * w[:, None]).T @ r)
-        if len(scales) == STEPS:  # the last scale is measured at the motion before this step
-            break
         rot, shift = _rotation(step[:3]) @ rot, shift + step[3:]
     return rot, shift, 1.0 - scales[-1] / scales[0]
 
