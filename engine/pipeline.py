@@ -144,7 +144,9 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         cloud, outliers = drop_outliers(cloud)
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
     with run.stage("resolution"):
-        res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.frame.diagonal)
+        views = find_views(sensor[cloud.kept]) if sensor is not None and sensor.ndim == 2 else None
+        res = choose_voxel_size(cloud.points, opts.detail_level, opts.voxel_size, cloud.frame.diagonal,
+                                views=None if views is None else views.index)
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
         limit = (int(opts.memory_limit_gb * 2**30) if opts.memory_limit_gb is not None
                  else int(0.75 * available_bytes(dev)))
@@ -156,8 +158,9 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
         if normal_stats["normals_estimated"]:
             weights = replace(weights, point=weights.point * ESTIMATED_POINT_SCALE)
-    views = find_views(sensor[cloud.kept]) if opts.register_views and sensor is not None and sensor.ndim == 2 else None
-    if views is not None:
+    if views is not None and normal_stats["normals_doubtful"]:  # points left out: the views' index must follow
+        views = find_views(sensor[cloud.kept])
+    if views is not None and opts.register_views:
         assert cloud.normals is not None
         with run.stage("register"):
             moved, turned, registration = register_views(cloud.points, cloud.normals, views, res.voxel_size, weights,
@@ -180,6 +183,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         "noise": frame.from_canonical(res.noise),
         "point_weight": weights.point,
         "density": res.density / frame.diagonal**2,  # points per canonical area -> per caller's area
+        "view_overlap": res.view_overlap,
         "memory_limit_bytes": limit,
         "memory_estimate_bytes": plan.estimate,
     }

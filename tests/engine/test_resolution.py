@@ -1,0 +1,61 @@
+"""The automatic voxel follows the spacing of one scanner view, not of all views stacked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import reconstruct
+from engine.solver.resolution import choose_voxel_size, view_overlap
+from tests.engine.test_registration import scan_views
+
+
+def _plane(n: int, seed: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """n points uniform on the square [lo, hi] x [0, 1] of the z = 0 plane."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack((rng.uniform(lo, hi, n), rng.uniform(0.0, 1.0, n), np.zeros(n)))
+
+
+def test_overlap_counts_the_views_over_a_spot() -> None:
+    stacked = np.concatenate([_plane(20_000, seed=v) for v in range(4)])  # four views of the whole square
+    index = np.repeat(np.arange(4), 20_000)
+    assert abs(view_overlap(stacked, index) - 4.0) < 0.4
+    side = np.concatenate([_plane(20_000, seed=v, lo=v / 4, hi=(v + 1) / 4) for v in range(4)])  # side by side
+    assert view_overlap(side, index) < 1.3, "views that do not overlap are one view's spacing"
+
+
+def test_auto_voxel_is_one_views_spacing() -> None:
+    stacked = np.concatenate([_plane(20_000, seed=v) for v in range(4)])
+    index = np.repeat(np.arange(4), 20_000)
+    all_views = choose_voxel_size(stacked)
+    per_view = choose_voxel_size(stacked, views=index)
+    one_view = choose_voxel_size(stacked[:20_000])
+    assert all_views.view_overlap == 1.0 and per_view.view_overlap > 3.5
+    # a quarter of the density: twice the spacing, as if only one view had been taken
+    assert abs(per_view.voxel_size / all_views.voxel_size - 2.0) < 0.2
+    assert abs(per_view.voxel_size / one_view.voxel_size - 1.0) < 0.1
+    # an explicit voxel size or detail level is the caller's choice: views do not change it
+    assert choose_voxel_size(stacked, "auto", 0.01, views=index).voxel_size == 0.01
+    assert choose_voxel_size(stacked, 0.5, views=index).voxel_size == choose_voxel_size(stacked, 0.5).voxel_size
+
+
+def test_pipeline_reports_the_overlap_and_coarsens_for_views() -> None:
+    p, n, s, _ = scan_views(misregister=False)
+    with_views = reconstruct(p, n, sensor=s, device="cpu", register_views=False)
+    without = reconstruct(p, n, device="cpu")
+    overlap = with_views.stats["view_overlap"]
+    assert 1.5 < overlap < 8.0, overlap
+    assert without.stats["view_overlap"] == 1.0
+    ratio = with_views.stats["voxel_size"] / without.stats["voxel_size"]
+    assert abs(ratio - np.sqrt(overlap)) < 0.05 * np.sqrt(overlap), (ratio, overlap)
+    assert with_views.stats["unknowns"] < without.stats["unknowns"]
+
+
+def test_views_survive_points_left_out_for_doubtful_normals() -> None:
+    """Normals estimated toward the sensors leave out points with no plane (here 64 copies of one position):
+    the views found before must still match the points registration moves."""
+    p, _, s, _ = scan_views(per_view=6_000)
+    p = np.concatenate([p, np.tile(p[:1], (64, 1))])
+    s = np.concatenate([s, np.tile(s[:1], (64, 1))])
+    mesh = reconstruct(p, None, sensor=s, device="cpu")
+    assert mesh.stats["normals_doubtful"] > 0 and mesh.stats["views"] == 8
+    assert mesh.faces.shape[0] > 1000
