@@ -139,9 +139,10 @@ class Options:
     voxel_size: float | None = option(
         None, "finest voxel size in input units (overrides the detail level)",
         flag="--voxel-size", kind=float, minimum=0.0, open_minimum=True, special=(None,))
-    mise_iter: int = option(
-        1, "refinement rounds below the finest voxel; each halves the triangle size and quadruples the count",
-        flag="--mise-iter", kind=int, minimum=0, maximum=3)
+    mise_iter: int | str = option(
+        "auto", "refinement rounds below the finest voxel; each halves the triangle size and quadruples the count "
+        "('auto': 1, or 0 for a scan from several sensor positions, whose views' noise the finer cells only follow)",
+        flag="--mise-iter", kind=int, minimum=0, maximum=3, special=("auto",))
     max_faces: int | None = option(
         None, "triangles the mesh may have at most (unset: as many as a tolerance of 0.03 voxel needs)",
         flag="--max-faces", kind=int, minimum=4, maximum=1_000_000_000, special=(None,))

@@ -120,6 +120,7 @@ class Prepared:
     device: torch.device
     plan: MemoryPlan
     stats: dict[str, Any]
+    mise_iter: int  # refinement rounds, "auto" resolved (refinement_rounds)
 
     @property
     def voxel_size(self) -> float:
@@ -128,6 +129,23 @@ class Prepared:
     @property
     def frame(self) -> Frame:
         return self.cloud.frame.with_voxel(self.voxel_size)
+
+
+# Meshing one round below the finest voxel places vertices more exactly (clean sphere: 0.0016 voxel from the truth
+# against 0.0064 at the voxel) and simplification then merges what is flat.  A scan from several sensor positions
+# gains nothing from it: its per-view noise, not the meshing, sets the error.  Measured on the simulated 8-view
+# scans (Chamfer-L1 x1e-3, rounds 1 / 0): with the scanner's normals bunny 0.379 / 0.387, torus 0.401 / 0.392,
+# sphere 0.467 / 0.466; without normals 0.412 / 0.393, 0.493 / 0.458, 0.526 / 0.532; 8.4-9.6 s against 5.9-7.2 s.
+# On the bunny with 0.5% Gaussian noise (no sensors) 0 loses: 0.462 against 0.372.
+AUTO_MISE_ITER = 1
+AUTO_MISE_ITER_VIEWS = 0
+
+
+def refinement_rounds(mise_iter: int | str, views: bool) -> int:
+    """The ``mise_iter`` option with "auto" resolved: fewer rounds for a scan taken from several views."""
+    if mise_iter == "auto":
+        return AUTO_MISE_ITER_VIEWS if views else AUTO_MISE_ITER
+    return int(mise_iter)
 
 
 def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, sensor: Any = None,
@@ -150,8 +168,9 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
         limit = (int(opts.memory_limit_gb * 2**30) if opts.memory_limit_gb is not None
                  else int(0.75 * available_bytes(dev)))
+        mise_iter = refinement_rounds(opts.mise_iter, views is not None)
         plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.frame.diagonal,
-                           mise_iter=opts.mise_iter,
+                           mise_iter=mise_iter,
                            chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,
                            concurrent=concurrent, worker_processes=worker_processes)
     with run.stage("normals"):
@@ -184,10 +203,11 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         "point_weight": weights.point,
         "density": res.density / frame.diagonal**2,  # points per canonical area -> per caller's area
         "view_overlap": res.view_overlap,
+        "mise_iter": mise_iter,
         "memory_limit_bytes": limit,
         "memory_estimate_bytes": plan.estimate,
     }
-    return Prepared(cloud, res, weights, dev, plan, stats)
+    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter)
 
 
 def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
@@ -239,7 +259,8 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     Points whose orientation stays doubtful are left out and counted
     (``stats["normals_doubtful"]``).  ``detail_level`` "auto" or 0..1,
     ``voxel_size`` (caller's units) overrides it.  ``mise_iter`` refinement
-    rounds below the finest voxel; ``trim`` removes surface farther than 1.5
+    rounds below the finest voxel ("auto": 1, or 0 when ``sensor`` holds 2 to
+    256 positions); ``trim`` removes surface farther than 1.5
     voxels plus twice the measured noise from every point.
 
     Large scenes: ``chunk_size`` (caller's units) solves cubes of that edge
@@ -296,7 +317,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         # untrimmed surface may run wherever the coarsest level reaches.
         start = levels[0] if opts.trim and not opts.watertight else levels[-1]
         meshed = outside_beyond(start, field) if opts.watertight else field
-        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + opts.mise_iter, meshed)
+        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed)
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = frame.from_voxels(verts_t.double()).cpu().numpy()
         faces = faces_t.cpu().numpy()
@@ -322,7 +343,7 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
     """The scene in overlapping chunks (step 11): solve each on ``pool``, blend, mesh core by core, weld."""
     cloud, frame, dev = prep.cloud, prep.frame, prep.device
     assert cloud.normals is not None
-    depth, mise_iter = opts.depth, opts.mise_iter
+    depth, mise_iter = opts.depth, prep.mise_iter
     with run.stage("hierarchy"):
         cc = ChunkedCloud(frame.to_voxels(cloud.points.astype(np.float64)), grid)
     count = cc.cells.shape[0]

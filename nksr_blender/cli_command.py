@@ -155,7 +155,7 @@ def run(argv: list[str]) -> int:
         print(f"nksr: {problem}")
         return EXIT_USAGE
     # The operator's properties cannot be empty: 0 stands for unset (and 1 worker for the engine itself).
-    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0, "mise_iter": opts.mise_iter,
+    options: dict[str, Any] = {"voxel_size": opts.voxel_size or 0.0,
                                "max_faces": opts.max_faces or 0, "trim": opts.trim,
                                "keep_fragments": opts.keep_fragments,
                                "watertight": opts.watertight, "register_views": opts.register_views,
@@ -165,6 +165,8 @@ def run(argv: list[str]) -> int:
                                "workers": opts.workers or 1}
     if opts.detail_level != "auto":
         options["detail_level"] = opts.detail_level
+    if opts.mise_iter != "auto":
+        options["mise_iter"] = opts.mise_iter
     try:
         if by_engine:  # the engine reads the file: its points never load into Blender
             bpy.ops.nksr.reconstruct_file(filepath=str(source.resolve()), **options)  # type: ignore[attr-defined]

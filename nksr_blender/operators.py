@@ -398,11 +398,14 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
     def _resolve(self, context: bpy.types.Context) -> dict[str, Any]:
         """Options a script did not set come from the panel's scene settings."""
         panel = settings.panel_settings(context)
+        by_script = {name for name in settings.OPTION_NAMES if self.properties.is_property_set(name)}
         for name in settings.OPTION_NAMES:
-            if not self.properties.is_property_set(name):
+            if name not in by_script:  # setting it here marks it set: hence by_script, taken before
                 setattr(self, name, getattr(panel, name))
-        if self.properties.is_property_set("detail_level") and not self.properties.is_property_set("auto_detail"):
+        if "detail_level" in by_script and "auto_detail" not in by_script:
             self.auto_detail = False
+        if "mise_iter" in by_script and "auto_refinement" not in by_script:
+            self.auto_refinement = False
         device = self.device
         if device == "PREFERENCES":
             prefs = settings.preferences(context)
@@ -410,7 +413,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
         return {
             "detail_level": "auto" if self.auto_detail else float(self.detail_level),
             "voxel_size": float(self.voxel_size) if self.voxel_size > 0 else None,
-            "mise_iter": int(self.mise_iter),
+            "mise_iter": "auto" if self.auto_refinement else int(self.mise_iter),
             "max_faces": int(self.max_faces) if self.max_faces > 0 else None,
             "trim": bool(self.trim),
             "keep_fragments": bool(self.keep_fragments),

@@ -27,7 +27,10 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         sub.active = not panel.auto_detail and panel.voxel_size == 0
         sub.prop(panel, "detail_level", slider=True)
         col.prop(panel, "voxel_size")
-        col.prop(panel, "mise_iter")
+        col.prop(panel, "auto_refinement")
+        sub = col.column()
+        sub.active = not panel.auto_refinement
+        sub.prop(panel, "mise_iter")
         col.prop(panel, "max_faces")
         sub = col.column()
         sub.active = not panel.watertight  # watertight replaces trimming

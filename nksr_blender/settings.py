@@ -61,7 +61,10 @@ class ReconstructOptions:
     detail_level: _number(FloatProperty, "detail_level", "Detail", default=0.75)  # type: ignore[valid-type]
     voxel_size: _number(FloatProperty, "voxel_size", "Voxel Size", zero_unsets=True,  # type: ignore[valid-type]
                         subtype="DISTANCE", precision=4)
-    mise_iter: _number(IntProperty, "mise_iter", "Refinement")  # type: ignore[valid-type]
+    auto_refinement: BoolProperty(  # type: ignore[valid-type]
+        name="Automatic Refinement", default=True,
+        description="Refine one round below the finest voxel, none for a scan taken from several sensor positions")
+    mise_iter: _number(IntProperty, "mise_iter", "Refinement", default=1)  # type: ignore[valid-type]
     max_faces: _number(IntProperty, "max_faces", "Max Triangles", zero_unsets=True)  # type: ignore[valid-type]
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]
     keep_fragments: _flag("keep_fragments", "Keep Fragments")  # type: ignore[valid-type]

@@ -209,7 +209,7 @@ def test_reconstruct_of_an_imported_cloud_lines_up(scene: bpy.types.Scene, tmp_p
     assert read.sensors is not None and np.abs(read.sensors + read.center - sensors).max() < 1e-3
     obj.location.z += 10.0
     bpy.context.view_layer.update()
-    assert bpy.ops.nksr.reconstruct(detail_level=0.4, mise_iter=0) == {"FINISHED"}
+    assert bpy.ops.nksr.reconstruct(mise_iter=0) == {"FINISHED"}
     made = bpy.context.view_layer.objects.active
     assert made is not obj and made.type == "MESH"
     local, _ = mesh_arrays(made)

@@ -167,3 +167,28 @@ def test_large_scene_settings_chunk_the_job(scene: bpy.types.Scene, tmp_path: Pa
     state = bpy.context.window_manager.nksr_run
     assert state.chunks >= 2 and f"{state.chunks} chunks" in state.last_summary
     _check_sphere_result(source, _only_new_object(before), state.voxel_size, srgb=True)
+
+
+def test_automatic_refinement_and_a_scripts_rounds(scene: bpy.types.Scene, tmp_path: Path, addon: ModuleType) -> None:
+    """Automatic Refinement (on by default) refines one round for a cloud with no sensors; rounds a script sets
+    turn it off, and so does the panel's switch; a script's detail level turns Automatic Detail off."""
+    source = import_sphere_ply(tmp_path)
+    state = bpy.context.window_manager.nksr_run
+    faces: dict[str, int] = {}
+
+    def run(**kwargs: float) -> int:
+        for obj in scene.objects:  # the source only, not the meshes made before
+            obj.select_set(obj == source)
+        bpy.context.view_layer.objects.active = source
+        assert bpy.ops.nksr.reconstruct(keep_colors=False, **kwargs) == {"FINISHED"}
+        return int(state.faces_out)
+
+    for label, kwargs in (("auto", {}), ("one", {"mise_iter": 1}), ("none", {"mise_iter": 0})):
+        faces[label] = run(**kwargs)
+    assert faces["auto"] == faces["one"] != faces["none"], faces
+    scene.nksr.auto_refinement, scene.nksr.mise_iter = False, 0
+    assert run() == faces["none"]
+    # the same for the detail level: a script's value turns Automatic Detail off (it was ignored before)
+    auto_voxel = state.voxel_size
+    run(detail_level=0.2)
+    assert state.voxel_size > 1.5 * auto_voxel, (state.voxel_size, auto_voxel)

@@ -1,4 +1,5 @@
-"""The automatic voxel follows the spacing of one scanner view, not of all views stacked."""
+"""The automatic voxel follows the spacing of one scanner view, not of all views stacked; such a scan is meshed
+at its finest voxel (automatic refinement)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,13 @@ def test_views_survive_points_left_out_for_doubtful_normals() -> None:
     mesh = reconstruct(p, None, sensor=s, device="cpu")
     assert mesh.stats["normals_doubtful"] > 0 and mesh.stats["views"] == 8
     assert mesh.faces.shape[0] > 1000
+
+
+def test_automatic_refinement_skips_the_round_for_views_only() -> None:
+    p, n, s, _ = scan_views(per_view=6_000, misregister=False)
+    views = reconstruct(p, n, sensor=s, device="cpu", register_views=False)
+    plain = reconstruct(p, n, device="cpu")
+    refined = reconstruct(p, n, sensor=s, device="cpu", register_views=False, mise_iter=1)
+    assert views.stats["mise_iter"] == 0 and plain.stats["mise_iter"] == 1 and refined.stats["mise_iter"] == 1
+    assert views.stats["voxel_size"] == refined.stats["voxel_size"]
+    assert views.stats["faces_before_simplify"] < 0.5 * refined.stats["faces_before_simplify"]
