@@ -24,7 +24,8 @@ from geom import bbox_diagonal, sample_surface  # noqa: E402
 from scanner import PRESETS, PROCEDURAL, scan  # noqa: E402
 
 from engine import reconstruct  # noqa: E402
-from engine.surface.watertight import edge_use, piece_labels  # noqa: E402
+from engine.mesh import edge_use  # noqa: E402
+from engine.surface.watertight import piece_labels  # noqa: E402
 
 SHAPES = ("sphere", "torus", "dumbbell", "rounded_box")
 MODES = {"default": {}, "watertight": {"watertight": True}}

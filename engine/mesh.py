@@ -1,4 +1,4 @@
-"""The engine's result type, and the vertex normals it carries."""
+"""The engine's result type, the vertex normals it carries, and its undirected edges."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
             vn[:, c] += np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0])
     length = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.maximum(length, 1e-30)).astype(np.float32)
+
+
+def edge_use(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges (E, 2) int64, sorted, and the number of faces using each.
+
+    Through one 1-D key per edge (lower vertex times the vertex count plus the
+    higher): numpy's unique over rows took 5x as long.
+    """
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1).astype(np.int64)
+    n = int(e.max()) + 1 if e.size else 1
+    key, count = np.unique(e[:, 0] * n + e[:, 1], return_counts=True)
+    return np.stack((key // n, key % n), axis=1), count
 
 
 def mesh_edges(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import MemoryLimitError
+from ..mesh import edge_use
 from ..solver.hierarchy import Level, tap_offsets
 from ..solver.voxels import VoxelIndex, dilate
 from .trimming import compact
@@ -73,12 +74,6 @@ def outside_beyond(domain: Level, field: Field) -> Field:
         return torch.where(inside, v, torch.full_like(v, OUTSIDE))
 
     return wrapped
-
-
-def edge_use(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique undirected edges (E, 2) and the number of faces using each."""
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    return np.unique(e, axis=0, return_counts=True)
 
 
 def piece_labels(n_vertices: int, faces: np.ndarray) -> np.ndarray:
