@@ -95,6 +95,7 @@ def test_misregistered_views_are_moved_onto_each_other() -> None:
     after = _disagreement(moved.astype(np.float64), true, views.index, views.count)
     assert after < 0.5 * before, (before, after)
     assert stats["views"] == 8 and stats["views_registered"] >= 6
+    assert stats["registration_rounds"] == 2, "motions that remove most of the residual refit the consensus"
     assert 0.001 < stats["registration_shift_max"] < 0.02
     assert np.allclose(np.linalg.norm(turned, axis=1), 1.0, atol=1e-4), "normals turn with their view"
 
@@ -107,6 +108,7 @@ def test_registered_views_stay_where_they_are() -> None:
                                      Run(None, None))
     assert float(np.linalg.norm(moved - p, axis=1).max()) < 0.1 * VOXEL
     assert stats["registration_rotation_max_deg"] < 0.1
+    assert stats["registration_rounds"] == 1, "no motion: the consensus is not fitted again"
 
 
 @pytest.mark.parametrize("register", [True, False])
