@@ -95,7 +95,7 @@ def test_misregistered_views_are_moved_onto_each_other() -> None:
     after = _disagreement(moved.astype(np.float64), true, views.index, views.count)
     assert after < 0.5 * before, (before, after)
     assert stats["views"] == 8 and stats["views_registered"] >= 6
-    assert stats["registration_rounds"] == 2, "motions that remove most of the residual refit the consensus"
+    assert stats["registration_rounds"] == 3, "motions that remove most of the residual refit the consensus"
     assert 0.001 < stats["registration_shift_max"] < 0.02
     assert np.allclose(np.linalg.norm(turned, axis=1), 1.0, atol=1e-4), "normals turn with their view"
 
@@ -109,6 +109,8 @@ def test_registered_views_stay_where_they_are() -> None:
     assert float(np.linalg.norm(moved - p, axis=1).max()) < 0.1 * VOXEL
     assert stats["registration_rotation_max_deg"] < 0.1
     assert stats["registration_rounds"] == 1, "no motion: the consensus is not fitted again"
+    # aligned to the other views, not to the field's zero level (which smoothing pulls inside curved parts)
+    assert stats["views_registered"] == 0, "the consensus field's own bias moved registered views"
 
 
 @pytest.mark.parametrize("register", [True, False])
@@ -119,6 +121,7 @@ def test_the_pipeline_registers_views_unless_told_not_to(register: bool) -> None
         assert mesh.stats["views_registered"] >= 6
         assert "register" in mesh.stats["seconds"]
         unregistered = reconstruct(p, n, sensor=s, device="cpu", register_views=False)
-        assert _blob_distance(mesh.vertices) < 0.95 * _blob_distance(unregistered.vertices), "closer to the truth"
+        # measured 0.90 (three rounds, aligned to the other views); 0.91 with views aligned to the field's zero level
+        assert _blob_distance(mesh.vertices) < 0.905 * _blob_distance(unregistered.vertices), "closer to the truth"
     else:
         assert "views" not in mesh.stats and "register" not in mesh.stats["seconds"]
