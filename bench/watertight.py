@@ -25,7 +25,7 @@ from scanner import PRESETS, PROCEDURAL, scan  # noqa: E402
 
 from engine import reconstruct  # noqa: E402
 from engine.mesh import edge_use  # noqa: E402
-from engine.surface.watertight import piece_labels  # noqa: E402
+from engine.surface.fragments import face_pieces  # noqa: E402
 
 SHAPES = ("sphere", "torus", "dumbbell", "rounded_box")
 MODES = {"default": {}, "watertight": {"watertight": True}}
@@ -52,7 +52,7 @@ def measure(shape: str, mode: str, points: int, seed: int) -> dict[str, float | 
     _, counts = edge_use(f)
     return {"shape": shape, "mode": mode, "chamfer": 0.5 * (acc.mean() + comp.mean()), "max": float(acc.max()),
             "volume_ratio": volume(v, f) / volume(tv, tf), "boundary_edges": int((counts == 1).sum()),
-            "bad_edges": int((counts > 2).sum()), "pieces": int(piece_labels(len(v), f).max() + 1),
+            "bad_edges": int((counts > 2).sum()), "pieces": face_pieces(len(v), f)[0],
             "faces": int(len(f)), "seconds": seconds}
 
 

@@ -324,7 +324,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
     with run.stage("trim"):
         tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
         if opts.watertight:
-            verts, faces, closed = closed_piece(verts, faces)
+            verts, faces, closed = closed_piece(verts, faces, cloud.points, f.voxel_size)
             f.stats.update(closed)
         elif opts.trim:
             verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))

@@ -13,9 +13,11 @@ Three steps make it close, each bounded so that it cannot balloon:
    inside the domain, which marching cubes covers, so the zero level closes; where
    the scan's gap is wider than the dilation, it closes at the domain's edge,
    at most ``CLOSE_RINGS + 2`` coarse voxels from the data.
-3. :func:`closed_piece`: the largest piece is kept (stray points make small
-   closed blobs of their own), and it is checked: every edge in exactly two
-   faces.  Marching cubes over uniform cells with shared edge vertices gives
+3. :func:`closed_piece`: the piece that most input points lie on is kept
+   (stray points make small closed blobs of their own, and where the field
+   dips below zero again far out, near the domain's edge, it makes a large
+   closed shell around the object that no point supports), and it is checked:
+   every edge in exactly two faces.  Marching cubes over uniform cells with shared edge vertices gives
    that by construction; should a boundary loop remain, it is closed by a fan.
 """
 
@@ -26,13 +28,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..errors import MemoryLimitError
 from ..mesh import edge_use
 from ..solver.hierarchy import Level, tap_offsets
 from ..solver.voxels import VoxelIndex, dilate
+from .fragments import face_pieces, piece_support
 from .trimming import compact
 
 # Extra rings of coarsest voxels (each 2**(depth-1) finest voxels).  0 to 3 rings measured (bench/README.md,
@@ -76,14 +77,6 @@ def outside_beyond(domain: Level, field: Field) -> Field:
     return wrapped
 
 
-def piece_labels(n_vertices: int, faces: np.ndarray) -> np.ndarray:
-    """The connected piece (by shared vertices) of every face (F,)."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
-    _, label = connected_components(graph, directed=False)
-    return label[faces[:, 0]]
-
-
 def fill_loops(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Close every boundary loop by a fan around its centroid; vertices, faces and the loops closed.
 
@@ -117,15 +110,22 @@ def fill_loops(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.
     return np.concatenate(new_v), np.concatenate(new_f), count
 
 
-def closed_piece(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """The largest piece of a marching-cubes mesh, closed and checked; vertices, faces and what was done."""
+def closed_piece(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, voxel_size: float
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The best supported piece of a marching-cubes mesh, closed and checked; vertices, faces and what was done.
+
+    Support is counted as fragment removal counts it (:func:`engine.surface.fragments.piece_support`): the
+    ``points`` whose nearest vertex lies within one finest voxel (``voxel_size``, the vertices' units) and
+    belongs to the piece; ties go to the larger piece.
+    """
     stats = {"watertight_pieces_dropped": 0, "watertight_holes_filled": 0}
     if faces.shape[0] == 0:
         return vertices, faces, stats
-    label = piece_labels(vertices.shape[0], faces)
-    sizes = np.bincount(label)
-    stats["watertight_pieces_dropped"] = int((sizes > 0).sum()) - 1
-    vertices, faces, _ = compact(vertices, faces[label == int(np.argmax(sizes))])
+    count, label = face_pieces(vertices.shape[0], faces)
+    support = piece_support(vertices, faces, label, count, points, voxel_size)
+    best = int(np.lexsort((np.bincount(label, minlength=count), support))[-1])
+    stats["watertight_pieces_dropped"] = count - 1
+    vertices, faces, _ = compact(vertices, faces[label == best])
     _, counts = edge_use(faces)
     if (counts == 1).any():
         vertices, faces, stats["watertight_holes_filled"] = fill_loops(vertices, faces)

@@ -70,11 +70,23 @@ def test_a_hole_left_in_the_largest_piece_is_closed_with_consistent_winding(scan
     v, f = mesh.vertices64, mesh.faces
     open_f = f[~(f == f[0, 0]).any(axis=1)]
     assert boundary_edges(open_f) > 0
-    cv, cf, done = closed_piece(v, open_f)
+    cv, cf, done = closed_piece(v, open_f, v, 0.01)
     assert done["watertight_holes_filled"] == 1
     _, counts = edge_counts(cf)
     assert (counts == 2).all() and inconsistent_edges(cf) == 0
     assert signed_volume(cv, cf) == pytest.approx(signed_volume(v, f), rel=1e-3)
+
+
+def test_the_piece_the_points_lie_on_is_kept_not_the_largest(scanned: dict) -> None:
+    """A large closed shell that no point supports (the field dipping below zero again near the domain's edge,
+    as it did around the bunny's scan) loses to the smaller surface the points lie on."""
+    mesh = scanned["watertight"]
+    v, f = mesh.vertices64, mesh.faces
+    shell_v, shell_f = 3.0 * v, f + v.shape[0]
+    both_v, both_f = np.concatenate([v, shell_v]), np.concatenate([f, shell_f])
+    kept_v, kept_f, done = closed_piece(both_v, both_f, v[::7], 0.01)
+    assert done["watertight_pieces_dropped"] == 1
+    assert kept_f.shape == f.shape and np.abs(kept_v).max() < 1.5
 
 
 def test_option_is_checked_and_flagged() -> None:
