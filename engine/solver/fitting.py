@@ -56,6 +56,8 @@ def solve_levels(levels: list[Level], x: torch.Tensor, nrm: torch.Tensor, weight
             iterations.append(result.iterations)
             residuals.append(result.residual)
             del system
+            if i == len(levels) - 1:  # the finest level: nothing is left to fit after it
+                break
             value, grad = evaluate_level(level, x, with_grad=True)
             fit_value += value
             assert grad is not None
