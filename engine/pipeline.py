@@ -35,6 +35,7 @@ from .solver.outliers import drop_outliers
 from .solver.registration import find_views, register_views
 from .solver.resolution import Resolution, choose_voxel_size
 from .solver.system import Weights, point_weight
+from .solver.trust import incidence_trust
 from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
 from .surface.meshing import candidate_cells, marching_cubes
@@ -121,6 +122,7 @@ class Prepared:
     plan: MemoryPlan
     stats: dict[str, Any]
     mise_iter: int  # refinement rounds, "auto" resolved (refinement_rounds)
+    trust: np.ndarray | None = None  # (N,) mean 1: each point's weight in the fit (incidence_trust), None: all 1
 
     @property
     def voxel_size(self) -> float:
@@ -207,7 +209,12 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         "memory_limit_bytes": limit,
         "memory_estimate_bytes": plan.estimate,
     }
-    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter)
+    trust = None
+    if views is not None:  # points seen edge-on give way to a better view over them (solver/trust.py)
+        assert cloud.normals is not None and sensor is not None
+        trust, stats["points_grazing"] = incidence_trust(cloud.points, cloud.normals,
+                                                         cloud.frame.to_canonical(sensor[cloud.kept]))
+    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust)
 
 
 def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
@@ -220,8 +227,9 @@ def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
         levels = build_levels(x, opts.depth)
         if opts.watertight:  # the coarsest level spans the gaps and the inside (surface/watertight.py)
             levels[-1] = close_level(levels[-1])
+    trust = None if prepared.trust is None else torch.from_numpy(prepared.trust).to(dev)
     iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
-                                         run)
+                                         run, trust=trust)
     stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
              "solver_iterations": iterations, "solver_residual": residuals}
     return Fit(cloud, levels, prepared.voxel_size, prepared.res.noise, dev, stats)
@@ -352,7 +360,7 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
         size = frame.from_canonical(frame.from_voxels(grid.size))  # caller's units
         run.report("chunks", 0.0, f"{count} chunks of {size:.4g} on {pool.name}")
         todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=opts.solver_tol,
-                     solver_max_iter=opts.solver_max_iter, device=str(dev))
+                     solver_max_iter=opts.solver_max_iter, device=str(dev), trust=prep.trust)
         for done in pool.map(todo, count, run):
             fields[done.cell] = done
             run.report("chunks", len(fields) / count,

@@ -39,6 +39,7 @@ class ChunkTask:
     solver_max_iter: int
     device: str
     cancel_token: Any = None  # an executors token with ``is_set()``, for executors in other processes
+    trust: np.ndarray | None = None  # (n,) float32 each point's weight in the fit (pipeline.incidence_trust)
 
     @property
     def label(self) -> str:
@@ -89,9 +90,10 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
     dev = select_device(task.device)
     x = torch.from_numpy(task.points).to(dev)
     nrm = torch.from_numpy(task.normals).to(dev)
+    trust = None if task.trust is None else torch.from_numpy(task.trust).to(dev)
     levels = build_levels(x, task.depth)
     iterations, residuals = solve_levels(levels, x, nrm, task.weights, task.solver_tol, task.solver_max_iter, run,
-                                         task.label)
+                                         task.label, trust=trust)
     packed = []
     for lv in levels:
         assert lv.coeffs is not None
@@ -101,7 +103,8 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
 
 
 def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights, solver_tol: float,
-          solver_max_iter: int, device: str, cancel_token: Any = None) -> Iterator[ChunkTask]:
+          solver_max_iter: int, device: str, cancel_token: Any = None, trust: np.ndarray | None = None
+          ) -> Iterator[ChunkTask]:
     """One task per core with points in or near it, built lazily (each holds a copy of its points)."""
     count = cc.cells.shape[0]
     for i, cell in enumerate(cc.cells):
@@ -109,4 +112,4 @@ def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights
         lo, _ = cc.grid.bounds(cell)
         yield ChunkTask(i, count, tuple(int(v) for v in cell), tuple(int(v) for v in lo),  # type: ignore[arg-type]
                         (cc.x[rows] - lo).astype(np.float32), normals[rows], depth, weights, solver_tol,
-                        solver_max_iter, device, cancel_token)
+                        solver_max_iter, device, cancel_token, None if trust is None else trust[rows])

@@ -128,14 +128,18 @@ def _monomials(u: torch.Tensor) -> torch.Tensor:
     return (powers[:, 0, :, None] * yz).view(-1, 125)
 
 
-def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torch.Tensor) -> None:
-    """Add the data term's matrix to ``stencil`` (M * 125,) in place."""
+def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torch.Tensor,
+                  trust: torch.Tensor | None = None) -> None:
+    """Add the data term's matrix to ``stencil`` (M * 125,) in place; ``trust`` (N,) weighs each point."""
     n = x.shape[0]
     cell, u = split_points(x / level.size)
     cells, inverse = unique_voxels_inverse(cell)
     moments = torch.zeros(cells.shape[0], 125, dtype=torch.float64, device=x.device)
     for start in range(0, n, BATCH):
-        moments.index_add_(0, inverse[start:start + BATCH], _monomials(u[start:start + BATCH].double()))
+        mono = _monomials(u[start:start + BATCH].double())
+        if trust is not None:
+            mono *= trust[start:start + BATCH, None].double()
+        moments.index_add_(0, inverse[start:start + BATCH], mono)
     moments /= n
     # the cell matrix is symmetric: its 378 entries a <= b come from the product, the 729 from a gather
     op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(x.device, stencil.dtype)
@@ -257,7 +261,7 @@ _FIRST_STEP, _SECOND_STEP = _two_steps()
 
 
 def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
-         weights: Weights) -> torch.Tensor:
+         weights: Weights, trust: torch.Tensor | None = None) -> torch.Tensor:
     """The data term's right-hand side: sum_p w_p/N t_p B(p) + w_n/N g_p . grad B(p) over each point's 27 taps.
 
     The basis is a tensor product, so the 27 values are built one axis at a
@@ -268,8 +272,10 @@ def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad:
     for start in range(0, n, BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
         w, d = weights_1d(u)  # (B, 3 axes, 3 taps)
-        d = d * ((weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None])  # g_axis d/du
-        value = (weights.point / n) * target_value[start:start + BATCH, None]
+        t = 1.0 if trust is None else trust[start:start + BATCH, None]
+        d = d * ((weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None]
+                 * (1.0 if trust is None else trust[start:start + BATCH, None, None]))  # g_axis d/du
+        value = (weights.point / n) * target_value[start:start + BATCH, None] * t
         wx, wy, wz, dx, dy, dz = w[:, 0], w[:, 1], w[:, 2], d[:, 0], d[:, 1], d[:, 2]
         xs = value * wx + dx  # (B, 3): x's factor of the value and x-gradient terms
         xy = wy[:, :, None] * xs[:, None, :] + dy[:, :, None] * wx[:, None, :]  # (B, 3 y, 3 x)
@@ -321,17 +327,20 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
 
 
 def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
-             weights: Weights) -> LevelSystem:
-    """The level's normal equations for points x (N, 3) in finest-voxel units and their targets."""
+             weights: Weights, trust: torch.Tensor | None = None) -> LevelSystem:
+    """The level's normal equations for points x (N, 3) in finest-voxel units and their targets.
+
+    ``trust`` (N,), mean 1, weighs each point's data terms (None: all 1).
+    """
     m = len(level)
     device = x.device
     stencil = torch.zeros(m * N_OFFSETS, dtype=torch.float32, device=device)
-    _data_stencil(level, x, weights, stencil)
+    _data_stencil(level, x, weights, stencil, trust)
     _smoothness_stencil(level, weights.smooth, stencil)
     stencil = stencil.view(m, N_OFFSETS)
     # A tiny ridge keeps voxels without data or stencils (isolated corners) non-singular.
     diag_mean = float(stencil[:, CENTRE].mean())
     stencil[:, CENTRE] += 1e-4 * diag_mean
     matrix = _to_csr(level, stencil)
-    return LevelSystem(matrix=matrix, rhs=_rhs(level, x, target_value, target_grad, weights),
+    return LevelSystem(matrix=matrix, rhs=_rhs(level, x, target_value, target_grad, weights, trust),
                        diagonal=stencil[:, CENTRE].clone())
