@@ -170,6 +170,8 @@ class _Others:
         mine = self.view == v
         total = self.total - np.bincount(self.cell[mine], weights=self.f[mine], minlength=self.keys.size)
         count = self.count - np.bincount(self.cell[mine], minlength=self.keys.size)
+        if self.keys.size == 0:  # no point near the consensus: nothing to align to
+            return np.zeros(q.shape[0]), np.zeros(q.shape[0], dtype=bool)
         keys = self._keys(q)
         at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
         usable = (self.keys[at] == keys) & (count[at] >= MIN_OTHERS)

@@ -125,3 +125,21 @@ def test_the_pipeline_registers_views_unless_told_not_to(register: bool) -> None
         assert _blob_distance(mesh.vertices) < 0.905 * _blob_distance(unregistered.vertices), "closer to the truth"
     else:
         assert "views" not in mesh.stats and "register" not in mesh.stats["seconds"]
+
+
+def test_a_view_is_aligned_to_where_the_other_views_lie() -> None:
+    """The target at a view's points is the mean field value of the other views' points in the same cell, where
+    enough of them are; stray points (far from the consensus) and an empty consensus give no target."""
+    from engine.solver.registration import BAND, MIN_OTHERS, _Others
+
+    x = np.full((2 * MIN_OTHERS + 1, 3), 0.5)
+    f = np.r_[np.full(MIN_OTHERS, 0.2), np.full(MIN_OTHERS, -0.4), 10.0 * BAND]
+    view = np.r_[np.zeros(MIN_OTHERS, dtype=int), np.ones(MIN_OTHERS + 1, dtype=int)]
+    others = _Others(x, f, view)
+    target, usable = others.target(np.array([[0.5, 0.5, 0.5], [50.0, 0.5, 0.5]]), 0)
+    assert usable.tolist() == [True, False]
+    assert target[0] == pytest.approx(-0.4), "view 1's points only, its stray point left out"
+    target, usable = others.target(np.array([[0.5, 0.5, 0.5]]), 1)
+    assert usable[0] and target[0] == pytest.approx(0.2)
+    empty = _Others(x, np.full(x.shape[0], 10.0 * BAND), view)
+    assert not empty.target(x, 0)[1].any()
