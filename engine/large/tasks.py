@@ -39,7 +39,7 @@ class ChunkTask:
     solver_max_iter: int
     device: str
     cancel_token: Any = None  # an executors token with ``is_set()``, for executors in other processes
-    trust: np.ndarray | None = None  # (n,) float32 each point's weight in the fit (pipeline.incidence_trust)
+    trust: np.ndarray | None = None  # (n,) float32 each point's weight in the fit (solver/trust.py)
 
     @property
     def label(self) -> str:

@@ -126,16 +126,21 @@ def _rotation(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(theta) / theta * k + (1.0 - np.cos(theta)) / theta**2 * (k @ k)
 
 
+def _angle(rot: np.ndarray) -> float:
+    """The angle of a rotation matrix, in radians."""
+    return float(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)))
+
+
 def _rotation_vector(rot: np.ndarray) -> np.ndarray:
     """Axis times angle (radians) of a rotation matrix (angles below 180 degrees)."""
-    angle = np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))
+    angle = _angle(rot)
     skew = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]])
     return skew * (0.5 if angle < 1e-9 else angle / (2.0 * np.sin(angle)))
 
 
 def _degrees(rot: np.ndarray) -> float:
     """The angle of a rotation matrix, in degrees."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+    return float(np.degrees(_angle(rot)))
 
 
 def _field(levels: list, x: np.ndarray, device: torch.device) -> np.ndarray:

@@ -9,6 +9,8 @@ where t_p, g_p are what the coarser levels left to fit (0 and n at the
 coarsest) and D2 are second differences of the coefficients (xx, yy, zz and
 twice the mixed ones), counted only where all their taps exist.  Dividing by N
 and M keeps the balance independent of the point count and the voxel count.
+Each point's two data terms may carry a weight of mean 1 (``trust``,
+:mod:`engine.solver.trust`: less for points seen edge-on).
 
 Assembly never loops over point pairs: every product of two basis functions
 inside one cell is a polynomial of degree <= 4 per axis in the local
@@ -272,10 +274,12 @@ def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad:
     for start in range(0, n, BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
         w, d = weights_1d(u)  # (B, 3 axes, 3 taps)
-        t = 1.0 if trust is None else trust[start:start + BATCH, None]
-        d = d * ((weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None]
-                 * (1.0 if trust is None else trust[start:start + BATCH, None, None]))  # g_axis d/du
-        value = (weights.point / n) * target_value[start:start + BATCH, None] * t
+        grad_scale = (weights.normal / n / level.size) * target_grad[start:start + BATCH, :, None]
+        value = (weights.point / n) * target_value[start:start + BATCH, None]
+        if trust is not None:
+            t = trust[start:start + BATCH, None]
+            grad_scale, value = grad_scale * t[:, :, None], value * t
+        d = d * grad_scale  # g_axis d/du
         wx, wy, wz, dx, dy, dz = w[:, 0], w[:, 1], w[:, 2], d[:, 0], d[:, 1], d[:, 2]
         xs = value * wx + dx  # (B, 3): x's factor of the value and x-gradient terms
         xy = wy[:, :, None] * xs[:, None, :] + dy[:, :, None] * wx[:, None, :]  # (B, 3 y, 3 x)

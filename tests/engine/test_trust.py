@@ -41,3 +41,23 @@ def test_a_grazing_sheet_gives_way_to_a_head_on_one() -> None:
             assert mesh.stats["points_grazing"] == n
     assert 0.007 < heights["without"] < 0.013, heights
     assert heights["with"] < 0.004, heights
+
+
+def test_weights_of_one_assemble_the_unweighted_system() -> None:
+    import torch
+
+    from engine.solver.hierarchy import build_levels
+    from engine.solver.system import Weights, assemble
+    from tests import shapes
+
+    p, n = shapes.blob(3000, seed=1)
+    x = torch.from_numpy((p / 0.05).astype(np.float32))
+    nrm = torch.from_numpy(n.astype(np.float32))
+    level = build_levels(x, 1)[0]
+    zero = torch.zeros(x.shape[0])
+    plain = assemble(level, x, zero, nrm, Weights())
+    ones = assemble(level, x, zero, nrm, Weights(), torch.ones(x.shape[0]))
+    assert torch.equal(plain.matrix.values(), ones.matrix.values()) and torch.equal(plain.rhs, ones.rhs)
+    halved = assemble(level, x, zero, nrm, Weights(smooth=0.0), torch.full((x.shape[0],), 0.5))
+    whole = assemble(level, x, zero, nrm, Weights(smooth=0.0))
+    assert torch.allclose(halved.rhs, 0.5 * whole.rhs, atol=1e-9)
