@@ -111,10 +111,11 @@ def cmd_test(extra: list[str]) -> int:
         ensure_venv(BLENDER_LTS_REQUIREMENTS, BLENDER_LTS_VENV)
     if cmd_check([]) != 0:
         return 1
-    if run([str(PY), "-m", "pytest", "-q", "tests/engine", "tests/extension", "tests/bench", *extra]) not in passed:
+    pytest = ["-m", "pytest", "-q", "--durations=10"]  # the slowest tests named in every log, CI's too
+    if run([str(PY), *pytest, "tests/engine", "tests/extension", "tests/bench", *extra]) not in passed:
         return 1
     for venv in blender_venvs:
-        if run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "tests/blender", *extra],
+        if run([str(venv / "bin" / "python"), *pytest, "tests/blender", *extra],
                blender_env()) not in passed:
             return 1
     return 0

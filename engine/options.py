@@ -216,12 +216,17 @@ SPECS: dict[str, Spec] = _specs()
 # Options of a protocol request that are the transport's, not the reconstruction's.
 # ``_benchmark_echo_faces`` is a benchmark hook (bench/transport.py): the engine skips the solve and answers
 # with a synthetic mesh of that many faces, to time the transport alone (bounded: it allocates them).
+# ``_test_hold_seconds`` is the service tests' hook: the job first stands that long in the solve stage, reporting
+# progress and heeding cancel as the solver does, so that cancel, kill and stall tests meet a busy engine whatever
+# the machine's speed (a real solve of a test cloud ends in under a second; its length is no contract).
 REQUEST_SPECS: dict[str, Spec] = {
     **SPECS,
     "mesh_edges": Spec("mesh_edges", bool, False, "send the mesh's edges too (Blender builds it faster)",
                        internal=True),
     "_benchmark_echo_faces": Spec("_benchmark_echo_faces", int, None, "faces of a synthetic mesh to send back",
                                   minimum=0, maximum=50_000_000, internal=True),
+    "_test_hold_seconds": Spec("_test_hold_seconds", float, None, "seconds the job stands in the solve stage first",
+                               minimum=0, maximum=3600, internal=True),
 }
 
 

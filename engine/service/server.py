@@ -239,6 +239,16 @@ def read_file(request: Message, options: dict[str, Any], out: Outbox
     return got.points, got.normals, got.colors, info
 
 
+def hold_in_solve(seconds: float, cancelled: Callable[[], bool], out: Outbox) -> None:
+    """The ``_test_hold_seconds`` hook (engine.options): the solve stage's progress and cancel checks, no work."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if cancelled():
+            raise Cancelled()
+        out.progress("solve", 0.0, f"held for a test: {left:.0f} s left")
+        time.sleep(min(left, 0.02))
+
+
 def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: Callable[..., Any]) -> None:
     """Answer one job request (``reconstruct``, ``reconstruct_file``): progress, then one ``result`` or ``error``."""
     t0 = time.perf_counter()
@@ -247,6 +257,7 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
     try:
         options = check(request["options"])  # types and ranges, before any work
         echo = options.pop("_benchmark_echo_faces", None)
+        hold = options.pop("_test_hold_seconds", None)
         with_edges = options.pop("mesh_edges", False)
         sensors = request.arrays.get("sensors")
         if sensors is not None:  # one viewpoint (1, 3) or one per point (N, 3)
@@ -259,6 +270,8 @@ def run_job(request: Message, job: int, inbox: Inbox, out: Outbox, reconstruct: 
         else:
             pts, nrm, col = request.arrays["points"], request.arrays.get("normals"), request.arrays.get("colors")
         log.info("job %d: %d points, options %s", job, len(pts), options)
+        if hold:
+            hold_in_solve(hold, lambda: inbox.cancelled(job), out)
         if echo is not None:
             arrays = synthetic_mesh(echo, col is not None, with_edges)
             stats: dict[str, Any] = {"benchmark_echo": True, "points_in": len(pts)}
