@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine import reconstruct
+from engine.options import SPECS
 from engine.solver.fitting import COARSE_TOL
 from tests import shapes
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges, signed_volume
@@ -69,7 +70,7 @@ def test_stats_describe_the_run(result: tuple) -> None:
     assert s["vertices"] == len(mesh.vertices) and s["faces"] == len(mesh.faces)
     assert s["unknowns"] == sum(s["levels"]) > 0
     # levels are solved coarse to fine: the finest to solver_tol, the coarser ones only as a start
-    assert s["solver_residual"][-1] <= 1e-5
+    assert s["solver_residual"][-1] <= SPECS["solver_tol"].default
     assert all(r <= COARSE_TOL for r in s["solver_residual"])
     assert set(s["seconds"]) >= {"clean", "resolution", "hierarchy", "system", "solve", "mesh", "trim", "colors"}
     assert mesh.faces.dtype == np.int32 and mesh.vertices.dtype == np.float32
