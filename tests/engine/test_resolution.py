@@ -4,8 +4,10 @@ at its finest voxel (automatic refinement)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine import reconstruct
+from engine.pipeline import ESTIMATED_POINT_SCALE, ESTIMATED_POINT_SCALE_VIEWS
 from engine.solver.resolution import choose_voxel_size, view_overlap
 from tests.engine.test_registration import scan_views
 
@@ -49,6 +51,16 @@ def test_pipeline_reports_the_overlap_and_coarsens_for_views() -> None:
     ratio = with_views.stats["voxel_size"] / without.stats["voxel_size"]
     assert abs(ratio - np.sqrt(overlap)) < 0.05 * np.sqrt(overlap), (ratio, overlap)
     assert with_views.stats["unknowns"] < without.stats["unknowns"]
+
+
+def test_estimated_normals_raise_the_point_weight_less_for_views() -> None:
+    """Estimated normals weigh positions 10x, or 3x in a scan from several sensors (engine.pipeline)."""
+    p, n, s, _ = scan_views(per_view=4_000, misregister=False)
+    weight = {(views, given): reconstruct(p, n if given else None, sensor=s if views else None, device="cpu",
+                                          register_views=False, mise_iter=0).stats["point_weight"]
+              for views in (True, False) for given in (True, False)}
+    assert weight[True, False] / weight[True, True] == pytest.approx(ESTIMATED_POINT_SCALE_VIEWS)
+    assert weight[False, False] / weight[False, True] == pytest.approx(ESTIMATED_POINT_SCALE)
 
 
 def test_views_survive_points_left_out_for_doubtful_normals() -> None:
