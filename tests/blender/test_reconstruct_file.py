@@ -16,7 +16,6 @@ from tests.shapes import sphere
 from .conftest import write_ply
 from .scenes import mesh_arrays, scene_state
 
-# Options that keep the solver busy for many seconds, each iteration checking for cancel.
 # The engine's test hook: the job stands in the solve stage until cancelled (a real solve may end too soon).
 LONG = {"device": "cpu", "_test_hold_seconds": 600.0, "mesh_edges": True}
 
