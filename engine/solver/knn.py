@@ -38,6 +38,25 @@ class PointTree:
             dist, idx = dist[:, None], idx[:, None]
         return dist, idx
 
+    def query_in_order(self, queries: np.ndarray, k: int, order: np.ndarray | None = None,
+                       check: Callable[[], None] | None = None, batch: int = 1 << 18
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`query` with the queries taken in ``order`` (default: the tree's own, for queries that are the
+        tree's points), ``batch`` at a time, ``check`` called between batches; results in the queries' order.
+
+        A k-d tree answers queries in spatial order several times faster than in a random one (cache reuse):
+        the 1M-point bunny's own points, k = 17, 2 threads: 6.1 s in the input's order, 2.2 s in the tree's.
+        """
+        order = self.tree.indices if order is None else order
+        dist = np.empty((queries.shape[0], k))
+        idx = np.empty((queries.shape[0], k), dtype=np.int64)
+        for start in range(0, queries.shape[0], batch):
+            if check is not None:
+                check()
+            rows = order[start:start + batch]
+            dist[rows], idx[rows] = self.query(queries[rows], k)
+        return dist, idx
+
 
 # A cell should hold about k / CELL_FILL points: then the 27 cells around a query hold
 # a few k candidates and the k-th neighbour lies within one cell for most queries

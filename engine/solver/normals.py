@@ -103,14 +103,8 @@ def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = 
     tree = PointTree(p)
     q = p if queries is None else queries.double().numpy()
     # spatial order: 5x faster queries than random order at 1M points
-    order = tree.tree.indices if queries is None else PointTree(q).tree.indices
-    dist = np.empty((q.shape[0], k))
-    idx = np.empty((q.shape[0], k), dtype=np.int64)
-    for start in range(0, q.shape[0], BATCH):
-        if check is not None:
-            check()
-        rows = order[start:start + BATCH]
-        dist[rows], idx[rows] = tree.query(q[rows], k)
+    order = None if queries is None else PointTree(q).tree.indices
+    dist, idx = tree.query_in_order(q, k, order, check, BATCH)
     return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
 
 

@@ -30,7 +30,7 @@ OUTLIER_K = 16
 OUTLIER_RATIO = 2.0
 
 
-def outlier_mask(points: np.ndarray, tree: PointTree | None = None) -> np.ndarray:
+def outlier_mask(points: np.ndarray) -> np.ndarray:
     """True (N,) for points whose neighbour distance is over OUTLIER_RATIO times their neighbours' median.
 
     Clouds of at most OUTLIER_K points are left alone.  Where the neighbours'
@@ -40,8 +40,7 @@ def outlier_mask(points: np.ndarray, tree: PointTree | None = None) -> np.ndarra
     n = points.shape[0]
     if n <= OUTLIER_K:
         return np.zeros(n, dtype=bool)
-    tree = tree if tree is not None else PointTree(points)
-    dist, idx = tree.query(points, OUTLIER_K + 1)  # the first neighbour is the point itself
+    dist, idx = PointTree(points).query_in_order(points, OUTLIER_K + 1)  # the first neighbour is the point itself
     spread = dist[:, 1:].mean(axis=1)
     local = np.median(spread[idx[:, 1:]], axis=1)
     return (local > 0) & (spread > OUTLIER_RATIO * local)

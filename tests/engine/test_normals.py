@@ -215,6 +215,19 @@ def test_bad_options() -> None:
         estimate_normals(points, sensor=[0.0, np.nan, 1.0])
 
 
+def test_tree_queries_taken_in_any_order_answer_in_the_queries_order() -> None:
+    """PointTree.query_in_order (the tree's own order by default, batched, checked) gives query's answers."""
+    rng = np.random.default_rng(3)
+    p = rng.normal(size=(5000, 3))
+    tree = PointTree(p)
+    dist, idx = tree.query(p, 8)
+    calls: list[int] = []
+    for order in (None, rng.permutation(5000)):
+        d, i = tree.query_in_order(p, 8, order, check=lambda: calls.append(1), batch=1000)
+        assert np.array_equal(d, dist) and np.array_equal(i, idx)
+    assert len(calls) == 10  # five batches each
+
+
 @pytest.mark.parametrize("queries", [False, True])
 def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
     """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too."""
