@@ -93,9 +93,10 @@ def test_misregistered_views_are_moved_onto_each_other() -> None:
                                           Run(None, None))
     before = _disagreement(p, true, views.index, views.count)
     after = _disagreement(moved.astype(np.float64), true, views.index, views.count)
-    assert after < 0.5 * before, (before, after)
+    # measured 0.14 with all views moved at once (0.35 when they were moved one at a time, half of each motion)
+    assert after < 0.2 * before, (before, after)
     assert stats["views"] == 8 and stats["views_registered"] >= 6
-    assert stats["registration_rounds"] == 3, "motions that remove most of the residual refit the consensus"
+    assert stats["registration_rounds"] >= 2, "motions that remove most of the residual refit the consensus"
     assert 0.001 < stats["registration_shift_max"] < 0.02
     assert np.allclose(np.linalg.norm(turned, axis=1), 1.0, atol=1e-4), "normals turn with their view"
 
@@ -121,25 +122,69 @@ def test_the_pipeline_registers_views_unless_told_not_to(register: bool) -> None
         assert mesh.stats["views_registered"] >= 6
         assert "register" in mesh.stats["seconds"]
         unregistered = reconstruct(p, n, sensor=s, device="cpu", register_views=False)
-        # measured 0.90 (three rounds, aligned to the other views); 0.91 with views aligned to the field's zero level
-        assert _blob_distance(mesh.vertices) < 0.905 * _blob_distance(unregistered.vertices), "closer to the truth"
+        # measured 0.80 with all views moved at once; 0.89 moved one at a time, 0.91 aligned to the field's zero level
+        assert _blob_distance(mesh.vertices) < 0.85 * _blob_distance(unregistered.vertices), "closer to the truth"
     else:
         assert "views" not in mesh.stats and "register" not in mesh.stats["seconds"]
 
 
-def test_a_view_is_aligned_to_where_the_other_views_lie() -> None:
-    """The target at a view's points is the mean field value of the other views' points in the same cell, where
-    enough of them are; stray points (far from the consensus) and an empty consensus give no target."""
-    from engine.solver.registration import BAND, MIN_OTHERS, _Others
+def test_a_point_is_compared_with_the_other_views_points_in_its_cell() -> None:
+    """Its residual is its field value less the mean of the other views' points in the same cell, where at least
+    MIN_OTHERS of them lie; its own view's points do not count."""
+    from engine.solver.registration import MIN_OTHERS, _Cells, _residuals
 
-    x = np.full((2 * MIN_OTHERS + 1, 3), 0.5)
-    f = np.r_[np.full(MIN_OTHERS, 0.2), np.full(MIN_OTHERS, -0.4), 10.0 * BAND]
+    x = np.r_[np.full((2 * MIN_OTHERS, 3), 0.5), [[50.0, 0.5, 0.5]]]
     view = np.r_[np.zeros(MIN_OTHERS, dtype=int), np.ones(MIN_OTHERS + 1, dtype=int)]
-    others = _Others(x, f, view)
-    target, usable = others.target(np.array([[0.5, 0.5, 0.5], [50.0, 0.5, 0.5]]), 0)
-    assert usable.tolist() == [True, False]
-    assert target[0] == pytest.approx(-0.4), "view 1's points only, its stray point left out"
-    target, usable = others.target(np.array([[0.5, 0.5, 0.5]]), 1)
-    assert usable[0] and target[0] == pytest.approx(0.2)
-    empty = _Others(x, np.full(x.shape[0], 10.0 * BAND), view)
-    assert not empty.target(x, 0)[1].any()
+    f = np.r_[np.full(MIN_OTHERS, 0.2), np.full(MIN_OTHERS, -0.4), 1.0]
+    r, usable = _residuals(_Cells.of(x, view, 2), f)
+    assert usable.tolist() == [True] * (2 * MIN_OTHERS) + [False], "alone in its cell: no mean to compare with"
+    assert np.allclose(r[:MIN_OTHERS], 0.6) and np.allclose(r[MIN_OTHERS:-1], -0.6)
+    assert r[-1] == 0.0
+
+
+def test_the_joint_normal_equations_match_the_rows_they_sum() -> None:
+    """H and b, summed per view, pair and cell, equal those of the explicit rows: each point's own Jacobian at its
+    view's columns, minus the mean Jacobian of the other views' points in its cell at theirs."""
+    from engine.solver.registration import _Cells, _normal_equations, _residuals
+
+    rng = np.random.default_rng(0)
+    count, m = 4, 600
+    view = np.sort(rng.integers(0, count, m))
+    x = rng.uniform(0.0, 6.0, (m, 3))
+    cells = _Cells.of(x, view, count)
+    jac = rng.normal(size=(m, 6))
+    r, usable = _residuals(cells, rng.normal(size=m))
+    w = np.where(usable, rng.uniform(0.5, 1.0, m), 0.0)
+    h, b = _normal_equations(cells, view, jac, r, w)
+    rows = np.zeros((m, count, 6))
+    for i in range(m):
+        others = np.flatnonzero((cells.cell == cells.cell[i]) & (view != view[i]))
+        for j in others:
+            rows[i, view[j]] -= jac[j] / others.size
+        rows[i, view[i]] += jac[i]
+    g = rows.reshape(m, 6 * count)
+    assert usable.sum() > m // 2
+    assert np.allclose(h, (g * w[:, None]).T @ g, atol=1e-9)
+    assert np.allclose(b, (g * w[:, None]).T @ r, atol=1e-9)
+
+
+def test_stray_points_on_one_side_do_not_move_registered_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flying pixels lie on one side of the surface; left in, each pulls its view that way."""
+    import engine.solver.registration as registration
+
+    p, n, s, _ = scan_views(misregister=False)
+    stray = np.random.default_rng(3).random(p.shape[0]) < 0.02
+    p[stray] += 1.2 * VOXEL * n[stray]
+    views = find_views(s)
+    assert views is not None
+    monkeypatch.setattr(registration, "MIN_GAIN", -1.0)  # apply every motion found, however small
+
+    def largest_motion() -> float:
+        moved, _, _ = register_views(p.astype(np.float32), n.astype(np.float32), views, VOXEL, Weights(),
+                                     Run(None, None))
+        return float(np.abs(moved - p.astype(np.float32)).max())
+
+    kept = largest_motion()
+    monkeypatch.setattr(registration, "STRAY", np.inf)
+    assert kept < 0.5 * largest_motion(), "measured 0.006 voxel against 0.024 with the strays in"
+    assert kept < 0.02 * VOXEL
