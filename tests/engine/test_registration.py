@@ -142,10 +142,15 @@ def test_a_point_is_compared_with_the_other_views_points_in_its_cell() -> None:
     assert r[-1] == 0.0
 
 
-def test_the_joint_normal_equations_match_the_rows_they_sum() -> None:
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_joint_normal_equations_match_the_rows_they_sum(dense: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """H and b, summed per view, pair and cell, equal those of the explicit rows: each point's own Jacobian at its
-    view's columns, minus the mean Jacobian of the other views' points in its cell at theirs."""
+    view's columns, minus the mean Jacobian of the other views' points in its cell at theirs (dense products for
+    few cells and views, sparse ones beyond)."""
+    import engine.solver.registration as registration
     from engine.solver.registration import _Cells, _normal_equations, _residuals
+
+    monkeypatch.setattr(registration, "DENSE_ENTRIES", 1 << 30 if dense else 0)
 
     rng = np.random.default_rng(0)
     count, m = 4, 600
