@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine import reconstruct
-from engine.pipeline import ESTIMATED_POINT_SCALE, ESTIMATED_POINT_SCALE_VIEWS
+from engine.pipeline import ESTIMATED_POINT_SCALE, ESTIMATED_POINT_SCALE_VIEWS, WEIGHTS, estimated_smooth_scale
 from engine.solver.resolution import choose_voxel_size, view_overlap
 from tests.engine.test_registration import scan_views
 
@@ -61,6 +61,24 @@ def test_estimated_normals_raise_the_point_weight_less_for_views() -> None:
               for views in (True, False) for given in (True, False)}
     assert weight[True, False] / weight[True, True] == pytest.approx(ESTIMATED_POINT_SCALE_VIEWS)
     assert weight[False, False] / weight[False, True] == pytest.approx(ESTIMATED_POINT_SCALE)
+
+
+def test_estimated_normals_of_noisy_views_get_a_smoother_fit() -> None:
+    """Normals estimated in a scan from several sensors raise the smoothness weight with the measured noise;
+    given normals, or no sensors, leave it as it is; noiseless views barely change it."""
+    p, n, s, _ = scan_views(per_view=4_000, misregister=False)
+    noisy = p + np.random.default_rng(5).normal(scale=0.012, size=p.shape)  # 0.1-0.2 voxel, as in the bench scans
+    runs = {(cloud, views, given): reconstruct(pts, n if given else None, sensor=s if views else None, device="cpu",
+                                               register_views=False, mise_iter=0).stats
+            for cloud, pts in (("noisy", noisy), ("exact", p)) for views in (True, False) for given in (True, False)
+            if cloud == "noisy" or (views and not given)}
+    stats = runs["noisy", True, False]
+    scale = estimated_smooth_scale(stats["noise"], stats["voxel_size"])  # caller's units: the ratio is the same
+    assert scale > 1.5, scale
+    assert stats["smooth_weight"] == pytest.approx(WEIGHTS.smooth * scale)
+    for key in (("noisy", True, True), ("noisy", False, False), ("noisy", False, True)):
+        assert runs[key]["smooth_weight"] == WEIGHTS.smooth, key
+    assert runs["exact", True, False]["smooth_weight"] < 1.1 * WEIGHTS.smooth
 
 
 def test_views_survive_points_left_out_for_doubtful_normals() -> None:
