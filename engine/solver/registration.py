@@ -232,7 +232,7 @@ def _normal_equations(cells: _Cells, view: np.ndarray, jac: np.ndarray, r: np.nd
     dk = cells.blocks(cells.per_pair(wd / n_others[:, None]))
     scale = np.bincount(cells.cell, weights=w / n_others**2, minlength=cells.cells)
     b -= u.T @ np.bincount(cells.cell, weights=w * r / n_others, minlength=cells.cells)
-    if u.shape[0] * u.shape[1] <= DENSE_ENTRIES:  # BLAS on dense blocks: 256 views over one object, 10 s -> 1 s
+    if u.shape[0] * u.shape[1] <= DENSE_ENTRIES:  # BLAS on dense blocks (256 views of one blob: 14 s -> 5.4 s)
         ud, dd = u.toarray(), dk.toarray()
         cross = dd.T @ ud
         h += (ud * scale[:, None]).T @ ud - cross - cross.T
