@@ -290,7 +290,7 @@ def _city_layout(seed: int, size: float) -> _CityLayout:
     def free(x0: float, y0: float, x1: float, y1: float, gap: float) -> bool:
         return all(x0 >= b[2] + gap or x1 <= b[0] - gap or y0 >= b[3] + gap or y1 <= b[1] - gap for b in boxes)
 
-    buildings = []
+    buildings: list[tuple[float, float, float, float, float, float]] = []
     target = round(size**2 / 2500)
     for _ in range(200 * target):
         if len(buildings) == target:
@@ -310,7 +310,7 @@ def _city_layout(seed: int, size: float) -> _CityLayout:
         ground_top = height(gx.ravel(), gy.ravel()).max()
         buildings.append((x0, y0, x1, y1, rim.min() - 0.5, ground_top + rng.uniform(6, 30)))
 
-    poles = []
+    poles: list[tuple[float, float, float, float, float]] = []
     target = round(size**2 / 1000)
     for _ in range(200 * target):
         if len(poles) == target:
