@@ -66,8 +66,7 @@ DENSE_ENTRIES = 1 << 24  # (cells x 6 views) at most for the normal equations' d
 # surface (0.89x with the views moved one at a time, three rounds).
 ROUNDS = 3
 REFIT_GAIN = 0.5
-# Residual measurements per round (four Gauss-Newton steps between them; 8 measurements gave bunny / torus / sphere
-# 0.338 / 0.322 / 0.322 against 0.340 / 0.326 / 0.312, for 0.5 s more).
+# Residual measurements per round (four Gauss-Newton steps between them; 10 gave the same Chamfer within 0.001).
 STEPS = 5
 BAND = 1.5  # points farther than this from the consensus (coarse voxels) are not used
 # Points farther from the consensus than STRAY times the robust spread of all points' distances are left out too:
@@ -84,7 +83,8 @@ MAX_ROTATION_DEG = 2.0
 MIN_GAIN = 0.05
 # A view's points are compared with the mean field value of the other views' points in the same cell of CELL coarse
 # voxels, where at least MIN_OTHERS of them lie.  Cells of 1 / 2 / 3 coarse voxels: bunny 0.341 / 0.340 / 0.345,
-# torus 0.325 / 0.326 / 0.326, sphere 0.301 / 0.312 / 0.319 (Chamfer-L1 x1e-3).
+# torus 0.325 / 0.326 / 0.326, sphere 0.301 / 0.312 / 0.319 (Chamfer-L1 x1e-3, measured with an earlier
+# hold on each step's mean normal motion instead of the motion so far).
 CELL = 2.0
 MIN_OTHERS = 3
 # How firmly the scan's mean motion along its normals is held at zero (a penalty on the motion so far, in units of
