@@ -85,21 +85,21 @@ ESTIMATED_POINT_SCALE = 10.0
 # 0.472, 0.465 / 0.471 / 0.471 / 0.474 / 0.478 / 0.479; normal consistency rises as the scale falls.  3x is
 # better than 10x on all three.
 ESTIMATED_POINT_SCALE_VIEWS = 3.0
-# And its normals, estimated from noisy views that still disagree a little, want a smoother fit: the smoothness
-# weight grows as 1 + (9 noise / voxel)^2 (the noise as measured for the resolution), about 3-5x on the simulated
-# scans (noise 0.16-0.23 voxel), 1.0-1.2x on noiseless ones.  Measured 2026-12-02 on the bench scans without normals
-# (8 views, views registered at once; Chamfer-L1 x1e-3, bunny / torus / sphere): smoothness x1 0.334 / 0.367 /
-# 0.385, x2 0.328 / 0.355 / 0.371, x4 0.324 / 0.342 / 0.350, x8 0.331 / 0.330 / 0.355, x16 0.358 / 0.319 / 0.325,
-# this rule 0.326 / 0.346 / 0.351; the noiseless 8-view scans (`clean` preset) 0.1515 / 0.0528 / 0.0814 at x1,
-# 0.1690 / 0.0522 / 0.0818 at x4, 0.1527 / 0.0528 / 0.0814 with this rule.  With the scanner's normals the same rule
-# cost the bunny 6% (0.336 -> 0.356) for 2% on the torus and the sphere: not applied there.
+DOUBTFUL_WARNING = 0.01  # share of points with doubtful orientation above which the stats carry a warning
+# Normals estimated in a scan from several sensors, from noisy views that still disagree a little, want a smoother
+# fit: the smoothness weight grows as 1 + (9 noise / voxel)^2 (the noise measured for the resolution), 3-5x on the
+# simulated scans (noise 0.16-0.23 voxel), 1.0-1.2x on noiseless ones.  Measured 2026-12-02 on the bench scans
+# without normals (8 views, views registered at once; Chamfer-L1 x1e-3, bunny / torus / sphere): smoothness x1
+# 0.334 / 0.367 / 0.385, x2 0.328 / 0.355 / 0.371, x4 0.324 / 0.342 / 0.350, x8 0.331 / 0.330 / 0.355, x16 0.358 /
+# 0.319 / 0.325, this rule 0.326 / 0.346 / 0.351; the noiseless 8-view scans (`clean` preset) 0.1515 / 0.0528 /
+# 0.0814 at x1, 0.1690 / 0.0522 / 0.0818 at x4, 0.1527 / 0.0528 / 0.0814 with this rule.  With the scanner's normals
+# the same rule cost the bunny 6% (0.336 -> 0.356) for 2% on the torus and the sphere: not applied there.
 ESTIMATED_SMOOTH_NOISE_VIEWS = 9.0
 
 
 def estimated_smooth_scale(noise: float, voxel_size: float) -> float:
     """The factor on the smoothness weight for normals estimated in a scan from several sensors."""
     return 1.0 + (ESTIMATED_SMOOTH_NOISE_VIEWS * noise / voxel_size) ** 2
-DOUBTFUL_WARNING = 0.01  # share of points with doubtful orientation above which the stats carry a warning
 
 
 def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k: int | None,

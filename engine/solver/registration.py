@@ -41,6 +41,7 @@ one scored 0.495.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -182,6 +183,11 @@ class _Cells:
     def cells(self) -> int:
         return int(self.pair_cell[-1]) + 1 if self.pair_cell.size else 0
 
+    @cached_property
+    def n_others(self) -> np.ndarray:
+        """(M,) how many of the other views' points share each point's cell."""
+        return self.others(self.per_pair(np.ones(self.cell.size)))
+
     def per_pair(self, values: np.ndarray) -> np.ndarray:
         """Sums over each (cell, view) pair of (M,) or (M, k) values."""
         if values.ndim == 1:
@@ -203,9 +209,8 @@ class _Cells:
 def _residuals(cells: _Cells, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each point's field value less the mean of the other views' points in its cell; and where that mean exists
     (at least MIN_OTHERS of them)."""
-    n_others = cells.others(cells.per_pair(np.ones_like(f)))
-    usable = n_others >= MIN_OTHERS
-    mean = cells.others(cells.per_pair(f)) / np.maximum(n_others, 1.0)
+    usable = cells.n_others >= MIN_OTHERS
+    mean = cells.others(cells.per_pair(f)) / np.maximum(cells.n_others, 1.0)
     return np.where(usable, f - mean, 0.0), usable
 
 
@@ -219,7 +224,7 @@ def _normal_equations(cells: _Cells, view: np.ndarray, jac: np.ndarray, r: np.nd
     cost grows with the points and the pairs, not with points times views.  ``w`` is 0 where r has no mean.
     """
     count = cells.count
-    n_others = np.maximum(cells.others(cells.per_pair(np.ones_like(r))), 1.0)
+    n_others = np.maximum(cells.n_others, 1.0)
     sj = cells.per_pair(jac)  # (P, 6)
     # g_i = e_a (x) d_i - u_k / n_i with d_i = J_i + (view a's Jacobian sum in k) / n_i and u_k all views' sums in k
     d = jac + sj[cells.pair] / n_others[:, None]
