@@ -4,7 +4,11 @@ Each scan is the bench's own (``scan:scanner+outliers`` at 100k points, the seed
 of bench/quality.py), made again by the simulator so that each point's noiseless
 true position (``Scan.clean``) is known; ``--variant reg`` makes it without
 misregistration, ``clean`` with the noiseless preset, ``nonormals`` drops the
-normals.  Per view, the rigid motion (Kabsch) from its true points to its
+normals, and ``rel`` puts the views on one another with the simulator's own
+motions (each view moved by the mean motion after the inverse of its own), so
+that only the common offset of the whole scan is left: the best any
+registration could do; it also scores the true mesh moved by that mean motion
+(what the offset alone costs).  Per view, the rigid motion (Kabsch) from its true points to its
 points before and after registration is measured; printed are the mean gap
 along the true normal between two views' placements of the same true points
 (over all pairs: what registration can remove) and between the mean placement
@@ -13,7 +17,7 @@ both in 1e-3 of the canonical frame, the views moved, and the mesh's Chamfer-L1
 x1e-3 and normal consistency as the quality bench scores them (bench/quality.py,
 run in ``--score-python``: it needs open3d).
 
-    .venv/bin/python bench/registration.py [--shapes bunny,torus,sphere] [--variant mis|reg|clean|nonormals]
+    .venv/bin/python bench/registration.py [--shapes bunny,torus,sphere] [--variant mis|reg|clean|nonormals|rel]
 
 Runs in .venv (the bunny's true mesh is the cached bench/_work/gt_bunny.ply, which
 bench/quality.py writes); meshes go to bench/_work/registration/.  Results:
@@ -58,6 +62,28 @@ def placements(true: np.ndarray, points: np.ndarray, view: np.ndarray, sample: n
     return out
 
 
+def mean_motion(s: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the views' misregistrations (rotation projected back onto rotations, shift): the scan's offset."""
+    u, _, wt = np.linalg.svd(s.view_rotations.mean(axis=0))
+    return u @ wt, s.view_shifts.mean(axis=0)
+
+
+def relatively_registered(s: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Points, normals (None if the scan has none) and sensors of scan ``s``, every view moved from its own
+    misregistration to the mean one: the views agree exactly and the scan keeps its common offset."""
+    rot, shift = mean_motion(s)
+    points, sensors = s.points.copy(), s.sensors.copy()
+    normals = None if s.normals is None else s.normals.astype(np.float64)
+    for v in range(len(s.view_rotations)):
+        sel = s.views == v
+        turn = rot @ s.view_rotations[v].T  # undo the view's rotation, then apply the mean one
+        points[sel] = (points[sel] - s.centre - s.view_shifts[v]) @ turn.T + s.centre + shift
+        sensors[sel] = (sensors[sel] - s.centre - s.view_shifts[v]) @ turn.T + s.centre + shift
+        if normals is not None:
+            normals[sel] = normals[sel] @ turn.T
+    return points, normals, sensors
+
+
 def gaps(true: np.ndarray, points: np.ndarray, view: np.ndarray, normal: np.ndarray, sample: np.ndarray
          ) -> tuple[float, float]:
     """Mean |gap| along the normal between views' placements (all pairs), and of their mean from the truth."""
@@ -84,6 +110,7 @@ def run(shape: str, variant: str, python: str) -> None:
     if variant == "reg":
         params = dataclasses.replace(params, misregister_deg=0.0, misregister_shift=0.0)
     s = scan((v, f), params, seed=shapes._seed("scan", shape, POINTS, preset))
+    points, normals, sensors = relatively_registered(s) if variant == "rel" else (s.points, s.normals, s.sensors)
     seen: dict[str, Any] = {}
     ensure_normals, register_views = engine.pipeline.ensure_normals, engine.pipeline.register_views
 
@@ -99,9 +126,9 @@ def run(shape: str, variant: str, python: str) -> None:
     engine.pipeline.ensure_normals, engine.pipeline.register_views = keep_cloud, keep_views
     try:
         t = time.perf_counter()
-        m = reconstruct(s.points.astype(np.float32),
-                        None if variant == "nonormals" else s.normals.astype(np.float32),
-                        sensor=s.sensors.astype(np.float32), device="cpu")
+        m = reconstruct(points.astype(np.float32),
+                        None if variant == "nonormals" or normals is None else normals.astype(np.float32),
+                        sensor=sensors.astype(np.float32), device="cpu")
         seconds = time.perf_counter() - t
     finally:
         engine.pipeline.ensure_normals, engine.pipeline.register_views = ensure_normals, register_views
@@ -121,12 +148,18 @@ def run(shape: str, variant: str, python: str) -> None:
     print(f"| {shape} | {variant} | {pair0 * 1e3:.3f} | {pair1 * 1e3:.3f} | {common0 * 1e3:.3f} | "
           f"{common1 * 1e3:.3f} | {m.stats['views_registered']} of {m.stats['views']} | "
           f"{m.stats['registration_rounds']} | {score(python, shape, mesh)} | {seconds:.1f} |", flush=True)
+    if variant == "rel":
+        rot, shift = mean_motion(s)
+        moved = HERE / "_work" / "registration" / f"{shape}_truth_moved.ply"
+        write_ply(str(moved), (v - s.centre) @ rot.T + s.centre + shift, f.astype(np.int64))
+        print(f"| {shape} | the true mesh moved by the views' mean motion | | | | | | | "
+              f"{score(python, shape, moved)} | |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="bunny,torus,sphere")
-    ap.add_argument("--variant", default="mis", choices=["mis", "reg", "clean", "nonormals"])
+    ap.add_argument("--variant", default="mis", choices=["mis", "reg", "clean", "nonormals", "rel"])
     ap.add_argument("--score-python", default=str(HERE.parent / ".venv-bench" / "bin" / "python"))
     a = ap.parse_args(argv)
     print("| shape | variant | gap before | gap after | common before | common after | views moved | rounds | "
