@@ -28,7 +28,7 @@ from .mesh import Mesh, vertex_normals
 from .options import Options
 from .progress import CancelFn, ProgressFn, Run
 from .solver.fitting import solve_levels
-from .solver.hierarchy import Level, build_levels, evaluate
+from .solver.hierarchy import Level, build_levels, evaluate, evaluate_grid
 from .solver.knn import PointTree
 from .solver.normals import estimate_oriented, sensor_rows
 from .solver.outliers import drop_outliers
@@ -349,8 +349,13 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
         start = levels[0] if opts.trim and not opts.watertight else levels[-1]
+        def grid(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+            run.check()
+            return evaluate_grid(levels, cells, size, n)
+
         meshed = outside_beyond(start, field) if opts.watertight else field
-        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed)
+        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed,
+                                                     None if opts.watertight else grid)
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = frame.from_voxels(verts_t.double()).cpu().numpy()
         faces = faces_t.cpu().numpy()

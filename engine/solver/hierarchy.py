@@ -150,3 +150,34 @@ def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False
         if grads is not None and g is not None:
             grads += g
     return values, grads
+
+
+def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+    """The summed field on an n x n x n lattice over each cell (P, 3) of edge ``size`` <= 1 finest voxel.
+
+    Returns (P, n, n, n) values indexed [cell, z, y, x], at ``cells * size + size * k / (n - 1)``.
+    A cell no larger than the finest voxel lies in one cell of every level, so each level's 27
+    coefficients are gathered once per cell and contracted with the per-axis weights of the n
+    positions: n^3 values for one lookup, where :func:`evaluate` looks up every point (meshing's
+    corners, issue 12).  Equal to :func:`evaluate` at those points up to float rounding: the
+    upper lattice points sit on the cell's far faces, where the next cell's polynomial agrees
+    (the basis is C1).
+    """
+    if size > 1.0:
+        raise ValueError(f"evaluate_grid needs cells of at most one finest voxel, got {size}")
+    out = torch.zeros(cells.shape[0], n, n, n, dtype=torch.float32, device=cells.device)
+    steps = torch.arange(n, dtype=torch.float32, device=cells.device) * (size / (n - 1))
+    for level in levels:
+        if level.coeffs is None:
+            continue
+        for start in range(0, cells.shape[0], BATCH):
+            origin = cells[start:start + BATCH].to(torch.float32) * size  # finest-voxel units
+            cell = torch.floor(origin / level.size)
+            u = (origin[:, :, None] + steps) / level.size - cell[:, :, None] - 0.5  # (B, 3 axes, n)
+            w, _ = weights_1d(u.reshape(-1, n))  # rows: (cell, axis), then (n, 3 taps)
+            w = w.view(-1, 3, n, 3)
+            a = level.tap_coeffs(cell.to(torch.int64)).view(-1, 3, 3, 3)  # [z, y, x] taps
+            t = torch.einsum("pzyx,pix->pzyi", a, w[:, 0])
+            t = torch.einsum("pzyi,pjy->pzji", t, w[:, 1])
+            out[start:start + BATCH] += torch.einsum("pzji,pkz->pkji", t, w[:, 2])
+    return out

@@ -18,12 +18,22 @@ manifold wherever the cells surround the surface. (Dual
 marching cubes over leaf cells of mixed sizes would give fewer triangles in
 smooth regions; uniform final cells keep the mesh crack-free with much simpler
 code.)
+
+Speed (issue 12): cells no larger than the finest voxel lie inside one cell of
+every level, so their corners, and the 3^3 lattice of a kept cell's eight
+children, come from one coefficient gather per cell and level
+(:func:`engine.solver.hierarchy.evaluate_grid`) instead of a sort of the shared
+corners and a lookup per corner; and marching cubes keys vertices by their edge
+directly, without a table of the cells' corners.  Same cells, values and mesh
+(tests/engine/test_meshing.py); the mesh stage of the 100k clean bunny (mise 1)
+took 1.1 s instead of 2.0-2.2 s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..solver.voxels import unique_voxels_inverse
@@ -34,6 +44,18 @@ KEEP_CURVATURE = 0.4
 EVAL_BATCH = 1 << 17  # cells whose corners are evaluated at once
 
 Field = Callable[[torch.Tensor], torch.Tensor]
+# (cells (P, 3), size <= 1, n) -> the field on an n^3 lattice over each cell, (P, n, n, n) indexed [z, y, x]
+GridField = Callable[[torch.Tensor, float, int], torch.Tensor]
+
+
+def _lattice_index(n: int, offsets: np.ndarray) -> np.ndarray:
+    """Flat [z, y, x] index in an n^3 lattice of integer offsets (..., 3) given as (x, y, z)."""
+    return offsets[..., 2] * n * n + offsets[..., 1] * n + offsets[..., 0]
+
+
+# corner j of a cell in the 2^3 lattice of its corners; corner j of child k in the 3^3 lattice of its parent
+_OWN_CORNERS = _lattice_index(2, CORNERS)
+_CHILD_CORNERS = _lattice_index(3, CORNERS[:, None, :] + CORNERS[None, :, :])  # (8 children, 8 corners)
 
 
 def _corner_field(cells: torch.Tensor, size: float, field: Field) -> torch.Tensor:
@@ -52,31 +74,48 @@ def _keep(v: torch.Tensor, size: float, final: bool) -> torch.Tensor:
     return crossing | (v.abs().min(dim=1).values <= bound)
 
 
-def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field
-                    ) -> tuple[torch.Tensor, float, torch.Tensor]:
+def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: Field,
+                    grid: GridField | None = None) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Refine ``start`` cells (M, 3) of size ``start_size`` ``rounds`` times.
 
     Returns the final cells (K, 3), their size and their corner values (K, 8),
     which :func:`marching_cubes` uses without evaluating the field again.  Each
     round works through the cells in batches, so memory stays bounded (corners
-    shared by two batches are evaluated twice, which is cheap).
+    shared by two batches are evaluated twice, which is cheap).  Where ``grid``
+    is given, cells of at most one finest voxel take their corners from it, and a
+    kept cell's eight children take theirs from its 3^3 lattice: one coefficient
+    lookup per cell instead of one per corner, and no sort to share corners
+    (:func:`engine.solver.hierarchy.evaluate_grid`; the same values).
     """
     children = torch.from_numpy(CORNERS).to(start.device)
+    own = torch.from_numpy(_OWN_CORNERS).to(start.device)
+    child_corners = torch.from_numpy(_CHILD_CORNERS.reshape(-1)).to(start.device)
     cells, size = start, start_size
     values = torch.zeros(0, 8, device=start.device)
+    inherited: torch.Tensor | None = None  # the cells' corner values, from their parents' lattices
     for r in range(rounds + 1):
         final = r == rounds
-        kept_cells, kept_values = [], []
+        lattice = grid is not None and size <= 1.0 and not final  # children's corners come from this round
+        kept_cells, kept_values, child_values = [], [], []
         for i in range(0, cells.shape[0], EVAL_BATCH):
             batch = cells[i:i + EVAL_BATCH]
-            v = _corner_field(batch, size, field)
+            if inherited is not None:
+                v = inherited[i:i + EVAL_BATCH]
+            elif grid is not None and size <= 1.0:
+                v = grid(batch, size, 2).reshape(-1, 8).index_select(1, own)
+            else:
+                v = _corner_field(batch, size, field)
             keep = _keep(v, size, final)
             kept_cells.append(batch[keep])
             kept_values.append(v[keep])
+            if lattice and grid is not None:
+                g = grid(batch[keep], size, 3).reshape(-1, 27)
+                child_values.append(g.index_select(1, child_corners).reshape(-1, 8))
         cells = torch.cat(kept_cells) if kept_cells else cells[:0]
         if final:
             values = torch.cat(kept_values) if kept_values else values
             break
+        inherited = (torch.cat(child_values) if child_values else values) if lattice else None
         cells = (2 * cells[:, None, :] + children).reshape(-1, 3)
         size = size / 2
     return cells, size, values
@@ -95,28 +134,29 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
     if cells.shape[0] == 0:
         return (torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
                 torch.zeros(0, 4, dtype=torch.int64, device=device))
-    corners, ids = unique_voxels_inverse((cells[:, None, :] + torch.from_numpy(CORNERS).to(device)).reshape(-1, 3))
-    ids = ids.reshape(-1, 8)
-    values = torch.empty(corners.shape[0], dtype=v.dtype, device=device)
-    values[ids.reshape(-1)] = v.reshape(-1)  # a shared corner has the same value in every cell
     weights = 2 ** torch.arange(8, device=device)
     case = ((v < 0).to(torch.int64) * weights).sum(dim=1)
     tri = torch.from_numpy(TRIANGLES).to(device)[case]  # (M, T, 3) local edge ids
     valid = tri[:, :, 0] >= 0
-    cell_of = torch.arange(cells.shape[0], device=device)[:, None].expand_as(valid)[valid]
-    local_edges = tri[valid]  # (F, 3)
+    cell_of = torch.arange(cells.shape[0], device=device)[:, None].expand_as(valid)[valid].repeat_interleave(3)
+    local_edges = tri[valid].reshape(-1)  # (3F,)
     edges = torch.from_numpy(EDGES).to(device)
-    start_corner = ids[cell_of[:, None], edges[local_edges, 0]]  # (F, 3) global corner id
-    end_corner = ids[cell_of[:, None], edges[local_edges, 1]]
+    corners = torch.from_numpy(CORNERS).to(device)
+    # each triangle corner's edge: its lower cell corner and axis, packed into one int64 key; no table of the
+    # cells' corners is built (a vertex is keyed by its edge, and its end values come from its own cell)
+    lo = cells.min(dim=0).values
+    dims = cells.max(dim=0).values - lo + 2
+    rel = cells - lo
+    start = rel.index_select(0, cell_of) + corners.index_select(0, edges[local_edges, 0])
     axis = torch.from_numpy(EDGE_AXIS).to(device)[local_edges]
-    key = start_corner * 3 + axis
-    ukey, faces = torch.unique(key.reshape(-1), return_inverse=True)
+    key = ((start[:, 2] * dims[1] + start[:, 1]) * dims[0] + start[:, 0]) * 3 + axis
+    ukey, faces = torch.unique(key, return_inverse=True)
     first = torch.full((ukey.shape[0],), key.numel(), dtype=torch.int64, device=device)
     first.scatter_reduce_(0, faces, torch.arange(key.numel(), device=device), reduce="amin")
-    a = start_corner.reshape(-1)[first]
-    b = end_corner.reshape(-1)[first]
-    fa, fb = values[a], values[b]
+    cell, edge_id = cell_of[first], local_edges[first]
+    fa, fb = v[cell, edges[edge_id, 0]], v[cell, edges[edge_id, 1]]
     t = (fa / (fa - fb)).clamp(0.0, 1.0)[:, None]
-    pa, pb = corners[a].to(torch.float32) * size, corners[b].to(torch.float32) * size
-    edge = torch.cat((corners[a], axis.reshape(-1)[first, None]), dim=1)
-    return pa + t * (pb - pa), faces.reshape(-1, 3), edge
+    lower = start[first] + lo
+    step = torch.nn.functional.one_hot(axis[first], 3)
+    pa = lower.to(torch.float32) * size
+    return pa + t * (step * size), faces.reshape(-1, 3), torch.cat((lower, axis[first, None]), dim=1)

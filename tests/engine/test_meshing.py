@@ -67,3 +67,66 @@ def test_mesh_edges_are_blenders_layout() -> None:
     following = np.roll(faces, -1, axis=1).reshape(-1)
     got = np.sort(edges[corner_edges], axis=1)
     assert (got == np.sort(np.stack([corners, following], axis=1), axis=1)).all()
+
+
+def _sphere_levels() -> list:
+    """Three levels around a sphere's points; each level's coefficients a third of the signed distance at its voxel
+    centres plus a wiggle, so that the summed field is about the distance (no stray crossings) but not exactly."""
+    from engine.solver.hierarchy import build_levels
+
+    rng = np.random.default_rng(3)
+    d = rng.normal(size=(4000, 3))
+    centre, radius = torch.tensor([0.4, -0.3, 0.2]), 9.7
+    x = torch.from_numpy(d / np.linalg.norm(d, axis=1, keepdims=True)).float() * radius + centre
+    levels = build_levels(x, 3)
+    for level in levels:
+        mid = (level.ijk.float() + 0.5) * level.size
+        sdf = torch.linalg.vector_norm(mid - centre, dim=1) - radius
+        level.set_coeffs(sdf / 3 + 0.05 * torch.sin(mid.sum(dim=1)))
+    return levels
+
+
+def test_grid_field_equals_the_field_at_the_lattice_points() -> None:
+    from engine.solver.hierarchy import evaluate, evaluate_grid
+
+    levels = _sphere_levels()
+    cells = levels[0].ijk[::5]
+    for size, n in ((1.0, 2), (1.0, 3), (0.5, 3), (0.25, 2)):
+        c = cells * int(1 / size) + (1 if size < 1 else 0)  # cells of this size inside the band
+        k = torch.arange(n)
+        lattice = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
+        points = (c[:, None, :] + lattice * (1.0 / (n - 1))) * size  # [z, y, x] order, as (x, y, z) points
+        expected = evaluate(levels, points.reshape(-1, 3).float())[0].view(-1, n, n, n)
+        got = evaluate_grid(levels, c, size, n)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+    try:
+        evaluate_grid(levels, cells, 2.0, 2)
+    except ValueError as e:
+        assert "at most one finest voxel" in str(e)
+    else:
+        raise AssertionError("a cell larger than the finest voxel was accepted")
+
+
+def test_grid_corners_give_the_same_cells_and_values_as_the_field() -> None:
+    """Meshing with the lattice shortcut keeps exactly the cells and corner values of the pointwise field."""
+    from engine.solver.hierarchy import evaluate, evaluate_grid
+
+    levels = _sphere_levels()
+
+    def field(p: torch.Tensor) -> torch.Tensor:
+        return evaluate(levels, p)[0]
+
+    def grid(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+        calls.append((size, n))
+        return evaluate_grid(levels, cells, size, n)
+
+    for start, rounds in ((levels[0], 1), (levels[0], 0), (levels[0], 2), (levels[2], 3)):
+        calls: list[tuple[float, int]] = []
+        c0, s0, v0 = candidate_cells(start.ijk, start.size, start.depth + rounds, field)
+        c1, s1, v1 = candidate_cells(start.ijk, start.size, start.depth + rounds, field, grid)
+        assert s0 == s1 and c0.shape[0] > 100
+        assert torch.equal(c0, c1)
+        assert torch.allclose(v0, v1, atol=1e-5)
+        assert calls and all(size <= 1.0 for size, _ in calls)
+        assert ((1.0, 3) in calls) == (s0 < 1.0)  # children below the finest voxel: from the lattice
