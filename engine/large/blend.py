@@ -22,7 +22,7 @@ import torch
 from ..errors import MemoryLimitError
 from ..frames import Frame
 from ..progress import Run
-from ..solver.hierarchy import Level, evaluate
+from ..solver.hierarchy import Level, evaluate, evaluate_grid
 from ..solver.knn import PointTree
 from ..surface.colors import interpolate_colors
 from ..surface.meshing import candidate_cells, marching_cubes
@@ -65,6 +65,34 @@ class BlendedField:
         # Every point of a core has its own chunk's weight >= 1/8; elsewhere (never meshed) say "outside".
         return torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, 1e3))
 
+    def lattice(self, cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+        """The blended field on an n^3 lattice over each cell (P, 3) of edge ``size`` <= 1, (P, n, n, n) [z, y, x].
+
+        Each chunk's field comes from :func:`evaluate_grid` (one coefficient gather per cell); the weights,
+        the chunks' order and the skipped zero weights are those of :meth:`__call__`, so a corner gets the
+        same value here as there (tests/engine/test_chunks.py compares them bit for bit).
+        """
+        k = torch.arange(n, device=cells.device)
+        lattice = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
+        q = ((cells[:, None, :] * (n - 1) + lattice).to(torch.float32) * (size / (n - 1))).reshape(-1, 3)
+        num = torch.zeros(q.shape[0], dtype=q.dtype, device=q.device)
+        den = torch.zeros_like(num)
+        for cell, lo, levels in self.parts:
+            w = self.grid.weight(cell, q)
+            use_cell = (w > 0).view(-1, n**3).any(dim=1)
+            if not bool(use_cell.any()):
+                continue
+            rows = use_cell.nonzero().squeeze(1)
+            shift = torch.round(lo / size).to(torch.int64)  # chunk origins are whole voxels, so whole cells
+            value = evaluate_grid(levels, cells.index_select(0, rows) - shift, size, n).view(-1)
+            flat = (rows[:, None] * n**3 + torch.arange(n**3, device=q.device)).view(-1)
+            wr = w.index_select(0, flat)
+            use = wr > 0
+            num.index_add_(0, flat[use], (wr * value)[use])
+            den.index_add_(0, flat[use], wr[use])
+        out = torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, 1e3))
+        return out.view(-1, n, n, n)
+
 
 @dataclass
 class BlockMesh:
@@ -97,13 +125,18 @@ def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField],
         run.check()
         return field(q)
 
+    def lattice_checked(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+        run.check()
+        return field.lattice(cells, size, n)
+
     # Trimmed surface lies within the finest band; untrimmed starts from the coarsest level.
     depth = 0 if trim else len(own.levels) - 1
     level_size, ijk, _ = own.levels[depth]
     start = torch.from_numpy(ijk.astype(np.int64) + (lo // int(level_size))).to(device)
     inside = ((start * int(level_size) >= torch.from_numpy(lo).to(device))
               & (start * int(level_size) < torch.from_numpy(hi).to(device))).all(dim=1)
-    cells, size, values = candidate_cells(start[inside], level_size, depth + max(0, mise_iter), evaluate_checked)
+    cells, size, values = candidate_cells(start[inside], level_size, depth + max(0, mise_iter), evaluate_checked,
+                                          lattice_checked)
     verts_t, faces_t, edges_t = marching_cubes(cells, size, values)
     verts = frame.from_voxels(verts_t.double()).cpu().numpy()
     faces = faces_t.cpu().numpy()
