@@ -155,19 +155,27 @@ class Prepared:
 
 
 # Meshing one round below the finest voxel places vertices more exactly (clean sphere: 0.0016 voxel from the truth
-# against 0.0064 at the voxel) and simplification then merges what is flat.  A scan from several sensor positions
-# gains nothing from it: its per-view noise, not the meshing, sets the error.  Measured on the simulated 8-view
-# scans (Chamfer-L1 x1e-3, rounds 1 / 0): with the scanner's normals bunny 0.379 / 0.387, torus 0.401 / 0.392,
-# sphere 0.467 / 0.466; without normals 0.412 / 0.393, 0.493 / 0.458, 0.526 / 0.532; 8.4-9.6 s against 5.9-7.2 s.
-# On the bunny with 0.5% Gaussian noise (no sensors) 0 loses: 0.462 against 0.372.
+# against 0.0064 at the voxel) and simplification then merges what is flat.  A noisy scan gains nothing from it:
+# its depth noise, not the meshing, sets the error, and the finer cells only follow the noise.  What tells such a
+# scan: sensor positions (one or several) and a measured noise of at least NOISY_SCAN voxel.  Measured on the
+# simulator's scans (noise / voxel: 0.001-0.054 without depth noise, 0.16-0.41 with it), rounds 1 / 0:
+# - one view with noise (60k points, outliers; accuracy, mesh to truth, x1e-3): bunny 0.367 / 0.337, torus 0.306 /
+#   0.285, sphere 0.158 / 0.155, with 55-60% fewer faces and 30-50% less time;
+# - one view without noise: bunny 0.053 / 0.056, torus 0.016 / 0.021, sphere 0.0065 / 0.0103;
+# - 8 views without noise (Chamfer-L1 x1e-3): bunny 0.132 / 0.196, torus 0.026 / 0.055, sphere 0.059 / 0.081;
+# - 8 views with noise (misregistered, scanner normals): bunny 0.379 / 0.387, torus 0.401 / 0.392, sphere 0.467 /
+#   0.466; without normals 0.412 / 0.393, 0.493 / 0.458, 0.526 / 0.532; 8.4-9.6 s against 5.9-7.2 s.
+# Noise alone does not tell: the bunny with 0.5% Gaussian noise and no sensors (noise 0.5 voxel) loses with 0 rounds,
+# 0.462 against 0.372.  (Until 2026-12-02 the rule was "several views": it meshed noiseless multi-view scans at the
+# voxel, the 8-view lines above, and noisy single-view ones a round below.)
 AUTO_MISE_ITER = 1
-AUTO_MISE_ITER_VIEWS = 0
+NOISY_SCAN = 0.1
 
 
-def refinement_rounds(mise_iter: int | str, views: bool) -> int:
-    """The ``mise_iter`` option with "auto" resolved: fewer rounds for a scan taken from several views."""
+def refinement_rounds(mise_iter: int | str, sensed: bool, noise_voxels: float) -> int:
+    """The ``mise_iter`` option with "auto" resolved: no round below the voxel for a noisy scan from known sensors."""
     if mise_iter == "auto":
-        return AUTO_MISE_ITER_VIEWS if views else AUTO_MISE_ITER
+        return 0 if sensed and noise_voxels >= NOISY_SCAN else AUTO_MISE_ITER
     return int(mise_iter)
 
 
@@ -191,7 +199,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         weights = replace(WEIGHTS, point=point_weight(res.noise, res.voxel_size))
         limit = (int(opts.memory_limit_gb * 2**30) if opts.memory_limit_gb is not None
                  else int(0.75 * available_bytes(dev)))
-        mise_iter = refinement_rounds(opts.mise_iter, views is not None)
+        mise_iter = refinement_rounds(opts.mise_iter, sensor is not None, res.noise / res.voxel_size)
         plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.frame.diagonal,
                            mise_iter=mise_iter,
                            chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,

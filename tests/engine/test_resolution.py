@@ -92,11 +92,23 @@ def test_views_survive_points_left_out_for_doubtful_normals() -> None:
     assert mesh.faces.shape[0] > 1000
 
 
-def test_automatic_refinement_skips_the_round_for_views_only() -> None:
+def test_automatic_refinement_skips_the_round_for_noisy_scans_only() -> None:
+    """No meshing round below the voxel where sensors are known and the noise is measured at >= 0.1 voxel."""
     p, n, s, _ = scan_views(per_view=6_000, misregister=False)
-    views = reconstruct(p, n, sensor=s, device="cpu", register_views=False)
-    plain = reconstruct(p, n, device="cpu")
-    refined = reconstruct(p, n, sensor=s, device="cpu", register_views=False, mise_iter=1)
-    assert views.stats["mise_iter"] == 0 and plain.stats["mise_iter"] == 1 and refined.stats["mise_iter"] == 1
-    assert views.stats["voxel_size"] == refined.stats["voxel_size"]
-    assert views.stats["faces_before_simplify"] < 0.5 * refined.stats["faces_before_simplify"]
+    ray = (p - s) / np.linalg.norm(p - s, axis=1, keepdims=True)
+    noisy = p + ray * np.random.default_rng(5).normal(scale=0.02, size=(p.shape[0], 1))  # depth noise
+    runs = {
+        "clean views": reconstruct(p, n, sensor=s, device="cpu", register_views=False),
+        "noisy views": reconstruct(noisy, n, sensor=s, device="cpu", register_views=False),
+        "noisy, one sensor": reconstruct(noisy[:6_000], n[:6_000], sensor=s[0], device="cpu"),
+        "noisy, no sensor": reconstruct(noisy, n, device="cpu"),
+        "noisy views, 1 asked": reconstruct(noisy, n, sensor=s, device="cpu", register_views=False, mise_iter=1),
+    }
+    rounds = {k: m.stats["mise_iter"] for k, m in runs.items()}
+    ratio = {k: m.stats["noise"] / m.stats["voxel_size"] for k, m in runs.items()}
+    assert ratio["clean views"] < 0.1 <= min(ratio["noisy views"], ratio["noisy, one sensor"]), ratio
+    assert rounds == {"clean views": 1, "noisy views": 0, "noisy, one sensor": 0, "noisy, no sensor": 1,
+                      "noisy views, 1 asked": 1}, ratio
+    assert runs["noisy views"].stats["voxel_size"] == runs["noisy views, 1 asked"].stats["voxel_size"]
+    assert (runs["noisy views"].stats["faces_before_simplify"]
+            < 0.5 * runs["noisy views, 1 asked"].stats["faces_before_simplify"])
