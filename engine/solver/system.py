@@ -262,6 +262,41 @@ def _two_steps() -> tuple[np.ndarray, np.ndarray]:
 _FIRST_STEP, _SECOND_STEP = _two_steps()
 
 
+def _second_step_masks() -> np.ndarray:
+    """(27,) int64: for each first-step column j, the bits of the second-step columns of the offsets reached via j."""
+    masks = np.zeros(27, dtype=np.int64)
+    for j, k in zip(_FIRST_STEP, _SECOND_STEP, strict=True):
+        masks[j] |= 1 << int(k)
+    return masks
+
+
+_SECOND_MASKS = _second_step_masks()
+
+
+def _presence_bits(nbr: torch.Tensor) -> torch.Tensor:
+    """(M + 1,) int64: bit k of row 1 + v says whether voxel v's neighbour in column k exists; row 0 (absent): 0."""
+    weights = torch.tensor([1 << k for k in range(27)], dtype=torch.int64, device=nbr.device)
+    bits = ((nbr >= 0).to(torch.int64) * weights).sum(dim=1)
+    return torch.cat((bits.new_zeros(1), bits))
+
+
+def _row_counts(nbr: torch.Tensor, bits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(rows,) non-zeros of rows start:stop, i.e. their offsets in [-2, 2]^3 with an existing voxel.
+
+    Offset d exists when the first step's neighbour u exists and u's neighbour at the second step does: bit
+    ``second`` of u's presence bits.  A popcount of the bits each first-step neighbour contributes, over its 27
+    columns: (rows, 27) work instead of the (rows, 125) gather of :func:`_csr_columns` (the large-level path's
+    counting pass; the table scan's finest level, 692k rows: 4.6 s of CSR build before).
+    """
+    x = bits.index_select(0, (nbr[start:stop].to(torch.int64) + 1).view(-1)).view(-1, 27)
+    x = x & torch.from_numpy(_SECOND_MASKS).to(x.device)
+    x = x - ((x >> 1) & 0x55555555)  # popcount of values below 2^27, in int64 so nothing overflows
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    x = (x * 0x01010101) >> 24 & 0xFF
+    return x.sum(dim=1)
+
+
 def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
          weights: Weights, trust: torch.Tensor | None = None) -> torch.Tensor:
     """The data term's right-hand side: sum_p w_p/N t_p B(p) + w_n/N g_p . grad B(p) over each point's 27 taps.
@@ -297,7 +332,8 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
 
     Small levels take one pass over the whole (M, 125) column table (at most
     ``KEEP_NONZEROS`` entries, 256 MiB of int32); large ones go in row chunks and
-    two passes (count, then fill) and never hold an (M, 125) index table nor a
+    two passes (count from neighbour-presence bits, :func:`_row_counts`, then
+    fill) and never hold an (M, 125) index table nor a
     second copy of the non-zeros (at 1M points this halved the assembly's peak
     memory).  Row starts come from a binary search of the sorted non-zero
     positions, not from a pass over the (M, 125) table.
@@ -312,9 +348,10 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
         cols, values = c.view(-1).index_select(0, flat), stencil.view(-1).index_select(0, flat)
     else:
         crow = torch.zeros(m + 1, dtype=torch.int64, device=device)
+        bits = _presence_bits(level.neighbours)
         for start in range(0, m, ROW_BATCH):
-            c = _csr_columns(level, start, start + ROW_BATCH, padded)
-            crow[start + 1:start + c.shape[0] + 1] = (c >= 0).sum(dim=1)
+            stop = min(start + ROW_BATCH, m)
+            crow[start + 1:stop + 1] = _row_counts(level.neighbours, bits, start, stop)
         crow = torch.cumsum(crow, 0)
         nnz = int(crow[-1])
         cols = torch.empty(nnz, dtype=torch.int32, device=device)
