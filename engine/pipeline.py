@@ -354,13 +354,13 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
             run.check()
             return f.field(p)
 
-        # Trimmed surface lies within the finest band, so refinement can start there;
-        # untrimmed surface may run wherever the coarsest level reaches.
-        start = levels[0] if opts.trim and not opts.watertight else levels[-1]
         def grid(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
             run.check()
             return evaluate_grid(levels, cells, size, n)
 
+        # Trimmed surface lies within the finest band, so refinement can start there;
+        # untrimmed surface may run wherever the coarsest level reaches.
+        start = levels[0] if opts.trim and not opts.watertight else levels[-1]
         meshed = outside_beyond(start, field) if opts.watertight else field
         cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed,
                                                      None if opts.watertight else grid)
