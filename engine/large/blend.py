@@ -22,7 +22,7 @@ import torch
 from ..errors import MemoryLimitError
 from ..frames import Frame
 from ..progress import Run
-from ..solver.hierarchy import Level, evaluate, evaluate_grid
+from ..solver.hierarchy import Level, evaluate, evaluate_grid, lattice_points
 from ..solver.knn import PointTree
 from ..surface.colors import interpolate_colors
 from ..surface.meshing import candidate_cells, marching_cubes
@@ -72,9 +72,7 @@ class BlendedField:
         the chunks' order and the skipped zero weights are those of :meth:`__call__`, so a corner gets the
         same value here as there (tests/engine/test_chunks.py compares them bit for bit).
         """
-        k = torch.arange(n, device=cells.device)
-        lattice = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
-        q = ((cells[:, None, :] * (n - 1) + lattice).to(torch.float32) * (size / (n - 1))).reshape(-1, 3)
+        q = lattice_points(cells, size, n)
         num = torch.zeros(q.shape[0], dtype=q.dtype, device=q.device)
         den = torch.zeros_like(num)
         for cell, lo, levels in self.parts:

@@ -152,10 +152,21 @@ def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False
     return values, grads
 
 
+def lattice_points(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+    """(P * n^3, 3) the points of :func:`evaluate_grid`'s lattices, cell by cell, [z, y, x] order within each.
+
+    Whole lattice coordinates times one factor, so a point shared by two cells' lattices is the same float.
+    """
+    k = torch.arange(n, device=cells.device)
+    offsets = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
+    return ((cells[:, None, :] * (n - 1) + offsets).to(torch.float32) * (size / (n - 1))).reshape(-1, 3)
+
+
 def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
     """The summed field on an n x n x n lattice over each cell (P, 3) of edge ``size`` <= 1 finest voxel.
 
-    Returns (P, n, n, n) values indexed [cell, z, y, x], at ``cells * size + size * k / (n - 1)``.
+    Returns (P, n, n, n) values indexed [cell, z, y, x], at ``cells * size + size * k / (n - 1)``
+    (:func:`lattice_points`).
     A cell no larger than the finest voxel lies in one cell of every level, so each level's 27
     coefficients are gathered once per cell and contracted with the per-axis weights of the n
     positions: n^3 values for one lookup, where :func:`evaluate` looks up every point (meshing's

@@ -342,16 +342,15 @@ def test_bad_chunk_options(options: dict[str, Any], match: str) -> None:
 def test_blended_lattice_equals_the_blended_field(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunked meshing takes cell corners from the blended lattice; each value equals the blended field there."""
     from engine.large.blend import BlendedField
+    from engine.solver.hierarchy import lattice_points
 
     checked: list[int] = []
     lattice = BlendedField.lattice
 
     def compared(self: BlendedField, cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
         got = lattice(self, cells, size, n)
-        k = torch.arange(n)
-        offsets = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
-        q = ((cells[:, None, :] * (n - 1) + offsets).to(torch.float32) * (size / (n - 1))).reshape(-1, 3)
-        assert torch.equal(got.reshape(-1), self(q))  # bit for bit: neighbouring cores must agree on shared corners
+        # bit for bit: neighbouring cores must agree on shared corners
+        assert torch.equal(got.reshape(-1), self(lattice_points(cells, size, n)))
         checked.append(cells.shape[0])
         return got
 

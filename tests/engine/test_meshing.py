@@ -87,16 +87,13 @@ def _sphere_levels() -> list:
 
 
 def test_grid_field_equals_the_field_at_the_lattice_points() -> None:
-    from engine.solver.hierarchy import evaluate, evaluate_grid
+    from engine.solver.hierarchy import evaluate, evaluate_grid, lattice_points
 
     levels = _sphere_levels()
     cells = levels[0].ijk[::5]
     for size, n in ((1.0, 2), (1.0, 3), (0.5, 3), (0.25, 2)):
         c = cells * int(1 / size) + (1 if size < 1 else 0)  # cells of this size inside the band
-        k = torch.arange(n)
-        lattice = torch.stack(torch.meshgrid(k, k, k, indexing="ij"), -1)[..., [2, 1, 0]].reshape(-1, 3)
-        points = (c[:, None, :] + lattice * (1.0 / (n - 1))) * size  # [z, y, x] order, as (x, y, z) points
-        expected = evaluate(levels, points.reshape(-1, 3).float())[0].view(-1, n, n, n)
+        expected = evaluate(levels, lattice_points(c, size, n))[0].view(-1, n, n, n)
         got = evaluate_grid(levels, c, size, n)
         assert got.shape == expected.shape
         assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
