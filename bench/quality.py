@@ -39,6 +39,8 @@ def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int
     for m in methods:
         if m == "ours":
             specs.append(("ours", "ours", None))
+        elif m == "ours-learned":  # ours with the learned prior (engine/prior)
+            specs.append(("ours-learned", "ours", None))
         elif m == "open3d":
             specs += [(f"open3d-d{d}", "open3d", d) for d in o3d_depths]
         elif m == "open3d-trim":  # Poisson then the 5% least dense vertices dropped (the usual recipe)
@@ -57,6 +59,8 @@ def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path,
     cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail, *extra]
     if out.stem.endswith("-t5"):
         cmd += ["--density-trim", "0.05"]
+    if "ours-learned" in out.stem:
+        cmd += ["--prior", "learned"]
     if depth is not None:
         cmd += ["--depth", str(depth)]
     return run_json(cmd, a.threads, a.timeout, ours=method == "ours")
@@ -117,7 +121,8 @@ def parse_args() -> argparse.Namespace:
                     help="clean, nS (noise S%% of diag), angD, or scan:PRESET (bench/scanner.py), each optionally "
                          "ending in :nonormals")
     ap.add_argument("--shapes", default="bunny,sphere,torus")
-    ap.add_argument("--methods", default="ours,open3d,pymeshlab", help="ours, open3d, open3d-trim, pymeshlab")
+    ap.add_argument("--methods", default="ours,open3d,pymeshlab",
+                    help="ours, ours-learned, open3d, open3d-trim, pymeshlab")
     ap.add_argument("--open3d-depths", default="5,6,7,8,9,10")
     ap.add_argument("--pymeshlab-depths", default="8", help="8 = PyMeshLab's default")
     ap.add_argument("--ours-python", default=str(REPO / ".venv" / "bin" / "python"))

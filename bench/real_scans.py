@@ -1,4 +1,5 @@
-"""The real scans (tests/data/real) side by side: ours with defaults against Open3D Poisson depth 8 and 9.
+"""The real scans (tests/data/real) side by side: ours with defaults (and with the learned prior) against Open3D
+Poisson depth 8 and 9.
 
     .venv-bench/bin/python bench/real_scans.py [--scans table,autzen] [--out bench/_work/real]
 
@@ -49,11 +50,11 @@ SCANS = {
 }
 
 
-def ours(scan: RealScan, out: Path) -> dict:
-    """The engine's CLI with default settings; its stats."""
+def ours(scan: RealScan, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """The engine's CLI with default settings (and ``extra`` flags); its stats."""
     src = DATA / scan.file
     p = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "engine", "reconstruct", str(src), str(out),
-                        "--json", *scan.flags], cwd=ROOT, capture_output=True, text=True, check=True)
+                        "--json", *scan.flags, *extra], cwd=ROOT, capture_output=True, text=True, check=True)
     stats = json.loads(p.stdout.strip().splitlines()[-1])
     return {"seconds": stats["total_seconds"], "faces": stats["faces"]}
 
@@ -98,6 +99,8 @@ def pieces(path: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scans", default="table,autzen")
+    ap.add_argument("--methods", default="ours,ours-learned,open3d-d8-t5,open3d-d9-t5",
+                    help="ours (defaults), ours-learned (--prior learned), open3d-dD-t5 (Poisson depth D, trimmed)")
     ap.add_argument("--out", default=str(HERE / "_work" / "real"))
     ap.add_argument("--images", default=str(ROOT / "docs" / "real"), help="where the renders go")
     a = ap.parse_args()
@@ -108,9 +111,12 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for name in a.scans.split(","):
         scan = SCANS[name]
-        for label in ("ours", "open3d-d8-t5", "open3d-d9-t5"):
+        for label in a.methods.split(","):
             mesh = out / f"{name}_{label}.ply"
-            rec = ours(scan, mesh) if label == "ours" else poisson(scan, int(label[8]), 0.05, mesh)
+            if label.startswith("ours"):
+                rec = ours(scan, mesh, ("--prior", "learned") if label == "ours-learned" else ())
+            else:
+                rec = poisson(scan, int(label[8]), 0.05, mesh)
             rec["pieces"] = pieces(mesh)
             png = images / f"{name}_{label}.png"
             subprocess.run([str(ROOT / ".venv-blender" / "bin" / "python"), str(HERE / "render_mesh.py"), str(mesh),

@@ -42,7 +42,7 @@ def run_ours(pts: np.ndarray, nrm: np.ndarray | None, a: argparse.Namespace) -> 
     from engine import reconstruct
 
     t0, c0 = time.perf_counter(), time.process_time()
-    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu", sensor=a.sensors)
+    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu", sensor=a.sensors, prior=a.prior)
     t1, c1 = time.perf_counter(), time.process_time()
     stats = dict(getattr(mesh, "stats", {}) or {})
     return np.asarray(mesh.vertices), np.asarray(mesh.faces), t1 - t0, c1 - c0, stats
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--detail", default="auto")
     ap.add_argument("--normals", default="given", help="given | none | FILE.npz with a `normals` array")
+    ap.add_argument("--prior", default="none", help="ours: the kernel prior, learned | none")
     ap.add_argument("--density-trim", type=float, default=0.0,
                     help="open3d: drop vertices below this quantile of Poisson's density (0.05 = 5%%)")
     a = ap.parse_args()

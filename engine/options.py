@@ -24,6 +24,7 @@ from .errors import InputError
 
 _CUDA = re.compile(r"cuda(:\d+)?")
 _SCHEMES = ("tcp", "tls", "ucx", "inproc")  # Dask scheduler addresses
+PRIORS = ("learned", "none")  # the kernel priors (option ``prior``)
 EXECUTORS = "'inprocess', 'processes', 'dask' or a Dask scheduler address such as 'tcp://host:8786'"
 
 
@@ -118,6 +119,10 @@ def _device_name(name: str) -> bool:
     return name in ("auto", "cpu") or _CUDA.fullmatch(name) is not None
 
 
+def _prior_name(name: str) -> bool:
+    return name in PRIORS
+
+
 def _known_executor(name: str) -> bool:
     name = name.strip()
     return name in ("", "inprocess", "processes", "dask") or name.startswith("dask://") or (
@@ -157,6 +162,10 @@ class Options:
     register_views: bool = option(
         True, "move each scanner view (the points that share a sensor position) rigidly onto the others before "
         "fitting, undoing small misregistration", flag="--no-register-views", kind=bool)
+    prior: str = option(
+        "none", "kernel prior: 'learned' weighs the fit's smoothness per region by a small network trained on "
+        "simulated scans (engine/prior/prior.pt); 'none' uses one global smoothness weight",
+        flag="--prior", kind=str, valid=_prior_name, forms="'learned' or 'none'")
     # Why 1e-3 (was 1e-5): the finest level's last digits never reached the mesh.  Measured 2026-12-02 on the
     # 100k bench inputs (bunny, torus, sphere; clean, 0.5% noise, and the scans with and without normals), 1e-5
     # against 1e-3: Chamfer within 0.3% on all 12 (clean bunny 0.0460 / 0.0458e-3, bunny scan 0.3603 / 0.3605),

@@ -26,6 +26,10 @@ from .large.partition import ChunkedCloud, ChunkGrid
 from .large.tasks import ChunkField, tasks
 from .mesh import Mesh, vertex_normals
 from .options import Options
+from .prior.features import Context, cell_features
+from .prior.model import WEIGHTS_PATH as PRIOR_WEIGHTS
+from .prior.model import level_scales, point_log2_factors
+from .prior.model import load_cached as load_prior
 from .progress import CancelFn, ProgressFn, Run
 from .solver.fitting import solve_levels
 from .solver.hierarchy import Level, build_levels, evaluate, evaluate_grid
@@ -144,10 +148,17 @@ class Prepared:
     stats: dict[str, Any]
     mise_iter: int  # refinement rounds, "auto" resolved (refinement_rounds)
     trust: np.ndarray | None = None  # (N,) mean 1: each point's weight in the fit (incidence_trust), None: all 1
+    sensed: bool = False  # sensor positions known (one or per point)
 
     @property
     def voxel_size(self) -> float:
         return self.res.voxel_size
+
+    def prior_context(self) -> Context:
+        """The learned prior's scan-wide inputs (engine/prior/features.py)."""
+        return Context(noise_voxels=self.res.noise / self.res.voxel_size, point_weight=self.weights.point,
+                       smooth_weight=self.weights.smooth, sensed=self.sensed,
+                       estimated=bool(self.stats["normals_estimated"]))
 
     @property
     def frame(self) -> Frame:
@@ -247,7 +258,35 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         assert cloud.normals is not None and sensor is not None
         trust, stats["points_grazing"] = incidence_trust(cloud.points, cloud.normals,
                                                          cloud.frame.to_canonical(sensor[cloud.kept]))
-    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust)
+    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust, sensed=sensor is not None)
+
+
+def learned_factors(prepared: Prepared, opts: Options, x: torch.Tensor, nrm: torch.Tensor
+                    ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Each point's log2 smoothness factor from the learned prior (None with ``prior`` "none"), and its stats.
+
+    ``x`` (N, 3) in finest-voxel units, ``nrm`` (N, 3).  Without the weights file the fit runs as with
+    "none" and the stats say so.
+    """
+    if opts.prior != "learned":
+        return None, {"prior": "none"}
+    net = load_prior(prepared.device)
+    if net is None:
+        return None, {"prior": "none", "warnings": [
+            f"The learned prior's weights ({PRIOR_WEIGHTS}) are missing or do not fit this engine, so the fit used "
+            "prior 'none'; reinstall the engine, or train them with bench/train_prior.py."]}
+    point_log2 = point_log2_factors(net, cell_features(x, nrm, prepared.prior_context()))
+    q = torch.quantile(point_log2[:: max(1, point_log2.numel() // 100_000)].float(),
+                       torch.tensor([0.1, 0.5, 0.9], device=point_log2.device)).exp2()
+    return point_log2, {"prior": "learned", "prior_smoothness_p10_p50_p90": [round(float(v), 3) for v in q]}
+
+
+def _with_warnings(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` updated by ``extra``, the two lists of warnings joined."""
+    out = {**stats, **extra}
+    if "warnings" in stats and "warnings" in extra:
+        out["warnings"] = [*stats["warnings"], *extra["warnings"]]
+    return out
 
 
 def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
@@ -261,10 +300,14 @@ def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
         if opts.watertight:  # the coarsest level spans the gaps and the inside (surface/watertight.py)
             levels[-1] = close_level(levels[-1])
     trust = None if prepared.trust is None else torch.from_numpy(prepared.trust).to(dev)
+    with run.stage("prior"):
+        point_log2, prior_stats = learned_factors(prepared, opts, x, nrm)
+        scales = None if point_log2 is None else level_scales(levels, x, point_log2)
     iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
-                                         run, trust=trust)
-    stats = {**prepared.stats, "levels": [len(lv) for lv in levels], "unknowns": int(sum(len(lv) for lv in levels)),
-             "solver_iterations": iterations, "solver_residual": residuals}
+                                         run, trust=trust, smooth_scales=scales)
+    stats = {**_with_warnings(prepared.stats, prior_stats), "levels": [len(lv) for lv in levels],
+             "unknowns": int(sum(len(lv) for lv in levels)), "solver_iterations": iterations,
+             "solver_residual": residuals}
     return Fit(cloud, levels, prepared.voxel_size, prepared.res.noise, dev, stats)
 
 
@@ -392,13 +435,17 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
     depth, mise_iter = opts.depth, prep.mise_iter
     with run.stage("hierarchy"):
         cc = ChunkedCloud(frame.to_voxels(cloud.points.astype(np.float64)), grid)
+    with run.stage("prior"):  # features need each point's whole neighbourhood: found once, before the chunks
+        point_log2, prior_stats = learned_factors(prep, opts, torch.from_numpy(cc.x).to(dev, torch.float32),
+                                                  torch.from_numpy(cloud.normals).to(dev))
     count = cc.cells.shape[0]
     fields: dict[tuple[int, int, int], ChunkField] = {}
     with run.stage("chunks"):
         size = frame.from_canonical(frame.from_voxels(grid.size))  # caller's units
         run.report("chunks", 0.0, f"{count} chunks of {size:.4g} on {pool.name}")
         todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=opts.solver_tol,
-                     solver_max_iter=opts.solver_max_iter, device=str(dev), trust=prep.trust)
+                     solver_max_iter=opts.solver_max_iter, device=str(dev), trust=prep.trust,
+                     prior_log2=None if point_log2 is None else point_log2.cpu().numpy())
         for done in pool.map(todo, count, run):
             fields[done.cell] = done
             run.report("chunks", len(fields) / count,
@@ -426,7 +473,7 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
         if vcolors is not None and cloud.colors is not None and verts is not welded:
             vcolors = interpolate_colors(verts, PointTree(cloud.points), cloud.colors)
     ordered = [fields[k] for k in sorted(fields, key=lambda k: fields[k].index)]
-    stats = {**prep.stats, "chunks": count, "chunk_size": size,
+    stats = {**_with_warnings(prep.stats, prior_stats), "chunks": count, "chunk_size": size,
              "chunk_origin": frame.center.tolist(),  # chunk cores are chunk_origin + chunk_size * (i, j, k)
              "chunk_overlap": frame.from_canonical(frame.from_voxels(grid.margin)),
              "chunking": "auto" if prep.plan.automatic else "set",

@@ -419,6 +419,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "keep_fragments": bool(self.keep_fragments),
             "watertight": bool(self.watertight),
             "register_views": bool(self.register_views),
+            "prior": str(self.prior).lower(),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,

@@ -38,6 +38,7 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         col.prop(panel, "keep_fragments")
         col.prop(panel, "watertight")
         col.prop(panel, "register_views")
+        col.prop(panel, "prior")
         col.prop(panel, "keep_colors")
         col.prop(panel, "estimate_normals")
         col.prop(panel, "viewpoint")

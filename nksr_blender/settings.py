@@ -14,6 +14,11 @@ VIEWPOINTS = [
     ("CAMERA", "Active Camera", "Estimated normals face the scene's camera (where the scan was taken from)"),
     ("CURSOR", "3D Cursor", "Estimated normals face the 3D cursor (put it where the scanner stood)"),
 ]
+PRIORS = [  # the engine's option ``prior`` (its values, upper-cased as Blender's enum identifiers are)
+    ("LEARNED", "Learned", "Smoothness per region, predicted by a small network trained on simulated scans "
+                           "(without its weights file the engine says so and uses None)"),
+    ("NONE", "None", "One global smoothness weight for the whole fit"),
+]
 DEVICES = [
     ("AUTO", "Auto", "CUDA when the engine sees a GPU, else the CPU"),
     ("CPU", "CPU", "Always the CPU"),
@@ -70,6 +75,8 @@ class ReconstructOptions:
     keep_fragments: _flag("keep_fragments", "Keep Fragments")  # type: ignore[valid-type]
     watertight: _flag("watertight", "Watertight")  # type: ignore[valid-type]
     register_views: _flag("register_views", "Register Views")  # type: ignore[valid-type]
+    prior: EnumProperty(  # type: ignore[valid-type]
+        name="Prior", items=PRIORS, default=SPECS["prior"].default.upper(), description=_text("prior"))
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
     estimate_normals: _flag("estimate_normals", "Estimate Normals")  # type: ignore[valid-type]

@@ -29,21 +29,24 @@ COARSE_TOL = 1e-2
 
 def solve_levels(levels: list[Level], x: torch.Tensor, nrm: torch.Tensor, weights: Weights, solver_tol: float,
                  solver_max_iter: int, run: Run, label: str = "", coarse_tol: float = COARSE_TOL,
-                 trust: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+                 trust: torch.Tensor | None = None,
+                 smooth_scales: list[torch.Tensor] | None = None) -> tuple[list[int], list[float]]:
     """Fit the hierarchy (steps 5-6) to points x (N, 3, finest-voxel units) and unit normals, coarse to fine.
 
     Each level fits what the coarser ones left; the coefficients are stored in
     the levels.  Returns the iterations and final relative residual per level,
     coarsest first.  ``label`` prefixes the progress text (a chunk's name); levels above the finest stop
-    at ``coarse_tol`` (or ``solver_tol`` if that is looser).  ``trust`` (N,), mean 1, weighs the points.
+    at ``coarse_tol`` (or ``solver_tol`` if that is looser).  ``trust`` (N,), mean 1, weighs the points;
+    ``smooth_scales``, one (M,) per level (finest first), the smoothness term around each voxel (:mod:`engine.prior`).
     """
     fit_value = torch.zeros(x.shape[0], device=x.device)
     fit_grad = torch.zeros(x.shape[0], 3, device=x.device)
     iterations: list[int] = []
     residuals: list[float] = []
     for i, level in enumerate(reversed(levels)):
+        scale = None if smooth_scales is None else smooth_scales[len(levels) - 1 - i]
         with run.stage("system"):
-            system = assemble(level, x, -fit_value, nrm - fit_grad, weights, trust)
+            system = assemble(level, x, -fit_value, nrm - fit_grad, weights, trust, scale)
         with run.stage("solve"):
             def check(it: int, rel: float, i: int = i, depth: int = level.depth) -> None:
                 run.report("solve", (i + min(1.0, it / max(1, solver_max_iter))) / len(levels),

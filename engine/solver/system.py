@@ -205,11 +205,13 @@ def _smoothness_table() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
 _SMOOTH_CENTRES, _SMOOTH_SUPPORTS, _SMOOTH_STENCILS = _smoothness_table()
 
 
-def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> None:
-    """Add lam/M * sum |D2 a|^2 to ``stencil`` (M * 125,) in place, for stencils whose taps all exist.
+def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor,
+                        scale: torch.Tensor | None = None) -> None:
+    """Add lam/M * sum_v s_v |D2 a|_v^2 to ``stencil`` (M * 125,) in place, for stencils whose taps all exist.
 
-    One (M, 21) @ (21, 125) product of 0/1 presence flags by the constant
-    stencils of :func:`_smoothness_table` (3x faster than scattering each tap pair).
+    One (M, 21) @ (21, 125) product of 0/1 presence flags (times the centre
+    voxel's factor s_v, ``scale`` (M,), where given: the learned prior's) by the
+    constant stencils of :func:`_smoothness_table` (3x faster than scattering each tap pair).
     """
     nbr = level.neighbours
     device = nbr.device
@@ -221,9 +223,12 @@ def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> N
     term = torch.from_numpy(_SMOOTH_CENTRES[:, 0]).to(device)
     centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device))  # (M, 21), -1: the False column
     present = whole.view(-1).index_select(0, (centre + 1 + (term * (len(level) + 1))[None, :]).view(-1))
+    factor = present.view(-1, len(term)).to(stencil.dtype)
+    if scale is not None:  # term t centred on voxel v weighs s_v; an absent centre (-1) is already 0
+        padded = torch.cat((scale.new_zeros(1), scale)).to(stencil.dtype)
+        factor *= padded.index_select(0, (centre + 1).view(-1)).view_as(factor)
     stencils = torch.from_numpy(_SMOOTH_STENCILS).to(device, stencil.dtype)
-    stencil.view(len(level), N_OFFSETS).addmm_(present.view(-1, len(term)).to(stencil.dtype), stencils,
-                                               alpha=weight / len(level))
+    stencil.view(len(level), N_OFFSETS).addmm_(factor, stencils, alpha=weight / len(level))
 
 
 def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
@@ -371,16 +376,18 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
 
 
 def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
-             weights: Weights, trust: torch.Tensor | None = None) -> LevelSystem:
+             weights: Weights, trust: torch.Tensor | None = None,
+             smooth_scale: torch.Tensor | None = None) -> LevelSystem:
     """The level's normal equations for points x (N, 3) in finest-voxel units and their targets.
 
-    ``trust`` (N,), mean 1, weighs each point's data terms (None: all 1).
+    ``trust`` (N,), mean 1, weighs each point's data terms (None: all 1); ``smooth_scale`` (M,) the
+    smoothness term centred on each voxel (None: all 1; :mod:`engine.prior`).
     """
     m = len(level)
     device = x.device
     stencil = torch.zeros(m * N_OFFSETS, dtype=torch.float32, device=device)
     _data_stencil(level, x, weights, stencil, trust)
-    _smoothness_stencil(level, weights.smooth, stencil)
+    _smoothness_stencil(level, weights.smooth, stencil, smooth_scale)
     stencil = stencil.view(m, N_OFFSETS)
     # A tiny ridge keeps voxels without data or stencils (isolated corners) non-singular.
     diag_mean = float(stencil[:, CENTRE].mean())

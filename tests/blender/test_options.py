@@ -10,7 +10,12 @@ import pytest
 # Blender property -> what stands for the option's unset value (None: the option has a value of its own).
 ZERO_UNSETS = {"voxel_size": True, "chunk_size": True, "memory_limit_gb": True, "max_faces": True}
 SHARED = ["detail_level", "voxel_size", "mise_iter", "max_faces", "trim", "keep_fragments", "watertight",
-          "register_views", "estimate_normals", "chunk_size", "overlap_ratio", "memory_limit_gb", "workers"]
+          "register_views", "prior", "estimate_normals", "chunk_size", "overlap_ratio", "memory_limit_gb", "workers"]
+
+
+def spec_values(addon: ModuleType, name: str) -> tuple[str, ...]:
+    """The values a string option with a fixed set takes (``prior``: engine.options.PRIORS)."""
+    return {"prior": addon.engine_link.options_api().PRIORS}[name]
 
 
 @pytest.mark.parametrize("owner", ["NKSR_Settings", "NKSR_OT_reconstruct"])
@@ -23,6 +28,10 @@ def test_property_follows_the_option_table(addon: ModuleType, owner: str, name: 
     assert rna.description.startswith(help_text), (rna.description, help_text)
     if spec.kind is bool:
         assert rna.default == spec.default
+        return
+    if spec.kind is str:  # an enum: the option's values, upper-cased as Blender's identifiers are
+        assert rna.default == spec.default.upper()
+        assert [item.identifier for item in rna.enum_items] == [v.upper() for v in spec_values(addon, name)]
         return
     low = 0 if ZERO_UNSETS.get(name) else spec.minimum
     assert rna.hard_min == pytest.approx(low)

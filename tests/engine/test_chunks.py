@@ -197,6 +197,21 @@ def test_small_chunked_matches_whole(small: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_learned_prior_chunked_matches_whole(small: dict[str, Any]) -> None:
+    """The learned prior's factors come from the whole cloud and reach every chunk's levels: same surface."""
+    p, n, c = small["input"]
+    whole = reconstruct(p, n, None, device="cpu", prior="learned")
+    chunked = reconstruct(p, n, None, device="cpu", prior="learned", chunk_size=10.0)
+    assert whole.stats["prior"] == chunked.stats["prior"] == "learned"
+    assert chunked.stats["prior_smoothness_p10_p50_p90"] == whole.stats["prior_smoothness_p10_p50_p90"]
+    h = whole.stats["voxel_size"]
+    assert chamfer((whole.vertices64, whole.faces), (chunked.vertices64, chunked.faces)) < 0.1 * h
+    plain = small["whole"]
+    if whole.stats["prior_smoothness_p10_p50_p90"] != [1.0, 1.0, 1.0]:  # factors other than 1 move the surface
+        assert not np.array_equal(plain.vertices64, whole.vertices64)
+
+
+@pytest.mark.slow
 def test_untrimmed_and_unrefined_chunked_matches_whole(small: dict[str, Any]) -> None:
     """Without trimming the surface runs past the data, into cores without points; no refinement round.
 

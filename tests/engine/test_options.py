@@ -97,11 +97,29 @@ def test_the_client_refuses_before_sending_anything() -> None:
     (["--solver-tol", "nan"], "'solver_tol' must be a number above 0"),
     (["--solver-max-iter", "0"], "'solver_max_iter' must be an integer from 1"),
     (["--normal-k", "3"], "'normal_k' must be an integer from 5"),
+    (["--prior", "smooth"], "'prior' must be 'learned' or 'none'"),
 ])
 def test_the_cli_refuses_before_reading_the_input(tmp_path: Path, flags: list[str], words: str) -> None:
     missing = tmp_path / "not-there.ply"  # an option error comes first: nothing is read, nothing written
     no_traceback(engine_cli("reconstruct", str(missing), str(tmp_path / "out.ply"), *flags), words)
     assert not (tmp_path / "out.ply").exists()
+
+
+def test_prior_is_learned_or_none() -> None:
+    """Both priors pass every entry point's check (the default is none); any other name is refused with the two."""
+    assert Options.of().prior == SPECS["prior"].default == "none"
+    for prior in ("learned", "none"):
+        assert options.check({"prior": prior}) == {"prior": prior}
+        assert Options.of(prior=prior).prior == prior
+    p = argparse.ArgumentParser()
+    options.add_flags(p)
+    assert options.from_flags(p.parse_args(["--prior", "learned"])).prior == "learned"
+    for bad in ("Learned", "smooth", "", None, 1, True):
+        with pytest.raises(OptionError, match="'prior' must be 'learned' or 'none'") as info:
+            options.check({"prior": bad})
+        assert "default 'none'" in info.value.hint and "Kernel prior" in info.value.hint
+    with pytest.raises(OptionError, match="'prior' must be 'learned' or 'none'; got 'smooth'"):
+        options.from_flags(p.parse_args(["--prior", "smooth"]))
 
 
 def test_cli_flags_are_the_table_s() -> None:

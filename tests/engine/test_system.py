@@ -17,7 +17,8 @@ from tests.engine.system_reference import reference_assemble, reference_level
 W = Weights(point=0.7, normal=1.3, smooth=0.2)
 
 
-def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor,
+                scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     m, n = len(level), x.shape[0]
     a = np.zeros((m, m))
     b = np.zeros(m)
@@ -29,12 +30,13 @@ def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor) -> t
         a[np.ix_(r, r)] += W.point / n * np.outer(wp, wp) + W.normal / n * gp @ gp.T
         b[r] += W.point / n * wp * float(tv[p]) + W.normal / n * gp @ tg[p].numpy()
     index = {tuple(v): i for i, v in enumerate(level.ijk.tolist())}
-    for v in level.ijk.tolist():
+    for c, v in enumerate(level.ijk.tolist()):
         for taps, coeffs, weight, support in _smoothness_terms():
             if not all(tuple(np.add(v, o)) in index for o in support):
                 continue
             r = [index[tuple(np.add(v, o))] for o in taps]
-            a[np.ix_(r, r)] += W.smooth / m * weight * np.outer(coeffs, coeffs)
+            s = 1.0 if scale is None else float(scale[c])  # the learned prior's factor of the term centred on v
+            a[np.ix_(r, r)] += s * W.smooth / m * weight * np.outer(coeffs, coeffs)
     a[np.diag_indices(m)] += 1e-4 * np.diag(a).mean()
     return a, b
 
@@ -54,6 +56,24 @@ def test_csr_matches_brute_force(depth_index: int) -> None:
     assert np.abs(system.rhs.double().numpy() - b).max() < 1e-5 * np.abs(b).max()
     assert np.allclose(system.diagonal.numpy(), np.diag(a), rtol=1e-5)
     assert np.linalg.eigvalsh(a).min() > 0  # positive definite
+
+
+def test_per_voxel_smoothness_matches_brute_force() -> None:
+    """The learned prior's factors weigh each second-difference term by the factor of the voxel it is centred on."""
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.uniform(0, 5, size=(40, 3))).float()
+    level = build_levels(x, 2)[0]
+    tv = torch.from_numpy(rng.normal(size=40)).float()
+    tg = torch.from_numpy(rng.normal(size=(40, 3))).float()
+    scale = rng.uniform(0.1, 30.0, size=len(level))
+    system = assemble(level, x, tv, tg, W, smooth_scale=torch.from_numpy(scale).float())
+    a, _ = brute_force(level, x, tv, tg, scale)
+    plain, _ = brute_force(level, x, tv, tg)
+    dense = system.matrix.to_dense().double().numpy()
+    assert np.abs(dense - a).max() < 1e-5 * np.abs(a).max()
+    assert np.abs(a - plain).max() > 1e-2 * np.abs(a).max()  # the factors changed the matrix
+    ones = assemble(level, x, tv, tg, W, smooth_scale=torch.ones(len(level)))
+    assert torch.equal(ones.matrix.to_dense(), assemble(level, x, tv, tg, W).matrix.to_dense())
 
 
 def test_every_point_has_all_its_taps() -> None:
