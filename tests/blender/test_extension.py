@@ -36,6 +36,7 @@ def test_manifest_asks_only_for_permissions_it_uses(extension_zip: Path) -> None
     assert set(manifest["permissions"]) == {"files", "network"}
     assert not any(n.endswith((".whl", ".pyc")) or "__pycache__" in n for n in names)
     assert "engine_source/requirements.txt" in names
+    assert "engine_source/engine/prior/prior.pt" in names  # the learned prior's weights travel with the engine
 
 
 def test_uninstall_leaves_nothing_behind(addon: ModuleType, extension_zip: Path) -> None:
