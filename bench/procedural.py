@@ -351,6 +351,20 @@ def _waves(rng: np.random.Generator, count: int, dims: int, freq: tuple[float, f
     return k, rng.uniform(0, 2 * np.pi, count), amp / amp.sum() * amplitude
 
 
+def _relief(p: np.ndarray, k: np.ndarray, phase: np.ndarray, amp: np.ndarray, centres: np.ndarray,
+            sigma: np.ndarray, height: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plane waves plus Gaussian bumps at p (N, dims), and their gradient (N, dims): blobs' and terrain's relief."""
+    arg = p @ k.T + phase
+    value = np.sin(arg) @ amp
+    grad = (np.cos(arg) * amp) @ k
+    for c, s, h in zip(centres, sigma, height, strict=True):
+        q = p - c
+        w = h * np.exp(-_dot(q, q) / (2 * s * s))
+        value += w
+        grad -= (w / (s * s))[:, None] * q
+    return value, grad
+
+
 def _blob(rng: np.random.Generator) -> tuple[SDF, float]:
     """Ellipsoid plus sinusoids and Gaussian bumps; sdf ~ (e - d) / |grad e - grad d| (first order)."""
     r = rng.permutation(np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)]))
@@ -370,14 +384,7 @@ def _blob(rng: np.random.Generator) -> tuple[SDF, float]:
         k1 = np.maximum(_length(g), 1e-12)
         e = k0 * (k0 - 1) / k1  # ellipsoid, first order: (|p/r| - 1) / |grad|p/r||
         n = g / k1[:, None]  # its unit normal
-        arg = p @ k.T + phase
-        disp = np.sin(arg) @ amp
-        grad = (np.cos(arg) * amp) @ k
-        for c, s, h in zip(centres, sigma, height, strict=True):
-            q = p - c
-            w = h * np.exp(-_dot(q, q) / (2 * s * s))
-            disp += w
-            grad -= (w / (s * s))[:, None] * q
+        disp, grad = _relief(p, k, phase, amp, centres, sigma, height)
         return (e - disp) / np.maximum(_length(n - grad), 1e-6)
 
     return f, float(r.max() + total)
@@ -394,15 +401,7 @@ def _heightfield(rng: np.random.Generator, amplitude: float, freq: tuple[float, 
     height *= amplitude * 0.4 / np.abs(height).sum()
 
     def h(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        arg = xy @ k.T + phase
-        z = np.sin(arg) @ amp
-        grad = (np.cos(arg) * amp) @ k
-        for c, s, b in zip(centres, sigma, height, strict=True):
-            q = xy - c
-            w = b * np.exp(-_dot(q, q) / (2 * s * s))
-            z += w
-            grad -= (w / (s * s))[:, None] * q
-        return z, grad
+        return _relief(xy, k, phase, amp, centres, sigma, height)
 
     return h
 
