@@ -261,21 +261,22 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
     return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust, sensed=sensor is not None)
 
 
-def learned_factors(prepared: Prepared, opts: Options, x: torch.Tensor, nrm: torch.Tensor
+def learned_factors(prepared: Prepared, opts: Options, x: torch.Tensor, nrm: torch.Tensor, run: Run
                     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Each point's log2 smoothness factor from the learned prior (None with ``prior`` "none"), and its stats.
 
     ``x`` (N, 3) in finest-voxel units, ``nrm`` (N, 3).  Without the weights file the fit runs as with
-    "none" and the stats say so.
+    "none" and the stats say so.  The "prior" stage (progress, seconds) exists only with ``prior`` "learned".
     """
     if opts.prior != "learned":
         return None, {"prior": "none"}
-    net = load_prior(prepared.device)
-    if net is None:
-        return None, {"prior": "none", "warnings": [
-            f"The learned prior's weights ({PRIOR_WEIGHTS}) are missing or do not fit this engine, so the fit used "
-            "prior 'none'; reinstall the engine, or train them with bench/train_prior.py."]}
-    point_log2 = point_log2_factors(net, cell_features(x, nrm, prepared.prior_context()))
+    with run.stage("prior"):
+        net = load_prior(prepared.device)
+        if net is None:
+            return None, {"prior": "none", "warnings": [
+                f"The learned prior's weights ({PRIOR_WEIGHTS}) are missing or do not fit this engine, so the fit "
+                "used prior 'none'; reinstall the engine, or train them with bench/train_prior.py."]}
+        point_log2 = point_log2_factors(net, cell_features(x, nrm, prepared.prior_context()))
     q = torch.quantile(point_log2[:: max(1, point_log2.numel() // 100_000)].float(),
                        torch.tensor([0.1, 0.5, 0.9], device=point_log2.device)).exp2()
     return point_log2, {"prior": "learned", "prior_smoothness_p10_p50_p90": [round(float(v), 3) for v in q]}
@@ -300,9 +301,11 @@ def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
         if opts.watertight:  # the coarsest level spans the gaps and the inside (surface/watertight.py)
             levels[-1] = close_level(levels[-1])
     trust = None if prepared.trust is None else torch.from_numpy(prepared.trust).to(dev)
-    with run.stage("prior"):
-        point_log2, prior_stats = learned_factors(prepared, opts, x, nrm)
-        scales = None if point_log2 is None else level_scales(levels, x, point_log2)
+    point_log2, prior_stats = learned_factors(prepared, opts, x, nrm, run)
+    scales = None
+    if point_log2 is not None:
+        with run.stage("prior"):
+            scales = level_scales(levels, x, point_log2)
     iterations, residuals = solve_levels(levels, x, nrm, prepared.weights, opts.solver_tol, opts.solver_max_iter,
                                          run, trust=trust, smooth_scales=scales)
     stats = {**_with_warnings(prepared.stats, prior_stats), "levels": [len(lv) for lv in levels],
@@ -435,9 +438,9 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
     depth, mise_iter = opts.depth, prep.mise_iter
     with run.stage("hierarchy"):
         cc = ChunkedCloud(frame.to_voxels(cloud.points.astype(np.float64)), grid)
-    with run.stage("prior"):  # features need each point's whole neighbourhood: found once, before the chunks
-        point_log2, prior_stats = learned_factors(prep, opts, torch.from_numpy(cc.x).to(dev, torch.float32),
-                                                  torch.from_numpy(cloud.normals).to(dev))
+    # the prior's features need each point's whole neighbourhood: found once, before the chunks
+    point_log2, prior_stats = learned_factors(prep, opts, torch.from_numpy(cc.x).to(dev, torch.float32),
+                                              torch.from_numpy(cloud.normals).to(dev), run)
     count = cc.cells.shape[0]
     fields: dict[tuple[int, int, int], ChunkField] = {}
     with run.stage("chunks"):

@@ -91,9 +91,13 @@ def _distance_to(mesh: tuple[np.ndarray, np.ndarray], points: np.ndarray) -> flo
 
 def test_learned_and_none_both_mesh_a_scan() -> None:
     mesh, s = _torus_scan()
-    out = {prior: reconstruct(s.points, s.normals, sensor=s.sensors, device="cpu", prior=prior)
+    stages: dict[str, set[str]] = {"none": set(), "learned": set()}
+    out = {prior: reconstruct(s.points, s.normals, sensor=s.sensors, device="cpu", prior=prior,
+                              progress=lambda stage, *_, prior=prior: stages[prior].add(stage))
            for prior in ("none", "learned")}
     assert out["learned"].stats["prior"] == "learned" and out["none"].stats["prior"] == "none"
+    assert "prior" in stages["learned"] and "prior" not in stages["none"]  # a stage only where it works
+    assert out["learned"].stats["seconds"]["prior"] > 0 and "prior" not in out["none"].stats["seconds"]
     p10, p50, p90 = out["learned"].stats["prior_smoothness_p10_p50_p90"]
     assert 2.0 ** min(model.LOG2_FACTORS) <= p10 <= p50 <= p90 <= 2.0 ** max(model.LOG2_FACTORS)
     errors = {}
