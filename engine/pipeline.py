@@ -413,6 +413,10 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
         verts = frame.from_voxels(verts_t.double()).cpu().numpy()
         faces = faces_t.cpu().numpy()
+        # Nothing past meshing reads the field: its tables (coefficients, neighbour and tap tables) and the cells
+        # go before trimming and simplification, which set the peak (1M-point clean bunny: 4.4 -> 3.8 GB).
+        del meshed, field, grid, start, cells, corner_values, verts_t, faces_t
+        levels.clear()
     with run.stage("trim"):
         tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
         if opts.watertight:
