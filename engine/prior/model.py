@@ -23,7 +23,7 @@ from .features import N_FEATURES, CellFeatures
 LOG2_FACTORS = (-2.0, 0.0, 2.0, 4.0, 6.0)  # smoothness factors 1/4 .. 64 the training fits compared
 HIDDEN = 32
 WEIGHTS_PATH = Path(__file__).with_name("prior.pt")
-CHUNK = 1 << 16  # points whose 27 taps are scattered at once
+CHUNK = 1 << 16  # voxels whose 27 neighbours are gathered at once (bounded memory)
 
 
 class PriorNet(nn.Module):
