@@ -43,7 +43,7 @@ from geom import sample_surface  # noqa: E402
 
 from engine.options import Options  # noqa: E402
 from engine.pipeline import Prepared, fit, prepare  # noqa: E402
-from engine.prior.features import NAMES, cell_features  # noqa: E402
+from engine.prior.features import NAMES, cell_features, neighbour_sum  # noqa: E402
 from engine.prior.model import LOG2_FACTORS, WEIGHTS_PATH, PriorNet, reference_input  # noqa: E402
 from engine.progress import Run  # noqa: E402
 from engine.solver.hierarchy import evaluate  # noqa: E402
@@ -114,7 +114,7 @@ def _errors(prepared: Prepared, opts: Options, run: Run, cells: torch.Tensor, tr
             true_n: np.ndarray) -> dict[str, np.ndarray]:
     """Each factor's fit error summed over each cell's 3^3 neighbourhood (C, K), and the samples there (C,)."""
     index = VoxelIndex(cells)
-    table = index.neighbour_table(1 << 18).to(torch.int64)
+    table = index.neighbour_table(1 << 18)
     errors, counts = [], None
     for log2 in LOG2_FACTORS:
         weights = replace(prepared.weights, smooth=prepared.weights.smooth * 2.0**log2)
@@ -143,8 +143,8 @@ def _neighbourhood_sum(row: torch.Tensor, value: torch.Tensor, table: torch.Tens
     """(n,) sums of ``value`` over samples in each cell's 3^3 neighbourhood (``row``: a sample's cell, -1: none)."""
     own = torch.zeros(n + 1, dtype=torch.float64)
     own.index_add_(0, torch.where(row >= 0, row, n), value.double())
-    own[n] = 0
-    return own[torch.where(table >= 0, table, n)].sum(dim=1).float()
+    own[n] = 0  # samples outside every cell landed on the absent row
+    return neighbour_sum(own, table).float()
 
 
 def stack(seeds: list[int], points: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

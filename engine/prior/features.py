@@ -1,7 +1,7 @@
-"""What the learned prior reads: the points around each occupied finest cell, summarised at three scales.
+"""What the learned prior reads: the points around each occupied finest cell, summarised at four scales.
 
-Per cell and scale (cells of 1, 2 and 4 finest voxels, each with its 26 neighbours: radii of about 1.5, 3 and 6
-voxels; noise keeps a spread's thickness the same at every scale, curvature makes it grow with the radius) eight
+Per cell and scale (cells of 1, 2, 4 and 8 finest voxels, each with its 26 neighbours: radii of about 1.5, 3, 6
+and 12 voxels; noise keeps a spread's thickness the same at every scale, curvature makes it grow with the radius) eight
 numbers that say how the points there lie: how many there are, how thick, wide and long their
 spread is (square roots of the covariance's eigenvalues, in finest voxels: the thickness is the noise plus the
 curvature the cell sees), how well their normals agree (the mean normal's length and the two smaller eigenvalues
@@ -14,6 +14,7 @@ search, so the cost is a few passes over the points and cells.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +42,6 @@ class Context:
     estimated: bool  # normals estimated by the engine
 
     def values(self) -> list[float]:
-        import math
-
         return [self.noise_voxels, math.log(self.point_weight), math.log(self.smooth_weight), float(self.sensed),
                 float(self.estimated)]
 
@@ -78,14 +77,28 @@ def _neighbourhood_moments(x: torch.Tensor, nrm: torch.Tensor, size: int
     p = x.double()
     n = nrm.double()
     per_point = torch.cat((torch.ones_like(p[:, :1]), p, _outer(p), n, _outer(n)), dim=1)
-    own = torch.zeros(cells.shape[0], per_point.shape[1], dtype=torch.float64, device=x.device)
+    own = torch.zeros(cells.shape[0] + 1, per_point.shape[1], dtype=torch.float64, device=x.device)
     own.index_add_(0, inverse, per_point)
-    table = VoxelIndex(cells).neighbour_table(1 << 18).to(torch.int64)  # (K, 27), -1 absent
-    padded = torch.cat((own, own.new_zeros(1, own.shape[1])))
-    total = torch.zeros_like(own)
-    for k in range(27):
-        total += padded.index_select(0, torch.where(table[:, k] >= 0, table[:, k], own.shape[0]))
-    return total, cells, inverse
+    return neighbour_sum(own, VoxelIndex(cells).neighbour_table(1 << 18)), cells, inverse
+
+
+NEIGHBOUR_CHUNK = 1 << 15  # rows whose 27 neighbours are gathered at once (bounded memory)
+
+
+def neighbour_sum(own: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(M, ...) sums of ``own`` (K + 1, ...) over each row's 27 neighbours in ``table`` (M, 27), -1 absent.
+
+    ``own``'s last row stands for an absent neighbour and must be zero.  The prior's features sum moments over
+    cells this way, its voxel factors sum over a level's voxels, and training sums errors over cells.
+    """
+    absent = own.shape[0] - 1
+    out = own.new_empty((table.shape[0], *own.shape[1:]))
+    for start in range(0, table.shape[0], NEIGHBOUR_CHUNK):
+        block = table[start:start + NEIGHBOUR_CHUNK].to(torch.int64)
+        block = torch.where(block >= 0, block, absent)
+        out[start:start + NEIGHBOUR_CHUNK] = own.index_select(0, block.view(-1)).view(
+            block.shape[0], 27, *own.shape[1:]).sum(dim=1)
+    return out
 
 
 def _eigenvalues(u: torch.Tensor) -> torch.Tensor:

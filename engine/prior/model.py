@@ -18,12 +18,11 @@ from torch import nn
 
 from ..solver.basis import split_points
 from ..solver.hierarchy import Level
-from .features import N_FEATURES, CellFeatures
+from .features import N_FEATURES, CellFeatures, neighbour_sum
 
 LOG2_FACTORS = (-2.0, 0.0, 2.0, 4.0, 6.0)  # smoothness factors 1/4 .. 64 the training fits compared
 HIDDEN = 32
 WEIGHTS_PATH = Path(__file__).with_name("prior.pt")
-CHUNK = 1 << 16  # voxels whose 27 neighbours are gathered at once (bounded memory)
 
 
 class PriorNet(nn.Module):
@@ -93,12 +92,7 @@ def level_scales(levels: list[Level], x: torch.Tensor, point_log2: torch.Tensor)
         own = torch.zeros(m + 1, 2, dtype=torch.float32, device=x.device)  # (sum, count); row m: absent
         own.index_add_(0, rows, torch.stack((point_log2.float(), torch.ones_like(point_log2, dtype=torch.float32)),
                                             dim=1))
-        nbr = level.neighbours
-        total = torch.zeros(m, 2, dtype=torch.float32, device=x.device)
-        for start in range(0, m, CHUNK):
-            block = nbr[start:start + CHUNK].to(torch.int64)
-            block = torch.where(block >= 0, block, m)
-            total[start:start + CHUNK] = own.index_select(0, block.view(-1)).view(-1, 27, 2).sum(dim=1)
+        total = neighbour_sum(own, level.neighbours)
         mean = torch.where(total[:, 1] > 0, total[:, 0] / total[:, 1].clamp_min(1), fallback)
         scales.append(torch.exp2(mean))
     return scales
