@@ -102,4 +102,3 @@ def point_log2_factors(net: PriorNet, features: CellFeatures) -> torch.Tensor:
     """(N,) each point's log2 smoothness factor: its cell's."""
     with torch.no_grad():
         return net.log2_factor(features.values)[features.of_point]
-
