@@ -32,11 +32,18 @@ assembly took 14-32 s here against 6.3 s on an idle machine), old and new
 alternating: the CLI's ``system`` stage with 2 threads, 2 runs each, 31.9 +
 14.5 s -> 11.2 + 6.6 s (2.6x); the assembly inputs captured from a real run,
 in one script, 2 threads, wall, 3 repeats 72.7 s -> 32.4 s (2.2x); 1 thread,
-CPU time, 2 repeats 18.9 s -> 9.3 s (2.0x).  A numba kernel for the CSR compaction was
-measured too (4x faster than the torch one on the finest level) and not kept:
-importing numba and loading its cached kernels took ~2 s in every fresh
-process, about what it saved on this scan.  The old implementation is the
+CPU time, 2 repeats 18.9 s -> 9.3 s (2.0x).  The old implementation is the
 tests' reference (tests/engine/system_reference.py).
+
+On the CPU the matrix is built by :mod:`engine.solver.kernels` instead (numba,
+straight into CSR: no (M, 125) stencil, no (C, 125) moments table).  The
+three levels of the 1M-point clean bunny (1.9M, 852k and 213k voxels),
+inputs captured from a real run, 2 threads, second run each: 11.8 + 4.6 + 1.5
+s -> 3.7 + 1.8 + 0.7 s (rhs included), the same sparsity and values within 2e-7
+of the largest; the pipeline's ``system`` stage 16-20 s -> 7.9 s and the run's
+peak memory 3.8 -> 3.4 GB.  A fresh process pays about 0.55 s to import numba
+and load the cached kernels (the 100k clean bunny's stage still went 1.6-1.9 s
+-> 1.0 s).  The torch path below is the CUDA path.
 """
 
 from __future__ import annotations
@@ -205,14 +212,9 @@ def _smoothness_table() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
 _SMOOTH_CENTRES, _SMOOTH_SUPPORTS, _SMOOTH_STENCILS = _smoothness_table()
 
 
-def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor,
-                        scale: torch.Tensor | None = None) -> None:
-    """Add lam/M * sum_v s_v |D2 a|_v^2 to ``stencil`` (M * 125,) in place, for stencils whose taps all exist.
-
-    One (M, 21) @ (21, 125) product of 0/1 presence flags (times the centre
-    voxel's factor s_v, ``scale`` (M,), where given: the learned prior's) by the
-    constant stencils of :func:`_smoothness_table` (3x faster than scattering each tap pair).
-    """
+def _smoothness_factors(level: Level, scale: torch.Tensor | None) -> torch.Tensor:
+    """(M, 21) weight of each of :func:`_smoothness_table`'s stencils in each row: 0/1 presence flags (times the
+    centre voxel's factor s_v, ``scale`` (M,), where given: the learned prior's)."""
     nbr = level.neighbours
     device = nbr.device
     exists = nbr >= 0
@@ -223,11 +225,22 @@ def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor,
     term = torch.from_numpy(_SMOOTH_CENTRES[:, 0]).to(device)
     centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device))  # (M, 21), -1: the False column
     present = whole.view(-1).index_select(0, (centre + 1 + (term * (len(level) + 1))[None, :]).view(-1))
-    factor = present.view(-1, len(term)).to(stencil.dtype)
+    factor = present.view(-1, len(term)).to(torch.float32)
     if scale is not None:  # term t centred on voxel v weighs s_v; an absent centre (-1) is already 0
-        padded = torch.cat((scale.new_zeros(1), scale)).to(stencil.dtype)
+        padded = torch.cat((scale.new_zeros(1), scale)).to(torch.float32)
         factor *= padded.index_select(0, (centre + 1).view(-1)).view_as(factor)
-    stencils = torch.from_numpy(_SMOOTH_STENCILS).to(device, stencil.dtype)
+    return factor
+
+
+def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor,
+                        scale: torch.Tensor | None = None) -> None:
+    """Add lam/M * sum_v s_v |D2 a|_v^2 to ``stencil`` (M * 125,) in place, for stencils whose taps all exist.
+
+    One (M, 21) @ (21, 125) product of :func:`_smoothness_factors` by the constant
+    stencils of :func:`_smoothness_table` (3x faster than scattering each tap pair).
+    """
+    factor = _smoothness_factors(level, scale).to(stencil.dtype)
+    stencils = torch.from_numpy(_SMOOTH_STENCILS).to(stencil.device, stencil.dtype)
     stencil.view(len(level), N_OFFSETS).addmm_(factor, stencils, alpha=weight / len(level))
 
 
@@ -375,16 +388,81 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
         return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))
 
 
+def _sparse_stencils() -> tuple[np.ndarray, np.ndarray]:
+    """:data:`_SMOOTH_STENCILS` as (21, 4) offsets and weights of their non-zeros (padded with weight 0)."""
+    width = int((_SMOOTH_STENCILS != 0).sum(axis=1).max())
+    offsets = np.full((len(_SMOOTH_STENCILS), width), CENTRE, dtype=np.int64)
+    weights = np.zeros((len(_SMOOTH_STENCILS), width), dtype=np.float32)
+    for s, row in enumerate(_SMOOTH_STENCILS):
+        nz = np.nonzero(row)[0]
+        offsets[s, :nz.size], weights[s, :nz.size] = nz, row[nz]
+    return offsets, weights
+
+
+_SPARSE_OFFSETS, _SPARSE_WEIGHTS = _sparse_stencils()
+_SUPPORT_COLUMNS = np.full((len(_SMOOTH_SUPPORTS), max(len(c) for c in _SMOOTH_SUPPORTS)), -1, dtype=np.int64)
+for _t, _columns in enumerate(_SMOOTH_SUPPORTS):
+    _SUPPORT_COLUMNS[_t, :len(_columns)] = _columns
+
+
+def _assemble_compiled(level: Level, x: torch.Tensor, weights: Weights, trust: torch.Tensor | None,
+                       smooth_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix (CSR) and its diagonal, built straight into CSR by :mod:`engine.solver.kernels` (CPU).
+
+    The same sums as :func:`_data_stencil`, :func:`_smoothness_stencil` and :func:`_to_csr`, without the
+    (M, 125) stencil (957 MB on the 1M-point bunny's finest level): the structure first, then the cell
+    matrices (moments a batch of cells at a time over points sorted by cell, one BLAS product per batch)
+    and the smoothness stencils added into its values.
+    """
+    from . import kernels
+
+    m, n = len(level), x.shape[0]
+    nbr = level.neighbours.numpy()
+    crow, cols, ranks = kernels.csr_structure(nbr, _FIRST_STEP, _SECOND_STEP)
+    values = np.zeros(cols.shape[0], np.float32)
+    cell, u = split_points(x / level.size)
+    cells, inverse = unique_voxels_inverse(cell)
+    order = torch.argsort(inverse, stable=True).numpy()
+    cell_start = np.zeros(cells.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(inverse.numpy(), minlength=cells.shape[0]), out=cell_start[1:])
+    u_np = u.to(torch.float32).numpy()
+    trust_np = np.zeros(0, np.float32) if trust is None else trust.to(torch.float32).numpy()
+    op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(torch.float32)
+    pair_offset = PAIR_OFFSET.astype(np.int64)
+    for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
+        stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
+        moments = kernels.batch_moments(order, cell_start, u_np, trust_np, 1.0 / n, start, stop)
+        upper = (torch.from_numpy(moments).to(torch.float32) @ op).numpy()
+        taps = level.taps(cells[start:stop]).to(torch.int32).numpy()
+        kernels.add_cell_matrices(upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values)
+    scale = np.zeros(0, np.float32) if smooth_scale is None else smooth_scale.to(torch.float32).numpy()
+    kernels.add_smoothness(nbr, _SUPPORT_COLUMNS, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1], _SPARSE_OFFSETS,
+                           _SPARSE_WEIGHTS, scale, weights.smooth / m, crow, ranks, values)
+    diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values)).mean())
+    kernels.add_diagonal(crow, ranks, CENTRE, 1e-4 * diag_mean, values)
+    diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values))
+    with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(torch.from_numpy(crow).to(torch.int32), torch.from_numpy(cols),
+                                         torch.from_numpy(values), size=(m, m))
+    return matrix, diagonal
+
+
 def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
              weights: Weights, trust: torch.Tensor | None = None,
-             smooth_scale: torch.Tensor | None = None) -> LevelSystem:
+             smooth_scale: torch.Tensor | None = None, compiled: bool | None = None) -> LevelSystem:
     """The level's normal equations for points x (N, 3) in finest-voxel units and their targets.
 
     ``trust`` (N,), mean 1, weighs each point's data terms (None: all 1); ``smooth_scale`` (M,) the
-    smoothness term centred on each voxel (None: all 1; :mod:`engine.prior`).
+    smoothness term centred on each voxel (None: all 1; :mod:`engine.prior`).  ``compiled``: build the
+    matrix with :mod:`engine.solver.kernels` (None: on the CPU) or with torch (the reference, and CUDA).
     """
     m = len(level)
     device = x.device
+    rhs = _rhs(level, x, target_value, target_grad, weights, trust)
+    if compiled if compiled is not None else device.type == "cpu":
+        matrix, diagonal = _assemble_compiled(level, x, weights, trust, smooth_scale)
+        return LevelSystem(matrix=matrix, rhs=rhs, diagonal=diagonal)
     stencil = torch.zeros(m * N_OFFSETS, dtype=torch.float32, device=device)
     _data_stencil(level, x, weights, stencil, trust)
     _smoothness_stencil(level, weights.smooth, stencil, smooth_scale)
@@ -393,5 +471,4 @@ def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_g
     diag_mean = float(stencil[:, CENTRE].mean())
     stencil[:, CENTRE] += 1e-4 * diag_mean
     matrix = _to_csr(level, stencil)
-    return LevelSystem(matrix=matrix, rhs=_rhs(level, x, target_value, target_grad, weights, trust),
-                       diagonal=stencil[:, CENTRE].clone())
+    return LevelSystem(matrix=matrix, rhs=rhs, diagonal=stencil[:, CENTRE].clone())

@@ -41,14 +41,18 @@ def brute_force(level, x: torch.Tensor, tv: torch.Tensor, tg: torch.Tensor,
     return a, b
 
 
+COMPILED = pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch"])
+
+
+@COMPILED
 @pytest.mark.parametrize("depth_index", [0, 1])
-def test_csr_matches_brute_force(depth_index: int) -> None:
+def test_csr_matches_brute_force(depth_index: int, compiled: bool) -> None:
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.uniform(0, 5, size=(40, 3))).float()
     level = build_levels(x, 2)[depth_index]
     tv = torch.from_numpy(rng.normal(size=40)).float()
     tg = torch.from_numpy(rng.normal(size=(40, 3))).float()
-    system = assemble(level, x, tv, tg, W)
+    system = assemble(level, x, tv, tg, W, compiled=compiled)
     a, b = brute_force(level, x, tv, tg)
     dense = system.matrix.to_dense().double().numpy()
     assert np.abs(dense - dense.T).max() < 1e-6 * np.abs(a).max()
@@ -58,7 +62,8 @@ def test_csr_matches_brute_force(depth_index: int) -> None:
     assert np.linalg.eigvalsh(a).min() > 0  # positive definite
 
 
-def test_per_voxel_smoothness_matches_brute_force() -> None:
+@COMPILED
+def test_per_voxel_smoothness_matches_brute_force(compiled: bool) -> None:
     """The learned prior's factors weigh each second-difference term by the factor of the voxel it is centred on."""
     rng = np.random.default_rng(5)
     x = torch.from_numpy(rng.uniform(0, 5, size=(40, 3))).float()
@@ -66,14 +71,14 @@ def test_per_voxel_smoothness_matches_brute_force() -> None:
     tv = torch.from_numpy(rng.normal(size=40)).float()
     tg = torch.from_numpy(rng.normal(size=(40, 3))).float()
     scale = rng.uniform(0.1, 30.0, size=len(level))
-    system = assemble(level, x, tv, tg, W, smooth_scale=torch.from_numpy(scale).float())
+    system = assemble(level, x, tv, tg, W, smooth_scale=torch.from_numpy(scale).float(), compiled=compiled)
     a, _ = brute_force(level, x, tv, tg, scale)
     plain, _ = brute_force(level, x, tv, tg)
     dense = system.matrix.to_dense().double().numpy()
     assert np.abs(dense - a).max() < 1e-5 * np.abs(a).max()
     assert np.abs(a - plain).max() > 1e-2 * np.abs(a).max()  # the factors changed the matrix
-    ones = assemble(level, x, tv, tg, W, smooth_scale=torch.ones(len(level)))
-    assert torch.equal(ones.matrix.to_dense(), assemble(level, x, tv, tg, W).matrix.to_dense())
+    ones = assemble(level, x, tv, tg, W, smooth_scale=torch.ones(len(level)), compiled=compiled)
+    assert torch.equal(ones.matrix.to_dense(), assemble(level, x, tv, tg, W, compiled=compiled).matrix.to_dense())
 
 
 def test_every_point_has_all_its_taps() -> None:
@@ -106,13 +111,29 @@ def _assert_same_system(system: LevelSystem, ref: LevelSystem) -> None:
     assert float((system.diagonal - ref.diagonal).abs().max()) <= 1e-5 * float(ref.diagonal.abs().max())
 
 
+@COMPILED
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("depth", [2, 3])
-def test_assembly_equals_the_reference(shape: str, depth: int) -> None:
-    """The restructured assembly builds the matrix, rhs and diagonal of the straightforward one, level by level."""
+def test_assembly_equals_the_reference(shape: str, depth: int, compiled: bool) -> None:
+    """Both assemblies (numba straight into CSR, and torch through the stencil) build the matrix, rhs and
+    diagonal of the straightforward one, level by level."""
     x, tv, tg = _scan(shape)
     for level in build_levels(x, depth):
-        _assert_same_system(assemble(level, x, tv, tg, W), reference_assemble(level, x, tv, tg, W))
+        _assert_same_system(assemble(level, x, tv, tg, W, compiled=compiled), reference_assemble(level, x, tv, tg, W))
+
+
+def test_compiled_assembly_equals_torch_with_trust_and_factors() -> None:
+    """The per-point trust and the per-voxel smoothness factors enter the numba assembly as they enter torch's."""
+    x, tv, tg = _scan("torus")
+    rng = np.random.default_rng(8)
+    trust = torch.from_numpy(rng.uniform(0.2, 1.8, size=x.shape[0])).float()
+    for level in build_levels(x, 2):
+        scale = torch.from_numpy(rng.uniform(0.1, 30.0, size=len(level))).float()
+        got = assemble(level, x, tv, tg, W, trust=trust, smooth_scale=scale, compiled=True)
+        _assert_same_system(got, assemble(level, x, tv, tg, W, trust=trust, smooth_scale=scale, compiled=False))
+        plain = assemble(level, x, tv, tg, W, compiled=True)
+        assert float((got.matrix.values() - plain.matrix.values()).abs().max()) > 1e-3 * float(
+            plain.matrix.values().abs().max())  # trust and factors changed the matrix
 
 
 def test_large_level_path_equals_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +143,7 @@ def test_large_level_path_equals_the_reference(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(system, "KEEP_NONZEROS", 0)
     monkeypatch.setattr(system, "ROW_BATCH", 97)  # many chunks, none aligned with anything
     assert len(level) > 10 * system.ROW_BATCH
-    _assert_same_system(assemble(level, x, tv, tg, W), reference_assemble(level, x, tv, tg, W))
+    _assert_same_system(assemble(level, x, tv, tg, W, compiled=False), reference_assemble(level, x, tv, tg, W))
 
 
 def test_neighbour_table_equals_27_lookups() -> None:
