@@ -15,9 +15,11 @@ true surface (0.0063 voxel mean) as mise 0 unsimplified with 29k (0.0064).
 pyfqmr (MIT, wheels for CPython 3.11 to 3.13 on Linux, macOS and Windows, numpy
 only) does it in C++; ``preserve_border`` keeps open boundaries exactly where
 they were (its lossless mode moves them by up to 1.4 voxels, so it is not used:
-the same bound comes from its threshold schedule, see :func:`_schedule`).
+the same bound comes from its threshold schedule, see :func:`engine.surface.collapse.schedule`).
 Collapses that would flip a face are refused, so closed manifold meshes stay
-closed and manifold (tests/engine/test_simplify.py checks it).
+closed and manifold (tests/engine/test_simplify.py checks it).  Meshes of a
+million faces and more per core are collapsed in slabs on several processes
+(:mod:`engine.surface.collapse`; ``simplify_processes`` in the stats).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..mesh import edge_use
+from .collapse import MIN_FACES, WorkerError, collapse, collapse_in_pieces, piece_count
 from .trimming import compact
 
 # Quadric error bound per collapse, in finest voxels (as a distance).  Measured on the sphere (20k points,
@@ -36,18 +39,10 @@ from .trimming import compact
 # faces at 0.0064; mise 0 with 0.03: 16k at 0.0076).  0.03 keeps the clean sphere's Chamfer below Open3D
 # Poisson depth 8's (0.018e-3 of the diagonal; 0.0032 voxel is about 0.015e-3), 0.1 would not.
 SIMPLIFY_TOLERANCE = 0.03
-ITERATIONS = 20  # collapse passes; the error threshold grows over them to the bound (100: same faces, 2x time)
-AGGRESSIVENESS = 7.0  # threshold ~ (pass + 3)^7, so the cheapest collapses go first
-MIN_FACES = 4  # a tetrahedron: the smallest closed mesh, the smallest budget max_faces accepts
 # pyfqmr's peak memory per input face: 465 bytes measured on the scan of bench/README.md (1.02M faces, +453 MiB).
 BYTES_PER_FACE = 500
 REPAIR_RADIUS = 3.0  # voxels around a pinch whose input faces are kept as they were
 REPAIR_ROUNDS = 4  # each keeps the input around the pinches found so far and collapses the rest again
-
-
-def _schedule(bound: float) -> float:
-    """pyfqmr's ``alpha`` for which the threshold alpha * (pass + K)^aggressiveness reaches ``bound`` at the end."""
-    return bound / (ITERATIONS - 1 + 3) ** AGGRESSIVENESS
 
 
 def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_faces: int | None,
@@ -73,11 +68,12 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
     origin = vertices.mean(axis=0)
     scaled = (np.asarray(vertices, np.float64) - origin) / voxel_size  # errors in voxels^2
     f0 = np.asarray(faces, np.int64)
-    v, f = _collapse(scaled, f0, max_faces, move_border=True)
+    v, f, stats["simplify_processes"] = _collapse(scaled, f0, max_faces, move_border=True,
+                                                  pieces=piece_count(before))
     if _pinched(f).size and not _pinched(f0).size:
         v, f = _repair(scaled, f0, v, f, max_faces)
         if _pinched(f).size and max_faces is not None:  # the budget pinches thin parts: the bound alone
-            v, f = _repair(scaled, f0, *_collapse(scaled, f0, None, move_border=True), None)
+            v, f = _repair(scaled, f0, *_collapse(scaled, f0, None, move_border=True)[:2], None)
             stats["simplify_note"] = (f"max_faces {max_faces:,} would pinch thin parts of the surface; "
                                       "simplified to the error bound only")
         if _pinched(f).size:
@@ -99,23 +95,22 @@ def _resident_bytes() -> int:
         return 0
 
 
-def _collapse(v: np.ndarray, f: np.ndarray, max_faces: int | None, move_border: bool
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """pyfqmr's collapse to the error bound, then to ``max_faces``; borders stay unless ``move_border`` must."""
-    import pyfqmr
+def _collapse(v: np.ndarray, f: np.ndarray, max_faces: int | None, move_border: bool, pieces: int = 1
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Collapse to the error bound, then to ``max_faces``; and the processes that did it.
 
-    s = pyfqmr.Simplify()
-    s.setMesh(v, f.astype(np.int32))
-    s.simplify_mesh(target_count=MIN_FACES, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
-                    alpha=_schedule(SIMPLIFY_TOLERANCE ** 2), K=3, preserve_border=True, verbose=False)
-    if max_faces is not None and s.getMesh()[1].shape[0] > max_faces:
-        s.simplify_mesh(target_count=max_faces, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
-                        preserve_border=True, verbose=False)
-        if move_border and s.getMesh()[1].shape[0] > max_faces * 1.1:  # the open border alone is over the budget
-            s.simplify_mesh(target_count=max_faces, aggressiveness=AGGRESSIVENESS, max_iterations=ITERATIONS,
-                            preserve_border=False, verbose=False)
-    v2, f2, _ = s.getMesh()
-    return np.asarray(v2, np.float64), np.asarray(f2, np.int64)
+    With ``pieces`` > 1 the bound's collapse runs in that many slabs on as many worker processes
+    (:func:`engine.surface.collapse.collapse_in_pieces`), or whole here where workers cannot start.
+    """
+    bound = SIMPLIFY_TOLERANCE ** 2
+    if pieces > 1:
+        try:
+            v, f = collapse_in_pieces(v, f, bound, pieces)
+        except WorkerError:
+            pass  # no workers (no process creation allowed, an interpreter that is not Python): the whole mesh here
+        else:
+            return (*collapse(v, f, None, max_faces, move_border), pieces) if max_faces is not None else (v, f, pieces)
+    return (*collapse(v, f, bound, max_faces, move_border), 1)
 
 
 def _pinched(f: np.ndarray) -> np.ndarray:
@@ -139,7 +134,7 @@ def _repair(v0: np.ndarray, f0: np.ndarray, v: np.ndarray, f: np.ndarray, max_fa
             break
         near |= cKDTree(pinches).query(centres, distance_upper_bound=REPAIR_RADIUS)[0] <= REPAIR_RADIUS
         budget = None if max_faces is None else max(max_faces - int(near.sum()), MIN_FACES)
-        rv, rf = _collapse(v0, f0[~near], budget, move_border=False)
+        rv, rf, _ = _collapse(v0, f0[~near], budget, move_border=False)
         kept = np.unique(f0[near])
         shared = np.intersect1d(kept, np.unique(f0[~near]))  # the cut: pinned, so bit-equal in rv
         _, ids = np.unique(np.concatenate([v0[shared], rv]), axis=0, return_inverse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -37,19 +39,25 @@ def _mean_sphere_error(v: np.ndarray, f: np.ndarray, centre: np.ndarray, radius:
     return float(np.abs(np.linalg.norm(_surface_samples(v, f) - centre, axis=1) - radius).mean())
 
 
+def _ellipsoid(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes (down to half voxels, mise 1) of an ellipsoid at unit voxels."""
+    axes = torch.tensor([9.3, 6.1, 4.2]) * scale
+
+    def field(p: torch.Tensor) -> torch.Tensor:  # about a distance in voxels near the surface
+        return (torch.linalg.vector_norm(p / axes, dim=1) - 1) * 4.2 * scale
+
+    reach = int(np.ceil(3 * scale))
+    start = torch.stack(torch.meshgrid(*[torch.arange(-reach, reach)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    cells, size, values = candidate_cells(start, 4.0, 3, field)  # down to half voxels (mise 1)
+    verts, faces, _ = marching_cubes(cells, size, values)
+    return verts.double().numpy(), faces.numpy()
+
+
 def test_simplified_mesh_stays_near_the_unsimplified_one_and_closed() -> None:
     """Marching cubes of an ellipsoid at unit voxels: fewer faces, every point within 0.15 voxel, still closed."""
     from engine.surface.simplify import simplify  # here, so the other tests run (and fail) without the module
 
-    axes = torch.tensor([9.3, 6.1, 4.2])
-
-    def field(p: torch.Tensor) -> torch.Tensor:  # about a distance in voxels near the surface
-        return (torch.linalg.vector_norm(p / axes, dim=1) - 1) * 4.2
-
-    start = torch.stack(torch.meshgrid(*[torch.arange(-3, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    cells, size, values = candidate_cells(start, 4.0, 3, field)  # down to half voxels (mise 1)
-    verts, faces, _ = marching_cubes(cells, size, values)
-    v0, f0 = verts.double().numpy(), faces.numpy()
+    v0, f0 = _ellipsoid()
     v1, f1, stats = simplify(v0, f0, 1.0, None)
     assert stats["faces_before_simplify"] == f0.shape[0]
     assert f1.shape[0] < f0.shape[0] / 2, (f0.shape[0], f1.shape[0])
@@ -68,6 +76,56 @@ def test_default_mesh_is_lighter_at_the_same_quality() -> None:
     assert _closed(f, v.shape[0])
     # Unsimplified, the mean distance to the true sphere is about 0.002 voxel; simplified about 0.004.
     assert _mean_sphere_error(v, f, np.zeros(3), 1.0) < 0.01 * mesh.stats["voxel_size"]
+
+
+def test_collapse_in_pieces_welds_one_closed_mesh_as_close_and_as_light_as_the_whole() -> None:
+    """Three slabs collapsed in three worker processes, then the bands along the cuts: one closed mesh,
+    within the whole collapse's distance of the input and within 5% of its face count."""
+    from engine.surface.collapse import collapse, collapse_in_pieces
+    from engine.surface.simplify import SIMPLIFY_TOLERANCE
+
+    v0, f0 = _ellipsoid(scale=2.5)
+    bound = SIMPLIFY_TOLERANCE ** 2
+    v1, f1 = collapse_in_pieces(v0, f0, bound, 3)
+    whole = collapse(v0, f0, bound, None, False)
+    assert _closed(f1, v1.shape[0])
+    assert abs(f1.shape[0] - whole[1].shape[0]) <= 0.05 * whole[1].shape[0], (f1.shape[0], whole[1].shape[0])
+    assert f1.shape[0] < f0.shape[0] / 2
+    # dense samples on the few large faces (at 64 per face, sampling alone gave 0.17 for the whole collapse too)
+    assert _one_sided(_surface_samples(v1, f1), _surface_samples(v0, f0, 64)) < 0.15
+    assert _one_sided(_surface_samples(v0, f0), _surface_samples(v1, f1, 256)) < 0.15
+
+
+def test_simplify_says_how_many_processes_collapsed_and_falls_back_to_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large mesh goes to worker processes (``simplify_processes``); where none can start (here: no such
+    interpreter), the whole mesh is collapsed in the engine's own process and the result is the same kind."""
+    import engine.surface.simplify as simplify_module
+
+    v0, f0 = _ellipsoid(scale=2.5)
+    monkeypatch.setattr(simplify_module, "piece_count", lambda faces: 2)
+    v1, f1, stats = simplify_module.simplify(v0, f0, 1.0, None)
+    assert stats["simplify_processes"] == 2 and _closed(f1, v1.shape[0])
+    assert not _children(), "a collapse worker outlived its collapse"
+    monkeypatch.setattr(simplify_module.collapse_in_pieces.__globals__["sys"], "executable", "/nonexistent/python")
+    v2, f2, stats = simplify_module.simplify(v0, f0, 1.0, 500)
+    assert stats["simplify_processes"] == 1 and _closed(f2, v2.shape[0])
+    assert abs(f2.shape[0] - 500) <= 50
+
+
+def _children() -> list[str]:
+    """This process's child processes (Linux /proc; elsewhere the workers' own exit is trusted)."""
+    import glob
+
+    return [c for path in glob.glob(f"/proc/{os.getpid()}/task/*/children") for c in open(path).read().split()]
+
+
+def test_piece_count_gives_each_core_a_million_faces() -> None:
+    from engine.surface.collapse import PIECE_FACES, piece_count
+
+    assert piece_count(PIECE_FACES - 1, cores=8) == 1
+    assert piece_count(3 * PIECE_FACES, cores=2) == 2
+    assert piece_count(3 * PIECE_FACES, cores=8) == 3
+    assert piece_count(100 * PIECE_FACES, cores=1) == 1
 
 
 @pytest.mark.parametrize("budget", [3000, 800])
