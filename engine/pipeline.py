@@ -38,7 +38,7 @@ from .solver.normals import estimate_oriented, sensor_rows
 from .solver.outliers import drop_outliers
 from .solver.registration import find_views, register_views
 from .solver.resolution import Resolution, choose_voxel_size
-from .solver.system import Weights, point_weight
+from .solver.system import Weights, point_weight, warm_kernels
 from .solver.trust import incidence_trust
 from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
@@ -197,6 +197,8 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
     ``concurrent`` chunks at once, each in a process of its own with ``worker_processes``: the memory plan's.
     """
     dev = select_device(opts.device)
+    if dev.type == "cpu":
+        warm_kernels()  # numba's 0.5 s of loading overlaps cleaning, which waits mostly in scipy and numpy
     with run.stage("clean"):
         cloud = prepare_cloud(points, None if opts.estimate_normals else normals, colors)
         if opts.estimate_normals:

@@ -164,3 +164,21 @@ def add_diagonal(crow: np.ndarray, ranks: np.ndarray, centre: int, value: float,
     """Add ``value`` to every row's entry at offset ``centre``."""
     for r in range(crow.shape[0] - 1):
         values[crow[r] + ranks[r, centre]] += value
+
+
+def warm() -> None:
+    """Call each kernel once on empty input, with the argument types of the assembly, so that their cached
+    machine code is loaded (compiled, the first time after an install)."""
+    nbr = np.full((1, 27), -1, np.int32)
+    nbr[0, 13] = 0
+    steps = np.full(125, 13, np.int64)
+    crow, cols, ranks = csr_structure(nbr, steps, steps)
+    values = np.zeros(cols.shape[0], np.float32)
+    empty = np.zeros(0, np.float32)
+    batch_moments(np.zeros(0, np.int64), np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0)
+    add_cell_matrices(np.zeros((0, 378), np.float32), np.zeros((0, 27), np.int32), np.zeros(729, np.int64),
+                      np.zeros(729, np.int64), crow, ranks, values)
+    add_smoothness(nbr, np.full((1, 9), -1, np.int64), np.zeros(1, np.int64), np.full(1, 13, np.int64),
+                   np.full((1, 4), 62, np.int64), np.zeros((1, 4), np.float32), empty, 1.0, crow, ranks, values)
+    diagonal(crow, ranks, 62, values)
+    add_diagonal(crow, ranks, 62, 0.0, values)

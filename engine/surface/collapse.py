@@ -32,7 +32,7 @@ import numpy as np
 ITERATIONS = 20  # collapse passes; the error threshold grows over them to the bound (100: same faces, 2x time)
 AGGRESSIVENESS = 7.0  # threshold ~ (pass + 3)^7, so the cheapest collapses go first
 MIN_FACES = 4  # a tetrahedron: the smallest closed mesh, the smallest budget max_faces accepts
-PIECE_FACES = 1_000_000  # meshes with at least this many faces per available core are collapsed in pieces
+PIECE_FACES = 250_000  # the smallest piece worth a worker: 557k faces (100k clean bunny) 1.18 -> 0.94 s in two
 MAX_PIECES = 8
 BAND = 2.0  # half-width, in voxels, of the band around each cut collapsed again after the weld (4: 8% fewer
 # faces than the whole collapse on a small ellipsoid, re-collapsing collapsed faces; 1: 2% more; 2: within 2.5%)

@@ -119,7 +119,7 @@ def _children() -> list[str]:
     return [c for path in glob.glob(f"/proc/{os.getpid()}/task/*/children") for c in open(path).read().split()]
 
 
-def test_piece_count_gives_each_core_a_million_faces() -> None:
+def test_piece_count_gives_each_core_its_share_of_faces() -> None:
     from engine.surface.collapse import PIECE_FACES, piece_count
 
     assert piece_count(PIECE_FACES - 1, cores=8) == 1
