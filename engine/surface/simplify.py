@@ -18,7 +18,7 @@ they were (its lossless mode moves them by up to 1.4 voxels, so it is not used:
 the same bound comes from its threshold schedule, see :func:`engine.surface.collapse.schedule`).
 Collapses that would flip a face are refused, so closed manifold meshes stay
 closed and manifold (tests/engine/test_simplify.py checks it).  Meshes of
-500k faces and more are collapsed in slabs on several processes
+a million faces and more are collapsed in slabs on several processes
 (:mod:`engine.surface.collapse`; ``simplify_processes`` in the stats).
 """
 
