@@ -103,9 +103,10 @@ def test_simplify_says_how_many_processes_collapsed_and_falls_back_to_one(monkey
 
     v0, f0 = _ellipsoid(scale=2.5)
     monkeypatch.setattr(simplify_module, "piece_count", lambda faces: 2)
+    before = set(_children())  # other tests may have left children (multiprocessing's resource tracker)
     v1, f1, stats = simplify_module.simplify(v0, f0, 1.0, None)
     assert stats["simplify_processes"] == 2 and _closed(f1, v1.shape[0])
-    assert not _children(), "a collapse worker outlived its collapse"
+    assert set(_children()) <= before, "a collapse worker outlived its collapse"
     monkeypatch.setattr(simplify_module.collapse_in_pieces.__globals__["sys"], "executable", "/nonexistent/python")
     v2, f2, stats = simplify_module.simplify(v0, f0, 1.0, 500)
     assert stats["simplify_processes"] == 1 and _closed(f2, v2.shape[0])
