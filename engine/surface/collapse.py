@@ -219,11 +219,7 @@ def _weld(parts: list[tuple[np.ndarray, np.ndarray]], anchors: np.ndarray, axis:
         count += int(own.sum())
         verts.append(pv[own])
         faces.append(ids[pf])
-    v, f = np.concatenate(verts), np.concatenate(faces)
-    used = np.zeros(v.shape[0], bool)
-    used[f] = True
-    index = np.cumsum(used) - 1
-    return v[used], index[f]
+    return _submesh(np.concatenate(verts), np.concatenate(faces))  # anchors no face uses go
 
 
 def _send(stream: Any, array: np.ndarray) -> None:
