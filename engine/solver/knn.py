@@ -38,6 +38,17 @@ class PointTree:
             dist, idx = dist[:, None], idx[:, None]
         return dist, idx
 
+    def query_self(self, k: int, batch: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tree's own points in its (spatial) order (N,), and their distances and indices (N, k) in that
+        order: :meth:`query_in_order` without scattering the (N, k) results back."""
+        order = self.tree.indices
+        points = self.tree.data
+        dist = np.empty((order.shape[0], k))
+        idx = np.empty((order.shape[0], k), dtype=np.int64)
+        for start in range(0, order.shape[0], batch):
+            dist[start:start + batch], idx[start:start + batch] = self.query(points[order[start:start + batch]], k)
+        return order, dist, idx
+
     def query_in_order(self, queries: np.ndarray, k: int, order: np.ndarray | None = None,
                        check: Callable[[], None] | None = None, batch: int = 1 << 18
                        ) -> tuple[np.ndarray, np.ndarray]:

@@ -40,10 +40,17 @@ def outlier_mask(points: np.ndarray) -> np.ndarray:
     n = points.shape[0]
     if n <= OUTLIER_K:
         return np.zeros(n, dtype=bool)
-    dist, idx = PointTree(points).query_in_order(points, OUTLIER_K + 1)  # the first neighbour is the point itself
-    spread = dist[:, 1:].mean(axis=1)
-    local = np.median(spread[idx[:, 1:]], axis=1)
-    return (local > 0) & (spread > OUTLIER_RATIO * local)
+    # Rows in the tree's (spatial) order throughout, and only the verdict put back in the points' order: the
+    # 1M-point bunny's test took 3.6 s with the (N, 17) results scattered back, and np.median, 2.9 s this way.
+    order, dist, idx = PointTree(points).query_self(OUTLIER_K + 1)  # the first neighbour is the point itself
+    spread = np.empty(n)
+    spread[order] = dist[:, 1:].mean(axis=1)
+    lo, hi = (OUTLIER_K - 1) // 2, OUTLIER_K // 2  # the median after one partition at the middle one or two
+    middle = np.partition(spread[idx[:, 1:]], [lo, hi], axis=1)
+    local = 0.5 * (middle[:, lo] + middle[:, hi])
+    mask = np.empty(n, dtype=bool)
+    mask[order] = (local > 0) & (spread[order] > OUTLIER_RATIO * local)
+    return mask
 
 
 def drop_outliers(cloud: Cloud) -> tuple[Cloud, int]:
