@@ -121,15 +121,33 @@ def contract(a: torch.Tensor, u: torch.Tensor, size: float, with_grad: bool
     return t[:, 0, 0, 0], grads
 
 
-def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
+def compiled_on(device: torch.device, compiled: bool | None) -> bool:
+    """Whether assembly and field evaluation run in :mod:`engine.solver.kernels` (``compiled`` None: on the
+    CPU) rather than in torch (the reference, and the CUDA path)."""
+    return compiled if compiled is not None else device.type == "cpu"
+
+
+def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False, compiled: bool | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Field of one level at x (N, 3) finest units: values (N,) and optionally gradients (N, 3)."""
+    """Field of one level at x (N, 3) finest units: values (N,) and optionally gradients (N, 3).
+
+    ``compiled``: contract the taps in :func:`engine.solver.kernels.evaluate_taps` (None: on the CPU;
+    torch's three einsums over (N, 3, 3, 3) took most of the registration's evaluations) or in torch.
+    """
     assert level.coeffs is not None
     values = torch.zeros(x.shape[0], dtype=level.coeffs.dtype, device=x.device)
     grads = torch.zeros(x.shape[0], 3, dtype=level.coeffs.dtype, device=x.device) if with_grad else None
+    fast = compiled_on(x.device, compiled) and level.coeffs.dtype == torch.float32
+    if fast:
+        from . import kernels
     for start in range(0, x.shape[0], BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
         a = level.tap_coeffs(cell)
+        if fast:
+            kernels.evaluate_taps(a.contiguous().numpy(), u.to(torch.float32).contiguous().numpy(),
+                                  1.0 / level.size, values[start:start + BATCH].numpy(),
+                                  (grads if grads is not None else values.new_zeros(0, 3))[start:start + BATCH].numpy())
+            continue
         v, g = contract(a, u, level.size, with_grad)
         values[start:start + BATCH] = v
         if grads is not None and g is not None:
@@ -137,15 +155,15 @@ def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False
     return values, grads
 
 
-def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False
+def evaluate(levels: list[Level], x: torch.Tensor, with_grad: bool = False, compiled: bool | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The summed field of all solved levels at x (N, 3) finest units."""
+    """The summed field of all solved levels at x (N, 3) finest units (``compiled``: :func:`evaluate_level`)."""
     values = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     grads = torch.zeros(x.shape[0], 3, dtype=x.dtype, device=x.device) if with_grad else None
     for level in levels:
         if level.coeffs is None:
             continue
-        v, g = evaluate_level(level, x, with_grad)
+        v, g = evaluate_level(level, x, with_grad, compiled)
         values += v
         if grads is not None and g is not None:
             grads += g
@@ -162,7 +180,8 @@ def lattice_points(cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
     return ((cells[:, None, :] * (n - 1) + offsets).to(torch.float32) * (size / (n - 1))).reshape(-1, 3)
 
 
-def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int) -> torch.Tensor:
+def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int, compiled: bool | None = None
+                  ) -> torch.Tensor:
     """The summed field on an n x n x n lattice over each cell (P, 3) of edge ``size`` <= 1 finest voxel.
 
     Returns (P, n, n, n) values indexed [cell, z, y, x], at ``cells * size + size * k / (n - 1)``
@@ -172,12 +191,16 @@ def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int)
     positions: n^3 values for one lookup, where :func:`evaluate` looks up every point (meshing's
     corners, issue 12).  Equal to :func:`evaluate` at those points up to float rounding: the
     upper lattice points sit on the cell's far faces, where the next cell's polynomial agrees
-    (the basis is C1).
+    (the basis is C1).  ``compiled``: contract in :func:`engine.solver.kernels.add_grid` (None: on the
+    CPU) or with torch's einsums.
     """
     if size > 1.0:
         raise ValueError(f"evaluate_grid needs cells of at most one finest voxel, got {size}")
     out = torch.zeros(cells.shape[0], n, n, n, dtype=torch.float32, device=cells.device)
     steps = torch.arange(n, dtype=torch.float32, device=cells.device) * (size / (n - 1))
+    fast = compiled_on(cells.device, compiled)
+    if fast:
+        from . import kernels
     for level in levels:
         if level.coeffs is None:
             continue
@@ -185,9 +208,13 @@ def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int)
             origin = cells[start:start + BATCH].to(torch.float32) * size  # finest-voxel units
             cell = torch.floor(origin / level.size)
             u = (origin[:, :, None] + steps) / level.size - cell[:, :, None] - 0.5  # (B, 3 axes, n)
+            a = level.tap_coeffs(cell.to(torch.int64))
+            if fast and a.dtype == torch.float32:
+                kernels.add_grid(a.contiguous().numpy(), u.contiguous().numpy(), out[start:start + BATCH].numpy())
+                continue
             w, _ = weights_1d(u.reshape(-1, n))  # rows: (cell, axis), then (n, 3 taps)
             w = w.view(-1, 3, n, 3)
-            a = level.tap_coeffs(cell.to(torch.int64)).view(-1, 3, 3, 3)  # [z, y, x] taps
+            a = a.view(-1, 3, 3, 3)  # [z, y, x] taps
             t = torch.einsum("pzyx,pix->pzyi", a, w[:, 0])
             t = torch.einsum("pzyi,pjy->pzji", t, w[:, 1])
             out[start:start + BATCH] += torch.einsum("pzji,pkz->pkji", t, w[:, 2])

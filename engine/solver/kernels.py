@@ -1,4 +1,4 @@
-"""Compiled CPU loops of the system assembly (numba): the matrix built straight into CSR, with no (M, 125) stencil.
+"""Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation.
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
@@ -11,13 +11,18 @@ the CSR values.  Moments are summed a batch of cells at a time over points
 sorted by cell, so no (C, 125) table is held either.  The cell matrices
 themselves stay one BLAS product per batch (torch).
 
-The torch assembly stays the reference and the CUDA path;
-tests/engine/test_system.py checks both against the point-by-point reference and each other.
+The right-hand side is summed over the same cells (each cell's 27 voxel rows looked up once).  The field's
+evaluation at points (:func:`evaluate_taps`) and on the lattices of meshing's cells (:func:`add_grid`)
+replace torch's three einsums over (N, 3, 3, 3) per level.
 
-The kernels are serial: numba's thread pools are either unsafe to enter from
-two threads at once (workqueue; the engine solves chunks in threads) or need
-an OpenMP or TBB library beside torch's own.  They are compiled once per
-install and cached (``cache=True``: beside this file, or numba's per-user
+The torch assembly and evaluation stay the reference and the CUDA path; tests/engine/test_system.py and
+tests/engine/test_meshing.py check both against the point-by-point reference and each other.
+
+Each kernel is serial and releases the GIL (``nogil``); :func:`engine.solver.system._assemble_compiled`
+runs them on torch's thread count of Python threads over disjoint rows or cells (each thread writes
+only its own), because numba's thread pools are either unsafe to enter from two threads at once
+(workqueue; the engine solves chunks in threads) or need an OpenMP or TBB library beside torch's own.
+They are compiled once per install and cached (``cache=True``: beside this file, or numba's per-user
 cache where this folder is read-only).
 """
 
@@ -30,18 +35,15 @@ ABSENT = 255  # rank of an offset whose voxel does not exist
 
 
 @njit(cache=True, nogil=True)
-def csr_structure(nbr: np.ndarray, first: np.ndarray, second: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row starts (M + 1,) int64, columns (nnz,) int32 and ranks (M, 125) uint8 of the level's matrix.
+def csr_ranks(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, hi: int, ranks: np.ndarray,
+              counts: np.ndarray) -> None:
+    """Ranks (M, 125) uint8 and non-zero counts (M,) of rows lo:hi of the level's matrix.
 
     Offset o of row r is voxel nbr[nbr[r, first[o]], second[o]] (two steps through the (M, 27) neighbour
     table, as :func:`engine.solver.system._csr_columns`); a row lists its existing offsets in order, and
     ranks[r, o] is o's place in row r (``ABSENT`` where the voxel does not exist).
     """
-    m = nbr.shape[0]
-    crow = np.zeros(m + 1, np.int64)
-    ranks = np.empty((m, 125), np.uint8)
-    for r in range(m):
+    for r in range(lo, hi):
         count = 0
         for o in range(125):
             via = nbr[r, first[o]]
@@ -50,27 +52,31 @@ def csr_structure(nbr: np.ndarray, first: np.ndarray, second: np.ndarray
                 count += 1
             else:
                 ranks[r, o] = ABSENT
-        crow[r + 1] = crow[r] + count
-    cols = np.empty(crow[m], np.int32)
-    for r in range(m):
+        counts[r] = count
+
+
+@njit(cache=True, nogil=True)
+def csr_columns(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, hi: int, crow: np.ndarray,
+                ranks: np.ndarray, cols: np.ndarray) -> None:
+    """Columns (nnz,) int32 of rows lo:hi, from the row starts ``crow`` and the ranks of :func:`csr_ranks`."""
+    for r in range(lo, hi):
         k = crow[r]
         for o in range(125):
             if ranks[r, o] != ABSENT:
                 cols[k] = nbr[nbr[r, first[o]], second[o]]
                 k += 1
-    return crow, cols, ranks
 
 
 @njit(cache=True, nogil=True)
 def batch_moments(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, trust: np.ndarray, scale: float,
-                  lo: int, hi: int) -> np.ndarray:
-    """(hi - lo, 125) float64: scale * sum over the points of cells lo:hi of trust * u_x^i u_y^j u_z^k.
+                  lo: int, hi: int, out: np.ndarray) -> None:
+    """Into ``out`` (hi - lo, 125) float64: scale * sum over the points of cells lo:hi of trust * u_x^i u_y^j u_z^k.
 
     Column i*25 + j*5 + k (x power slowest, as ``engine.solver.system._monomials``).  ``order`` (N,) lists
     the points cell by cell, cell c's from ``cell_start[c]`` to ``cell_start[c + 1]``; ``trust`` (N,) or
     empty (all 1).
     """
-    out = np.zeros((hi - lo, 125))
+    out[:] = 0.0
     px, py, pz = np.empty(5), np.empty(5), np.empty(5)
     weighted = trust.shape[0] > 0
     for c in range(lo, hi):
@@ -91,13 +97,13 @@ def batch_moments(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, trus
     for c in range(hi - lo):
         for k in range(125):
             out[c, k] *= scale
-    return out
 
 
 @njit(cache=True, nogil=True)
 def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pair_offset: np.ndarray,
-                      crow: np.ndarray, ranks: np.ndarray, values: np.ndarray) -> None:
-    """Add each cell's 27 x 27 matrix into the CSR ``values``: pair (a, b) of cell c goes to row taps[c, a].
+                      crow: np.ndarray, ranks: np.ndarray, values: np.ndarray, row_lo: int, row_hi: int) -> None:
+    """Add each cell's 27 x 27 matrix into the CSR ``values``: pair (a, b) of cell c goes to row taps[c, a],
+    for the rows in row_lo:row_hi only (so that threads given disjoint rows never write the same entry).
 
     ``upper`` (C, 378) the matrices' entries a <= b, ``place`` (729,) each pair's column there,
     ``pair_offset`` (729,) the offset of tap b seen from tap a, ``taps`` (C, 27) (all present).
@@ -105,6 +111,8 @@ def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pa
     for c in range(upper.shape[0]):
         for a in range(27):
             row = taps[c, a]
+            if row < row_lo or row >= row_hi:
+                continue
             start = crow[row]
             for b in range(27):
                 rank = ranks[row, pair_offset[a * 27 + b]]
@@ -113,18 +121,10 @@ def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pa
 
 
 @njit(cache=True, nogil=True)
-def add_smoothness(nbr: np.ndarray, supports: np.ndarray, term: np.ndarray, column: np.ndarray,
-                   offsets: np.ndarray, weights: np.ndarray, scale: np.ndarray, alpha: float,
-                   crow: np.ndarray, ranks: np.ndarray, values: np.ndarray) -> None:
-    """Add the smoothness stencils whose term has its whole support, as ``engine.solver.system._smoothness_stencil``.
-
-    Stencil s (term ``term[s]``, non-zeros ``weights[s]`` at ``offsets[s]``) enters row r when the voxel
-    c = nbr[r, column[s]] exists and all of term t's neighbours ``supports[t]`` (-1: padding) exist around
-    c, times alpha and c's factor ``scale[c]`` (empty: 1).
-    """
-    m = nbr.shape[0]
-    whole = np.zeros(m, np.uint8)  # bit t: term t's support exists around the voxel
-    for v in range(m):
+def smoothness_support(nbr: np.ndarray, supports: np.ndarray, lo: int, hi: int, whole: np.ndarray) -> None:
+    """Bit t of ``whole[v]`` (uint8), v in lo:hi: all of term t's neighbours ``supports[t]`` (-1: padding)
+    exist around voxel v."""
+    for v in range(lo, hi):
         bits = 0
         for t in range(supports.shape[0]):
             ok = True
@@ -135,8 +135,21 @@ def add_smoothness(nbr: np.ndarray, supports: np.ndarray, term: np.ndarray, colu
             if ok:
                 bits |= 1 << t
         whole[v] = bits
+
+
+@njit(cache=True, nogil=True)
+def add_smoothness(nbr: np.ndarray, whole: np.ndarray, term: np.ndarray, column: np.ndarray,
+                   offsets: np.ndarray, weights: np.ndarray, scale: np.ndarray, alpha: float, lo: int, hi: int,
+                   crow: np.ndarray, ranks: np.ndarray, values: np.ndarray) -> None:
+    """Add to rows lo:hi the smoothness stencils whose term has its whole support, as
+    ``engine.solver.system._smoothness_stencil``.
+
+    Stencil s (term ``term[s]``, non-zeros ``weights[s]`` at ``offsets[s]``) enters row r when the voxel
+    c = nbr[r, column[s]] exists and term t's support exists around c (bit t of ``whole[c]``,
+    :func:`smoothness_support`), times alpha and c's factor ``scale[c]`` (empty: 1).
+    """
     scaled = scale.shape[0] > 0
-    for r in range(m):
+    for r in range(lo, hi):
         start = crow[r]
         for s in range(term.shape[0]):
             c = nbr[r, column[s]]
@@ -167,18 +180,165 @@ def add_diagonal(crow: np.ndarray, ranks: np.ndarray, centre: int, value: float,
 
 
 def warm() -> None:
-    """Call each kernel once on empty input, with the argument types of the assembly, so that their cached
-    machine code is loaded (compiled, the first time after an install)."""
+    """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
+    that their cached machine code is loaded (compiled, the first time after an install)."""
     nbr = np.full((1, 27), -1, np.int32)
     nbr[0, 13] = 0
     steps = np.full(125, 13, np.int64)
-    crow, cols, ranks = csr_structure(nbr, steps, steps)
+    ranks = np.empty((1, 125), np.uint8)
+    crow = np.zeros(2, np.int64)
+    csr_ranks(nbr, steps, steps, 0, 1, ranks, crow[1:])
+    np.cumsum(crow, out=crow)
+    cols = np.empty(int(crow[-1]), np.int32)
+    csr_columns(nbr, steps, steps, 0, 1, crow, ranks, cols)
     values = np.zeros(cols.shape[0], np.float32)
     empty = np.zeros(0, np.float32)
-    batch_moments(np.zeros(0, np.int64), np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0)
+    none = np.zeros(0, np.int64)
+    batch_moments(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0, np.zeros((0, 125)))
     add_cell_matrices(np.zeros((0, 378), np.float32), np.zeros((0, 27), np.int32), np.zeros(729, np.int64),
-                      np.zeros(729, np.int64), crow, ranks, values)
-    add_smoothness(nbr, np.full((1, 9), -1, np.int64), np.zeros(1, np.int64), np.full(1, 13, np.int64),
-                   np.full((1, 4), 62, np.int64), np.zeros((1, 4), np.float32), empty, 1.0, crow, ranks, values)
+                      np.zeros(729, np.int64), crow, ranks, values, 0, 1)
+    whole = np.zeros(1, np.uint8)
+    smoothness_support(nbr, np.full((1, 9), -1, np.int64), 0, 1, whole)
+    add_smoothness(nbr, whole, np.zeros(1, np.int64), np.full(1, 13, np.int64), np.full((1, 4), 62, np.int64),
+                   np.zeros((1, 4), np.float32), empty, 1.0, 0, 1, crow, ranks, values)
     diagonal(crow, ranks, 62, values)
     add_diagonal(crow, ranks, 62, 0.0, values)
+    cell_rhs(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, np.zeros((0, 3), np.float32),
+             empty, 0, 0, np.zeros((0, 27)))
+    add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)
+    spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold
+    spline_slopes(0.0)
+    evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,
+                  np.zeros((0, 3), np.float32))
+    add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
+
+
+@njit(cache=True, nogil=True)
+def spline_weights(t: float) -> tuple[float, float, float]:
+    """The quadratic B-spline's weights of taps -1, 0, +1 at local coordinate t (as
+    :func:`engine.solver.basis.weights_1d`)."""
+    return 0.5 * t * t - 0.5 * t + 0.125, 0.75 - t * t, 0.5 * t * t + 0.5 * t + 0.125
+
+
+@njit(cache=True, nogil=True)
+def spline_slopes(t: float) -> tuple[float, float, float]:
+    """Their derivatives in t."""
+    return t - 0.5, -2.0 * t, t + 0.5
+
+
+@njit(cache=True, nogil=True)
+def evaluate_taps(a: np.ndarray, u: np.ndarray, inv_size: float, values: np.ndarray, grads: np.ndarray) -> None:
+    """Values (N,) and, where ``grads`` has rows, gradients (N, 3) of one level's field at N points.
+
+    ``a`` (N, 27) float32 the coefficients of the voxels touching each point (tap order of
+    :mod:`engine.solver.basis`, x fastest), ``u`` (N, 3) its local coordinates; ``inv_size`` scales the
+    gradients to finest-voxel units.  Contracted x, then y, then z, in the order and precision of
+    :func:`add_grid`, so that a lattice point gets the same float from either (chunked meshing needs
+    neighbouring cores to agree bit for bit on shared corners; tests/engine/test_chunks.py).
+    """
+    with_grad = grads.shape[0] > 0
+    w = np.empty((3, 3))
+    d = np.empty((3, 3))
+    for p in range(a.shape[0]):
+        for axis in range(3):
+            t = np.float64(u[p, axis])
+            w[axis, 0], w[axis, 1], w[axis, 2] = spline_weights(t)
+            d[axis, 0], d[axis, 1], d[axis, 2] = spline_slopes(t)
+        v = gx = gy = gz = 0.0
+        for z in range(3):
+            t2 = t2x = t2y = 0.0
+            for y in range(3):
+                t1 = t1x = 0.0
+                for x in range(3):
+                    c = np.float64(a[p, 9 * z + 3 * y + x])
+                    t1 += c * w[0, x]
+                    t1x += c * d[0, x]
+                t2 += t1 * w[1, y]
+                t2x += t1x * w[1, y]
+                t2y += t1 * d[1, y]
+            v += t2 * w[2, z]
+            gx += t2x * w[2, z]
+            gy += t2y * w[2, z]
+            gz += t2 * d[2, z]
+        values[p] = v
+        if with_grad:
+            grads[p, 0], grads[p, 1], grads[p, 2] = gx * inv_size, gy * inv_size, gz * inv_size
+
+
+@njit(cache=True, nogil=True)
+def add_grid(a: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
+    """Add one level's field on an n^3 lattice over each of P cells to ``out`` (P, n, n, n) [z, y, x].
+
+    ``a`` (P, 27) float32 the coefficients of the voxels touching each cell (all its lattice points lie in
+    one cell of the level), ``u`` (P, 3 axes, n) the lattice's local coordinates along each axis, as
+    :func:`engine.solver.hierarchy.evaluate_grid`.
+    """
+    n = u.shape[2]
+    w = np.empty((3, n, 3))
+    t1 = np.empty((3, 3, n))  # [z, y, i]: summed over x
+    t2 = np.empty((3, n, n))  # [z, j, i]: and over y
+    for p in range(a.shape[0]):
+        for axis in range(3):
+            for i in range(n):
+                w[axis, i, 0], w[axis, i, 1], w[axis, i, 2] = spline_weights(np.float64(u[p, axis, i]))
+        for z in range(3):
+            for y in range(3):
+                for i in range(n):
+                    s = 0.0
+                    for x in range(3):
+                        s += np.float64(a[p, 9 * z + 3 * y + x]) * w[0, i, x]
+                    t1[z, y, i] = s
+        for z in range(3):
+            for j in range(n):
+                for i in range(n):
+                    s = 0.0
+                    for y in range(3):
+                        s += t1[z, y, i] * w[1, j, y]
+                    t2[z, j, i] = s
+        for k in range(n):
+            for j in range(n):
+                for i in range(n):
+                    s = 0.0
+                    for z in range(3):
+                        s += t2[z, j, i] * w[2, k, z]
+                    out[p, k, j, i] += np.float32(s)  # rounded first, as evaluate_taps' values
+
+
+
+@njit(cache=True, nogil=True)
+def cell_rhs(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, value: np.ndarray, grad: np.ndarray,
+             trust: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Into ``out`` (hi - lo, 27) float64: each cell's share of the data term's right-hand side at its 27 taps,
+    as :func:`engine.solver.system._rhs`: value[p] B(p) + grad[p] . dB/du(p) summed over the cell's points.
+
+    ``value`` (N,) and ``grad`` (N, 3) are the targets already scaled (point and normal weights, 1/N, and for
+    the gradient 1/voxel size); ``trust`` (N,) or empty (all 1); points by cell as :func:`batch_moments`.
+    """
+    w = np.empty((3, 3))
+    d = np.empty((3, 3))
+    weighted = trust.shape[0] > 0
+    for c in range(lo, hi):
+        acc = out[c - lo]
+        acc[:] = 0.0
+        for q in range(cell_start[c], cell_start[c + 1]):
+            p = order[q]
+            for axis in range(3):
+                t = np.float64(u[p, axis])
+                w[axis, 0], w[axis, 1], w[axis, 2] = spline_weights(t)
+                d[axis, 0], d[axis, 1], d[axis, 2] = spline_slopes(t)
+            s = np.float64(trust[p]) if weighted else 1.0
+            v, gx, gy, gz = s * value[p], s * grad[p, 0], s * grad[p, 1], s * grad[p, 2]
+            for z in range(3):
+                for y in range(3):
+                    wzy = w[2, z] * w[1, y]
+                    yz = gy * w[2, z] * d[1, y] + gz * d[2, z] * w[1, y]
+                    for x in range(3):
+                        acc[9 * z + 3 * y + x] += wzy * (v * w[0, x] + gx * d[0, x]) + yz * w[0, x]
+
+
+@njit(cache=True, nogil=True)
+def add_rows(taps: np.ndarray, sums: np.ndarray, rhs: np.ndarray) -> None:
+    """rhs[taps[c, k]] += sums[c, k] for cells (C, 27) in order."""
+    for c in range(taps.shape[0]):
+        for k in range(27):
+            rhs[taps[c, k]] += sums[c, k]

@@ -50,17 +50,22 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 
 from .basis import product_polynomials, split_points, weights_1d
-from .hierarchy import BATCH, Level
+from .hierarchy import BATCH, Level, compiled_on
 from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
 CENTRE = 62  # index of offset (0, 0, 0)
+CELL_TAP = 13  # tap of offset (0, 0, 0) (engine.solver.basis.TAP_OFFSETS): a cell's own voxel
 # cells whose (729-wide) local matrices are formed at once: cache-sized batches (2^11) were 20% faster with one
 # thread but 2x slower with two on the loaded 2-core machine (each torch call wakes the thread pool)
 ASSEMBLY_BATCH = 1 << 13
@@ -406,21 +411,24 @@ for _t, _columns in enumerate(_SMOOTH_SUPPORTS):
     _SUPPORT_COLUMNS[_t, :len(_columns)] = _columns
 
 
-def _assemble_compiled(level: Level, x: torch.Tensor, weights: Weights, trust: torch.Tensor | None,
-                       smooth_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The matrix (CSR) and its diagonal, built straight into CSR by :mod:`engine.solver.kernels` (CPU).
+def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
+                       weights: Weights, trust: torch.Tensor | None, smooth_scale: torch.Tensor | None
+                       ) -> LevelSystem:
+    """The system with its matrix built straight into CSR by :mod:`engine.solver.kernels` (CPU).
 
-    The same sums as :func:`_data_stencil`, :func:`_smoothness_stencil` and :func:`_to_csr`, without the
-    (M, 125) stencil (957 MB on the 1M-point bunny's finest level): the structure first, then the cell
-    matrices (moments a batch of cells at a time over points sorted by cell, one BLAS product per batch)
-    and the smoothness stencils added into its values.
+    The same sums as :func:`_rhs`, :func:`_data_stencil`, :func:`_smoothness_stencil` and :func:`_to_csr`,
+    without the (M, 125) stencil (957 MB on the 1M-point bunny's finest level): the structure first, then
+    the cell matrices (moments a batch of cells at a time over points sorted by cell, one BLAS product per
+    batch) and the smoothness stencils added into its values.  The right-hand side is summed over the same
+    cells, so each cell's 27 voxel rows are looked up once (torch's :func:`_rhs` took 0.4 s per level of
+    the 1M-point bunny, mostly per-point lookups and (N, 27) temporaries).
     """
     from . import kernels
 
     m, n = len(level), x.shape[0]
     nbr = level.neighbours.numpy()
-    crow, cols, ranks = kernels.csr_structure(nbr, _FIRST_STEP, _SECOND_STEP)
-    values = np.zeros(cols.shape[0], np.float32)
+    threads = max(1, torch.get_num_threads())
+    rows = _parts(0, m, threads)
     cell, u = split_points(x / level.size)
     cells, inverse = unique_voxels_inverse(cell)
     order = torch.argsort(inverse, stable=True).numpy()
@@ -430,15 +438,39 @@ def _assemble_compiled(level: Level, x: torch.Tensor, weights: Weights, trust: t
     trust_np = np.zeros(0, np.float32) if trust is None else trust.to(torch.float32).numpy()
     op = moment_operator(weights, level.size)[:, UPPER_PAIRS].to(torch.float32)
     pair_offset = PAIR_OFFSET.astype(np.int64)
-    for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
-        stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
-        moments = kernels.batch_moments(order, cell_start, u_np, trust_np, 1.0 / n, start, stop)
-        upper = (torch.from_numpy(moments).to(torch.float32) @ op).numpy()
-        taps = level.taps(cells[start:stop]).to(torch.int32).numpy()
-        kernels.add_cell_matrices(upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values)
+    value = ((weights.point / n) * target_value).to(torch.float32).numpy()
+    grad = ((weights.normal / n / level.size) * target_grad).to(torch.float32).numpy()
     scale = np.zeros(0, np.float32) if smooth_scale is None else smooth_scale.to(torch.float32).numpy()
-    kernels.add_smoothness(nbr, _SUPPORT_COLUMNS, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1], _SPARSE_OFFSETS,
-                           _SPARSE_WEIGHTS, scale, weights.smooth / m, crow, ranks, values)
+    rhs = np.zeros(m, np.float32)
+    ranks = np.empty((m, 125), np.uint8)
+    crow = np.zeros(m + 1, np.int64)
+    whole = np.empty(m, np.uint8)
+    with ThreadPoolExecutor(threads) as pool:
+        def each(job: Callable[[int, int], None], parts: list[tuple[int, int]]) -> None:
+            list(pool.map(lambda part: job(*part), parts))
+
+        each(partial(kernels.csr_ranks, nbr, _FIRST_STEP, _SECOND_STEP, ranks=ranks, counts=crow[1:]), rows)
+        np.cumsum(crow, out=crow)
+        cols = np.empty(int(crow[-1]), np.int32)
+        values = np.zeros(cols.shape[0], np.float32)
+        each(partial(kernels.csr_columns, nbr, _FIRST_STEP, _SECOND_STEP, crow=crow, ranks=ranks, cols=cols), rows)
+        for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
+            stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
+            batch = _parts(start, stop, threads)
+            moments, sums = np.empty((stop - start, 125)), np.empty((stop - start, 27))
+            each(_cells_into(kernels.batch_moments, moments, start, order, cell_start, u_np, trust_np, 1.0 / n), batch)
+            each(_cells_into(kernels.cell_rhs, sums, start, order, cell_start, u_np, value, grad, trust_np), batch)
+            upper = (torch.from_numpy(moments).to(torch.float32) @ op).numpy()
+            taps = level.taps(cells[start:stop]).to(torch.int32).numpy()
+            # threads take disjoint rows, split where the batch's cells are (rows follow the voxels' order)
+            own = np.sort(taps[:, CELL_TAP])
+            cuts = [0, *(int(own[len(own) * k // threads]) for k in range(1, threads)), m]
+            each(partial(kernels.add_cell_matrices, upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values),
+                 list(zip(cuts[:-1], cuts[1:], strict=True)))
+            kernels.add_rows(taps, sums, rhs)
+        each(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
+        each(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1], _SPARSE_OFFSETS,
+                     _SPARSE_WEIGHTS, scale, weights.smooth / m, crow=crow, ranks=ranks, values=values), rows)
     diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values)).mean())
     kernels.add_diagonal(crow, ranks, CENTRE, 1e-4 * diag_mean, values)
     diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values))
@@ -446,7 +478,20 @@ def _assemble_compiled(level: Level, x: torch.Tensor, weights: Weights, trust: t
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(torch.from_numpy(crow).to(torch.int32), torch.from_numpy(cols),
                                          torch.from_numpy(values), size=(m, m))
-    return matrix, diagonal
+    return LevelSystem(matrix=matrix, rhs=torch.from_numpy(rhs), diagonal=diagonal)
+
+
+def _cells_into(kernel: Callable[..., None], out: np.ndarray, start: int, *args: Any) -> Callable[[int, int], None]:
+    """A job over cells lo:hi: ``kernel(*args, lo, hi, out[lo - start:hi - start])``."""
+    def job(lo: int, hi: int) -> None:
+        kernel(*args, lo, hi, out[lo - start:hi - start])
+    return job
+
+
+def _parts(start: int, stop: int, count: int) -> list[tuple[int, int]]:
+    """start:stop in ``count`` contiguous ranges of about equal length (fewer when it is short)."""
+    step = max(1, -(-(stop - start) // count))
+    return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
 
 def warm_kernels() -> None:
@@ -475,10 +520,9 @@ def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_g
     """
     m = len(level)
     device = x.device
+    if compiled_on(device, compiled):
+        return _assemble_compiled(level, x, target_value, target_grad, weights, trust, smooth_scale)
     rhs = _rhs(level, x, target_value, target_grad, weights, trust)
-    if compiled if compiled is not None else device.type == "cpu":
-        matrix, diagonal = _assemble_compiled(level, x, weights, trust, smooth_scale)
-        return LevelSystem(matrix=matrix, rhs=rhs, diagonal=diagonal)
     stencil = torch.zeros(m * N_OFFSETS, dtype=torch.float32, device=device)
     _data_stencil(level, x, weights, stencil, trust)
     _smoothness_stencil(level, weights.smooth, stencil, smooth_scale)

@@ -105,6 +105,34 @@ def test_grid_field_equals_the_field_at_the_lattice_points() -> None:
         raise AssertionError("a cell larger than the finest voxel was accepted")
 
 
+def test_compiled_evaluation_equals_torch() -> None:
+    """The numba contractions (the CPU default) give torch's values and gradients, on points and on lattices,
+    points outside every level included (their taps are all absent: zero)."""
+    from engine.solver.hierarchy import evaluate, evaluate_grid
+
+    levels = _sphere_levels()
+    rng = np.random.default_rng(5)
+    inside = levels[0].ijk[::3].float() + torch.from_numpy(rng.random((levels[0].ijk[::3].shape[0], 3))).float()
+    x = torch.cat((inside, torch.tensor([[500.0, 0.0, 0.0], [-0.5, 0.25, 3.0]])))
+    for with_grad in (False, True):
+        v0, g0 = evaluate(levels, x, with_grad, compiled=False)
+        v1, g1 = evaluate(levels, x, with_grad, compiled=True)
+        assert torch.allclose(v0, v1, atol=2e-6), float((v0 - v1).abs().max())
+        assert v1[-2] == 0.0 and float(v0.abs().max()) > 1.0
+        if with_grad:
+            assert g0 is not None and g1 is not None
+            assert torch.allclose(g0, g1, atol=2e-6), float((g0 - g1).abs().max())
+            assert float(g1.norm(dim=1).max()) > 0.1
+        else:
+            assert g0 is None and g1 is None
+    cells = levels[0].ijk[::4]
+    for size, n in ((1.0, 2), (0.5, 3), (0.25, 2)):
+        c = cells * int(1 / size) + (1 if size < 1 else 0)
+        a, b = evaluate_grid(levels, c, size, n, compiled=False), evaluate_grid(levels, c, size, n, compiled=True)
+        assert a.shape == b.shape == (c.shape[0], n, n, n)
+        assert torch.allclose(a, b, atol=2e-6), float((a - b).abs().max())
+
+
 def test_grid_corners_give_the_same_cells_and_values_as_the_field() -> None:
     """Meshing with the lattice shortcut keeps exactly the cells and corner values of the pointwise field."""
     from engine.solver.hierarchy import evaluate, evaluate_grid

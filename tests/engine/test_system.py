@@ -3,6 +3,8 @@ and the restructured assembly equals the straightforward one (tests/engine/syste
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,18 @@ def test_row_counts_from_presence_bits_equal_the_column_table() -> None:
         counts = system._row_counts(level.neighbours, system._presence_bits(level.neighbours), 0, len(level))
         assert torch.equal(counts, (columns >= 0).sum(dim=1))
         assert 0 < int(counts.min()) < int(counts.max()) <= 125  # rows at the shell's edge miss more offsets
+
+
+def test_warm_loads_every_kernel() -> None:
+    """``kernels.warm`` (run in the background before assembly) loads every compiled kernel, on inputs whose
+    arrays are large enough for what each kernel writes (a fresh process: a bad call would crash it)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from engine.solver import kernels; kernels.warm(); "
+              "from numba.core.registry import CPUDispatcher; "
+              "cold = [n for n, f in vars(kernels).items() if isinstance(f, CPUDispatcher) and not f.signatures]; "
+              "print(cold); sys.exit(1 if cold else 0)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, (done.stdout, done.stderr)
