@@ -373,6 +373,7 @@ def start_and_serve(inbox: Inbox, out: Outbox) -> int:
     """Import the pipeline, say hello, serve; the exit code."""
     try:
         from ..pipeline import reconstruct
+        from ..solver.system import warm_kernels
 
         hello = hello_fields()
     except Exception as exc:  # a broken install: say so in a frame, not only in the log
@@ -384,6 +385,7 @@ def start_and_serve(inbox: Inbox, out: Outbox) -> int:
     out.send("hello", **hello)
     log.info("ready: engine %s, torch %s, devices %s", __version__, hello["torch_version"],
              [d["id"] for d in hello["devices"]])
+    warm_kernels()  # the CPU kernels load while the client sends the first job, not during it
     inbox.start()
     heartbeats(out)
     return serve(inbox, out, reconstruct)

@@ -494,10 +494,16 @@ def _parts(start: int, stop: int, count: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
 
+_warming: list[threading.Thread] = []  # the one loading thread of this process, once started
+
+
 def warm_kernels() -> None:
-    """Load :mod:`engine.solver.kernels` in a background thread: importing numba and loading the cached kernels
-    takes about 0.55 s in a fresh process, which then overlaps the stages before assembly."""
-    threading.Thread(target=_load_kernels, name="nksr-kernels", daemon=True).start()
+    """Load :mod:`engine.solver.kernels` in a background thread, once per process: importing numba and loading
+    the cached kernels takes about 0.6 s in a fresh process, which then overlaps the stages before assembly
+    (or, in the Blender service, the wait for the first job)."""
+    if not _warming:
+        _warming.append(threading.Thread(target=_load_kernels, name="nksr-kernels", daemon=True))
+        _warming[0].start()
 
 
 def _load_kernels() -> None:

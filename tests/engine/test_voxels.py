@@ -32,6 +32,20 @@ def test_unique_and_dilate() -> None:
     assert {tuple(v) for v in d.tolist()} == {(0, 0, 0), (1, 0, 0), (-1, 0, 0), (5, -3, 2), (6, -3, 2), (4, -3, 2)}
 
 
+def test_box_dilation_one_axis_at_a_time_equals_all_shifts() -> None:
+    """A box of offsets goes one axis at a time; other offset sets all at once; both give the voxels (and order)
+    of shifting by every offset."""
+    rng = np.random.default_rng(4)
+    vox = unique_voxels(torch.from_numpy(rng.integers(-30, 30, size=(2000, 3))))
+    taps = torch.tensor([(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)])
+    cross = torch.tensor([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+    flat = torch.tensor([[0, 0, 0], [0, 2, 0], [3, 0, 0], [3, 2, 0]])  # a 2 x 2 x 1 box, not unit steps
+    for offsets in (taps, cross, flat, torch.tensor([[0, 0, 0]])):
+        every = unique_voxels((vox[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
+        assert torch.equal(dilate(vox, offsets), every)
+    assert dilate(vox, taps).shape[0] > 5 * vox.shape[0]
+
+
 @pytest.mark.parametrize("spread", [6, 40, 300])
 def test_neighbour_table_matches_lookups(spread: int) -> None:
     """The table read from rimmed brick blocks equals 27 lookups per voxel, across brick and grid edges."""
