@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .basis import TAP_OFFSETS, split_points, weights_1d
+from .threads import on_rows
 from .voxels import VoxelIndex, dilate, unique_voxels
 
 BATCH = 1 << 18  # points per batch of field evaluations and lookups
@@ -144,9 +146,9 @@ def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False, compi
         cell, u = split_points(x[start:start + BATCH] / level.size)
         a = level.tap_coeffs(cell)
         if fast:
-            kernels.evaluate_taps(a.contiguous().numpy(), u.to(torch.float32).contiguous().numpy(),
-                                  1.0 / level.size, values[start:start + BATCH].numpy(),
-                                  (grads if grads is not None else values.new_zeros(0, 3))[start:start + BATCH].numpy())
+            on_rows(kernels.evaluate_taps, a.contiguous().numpy(), u.to(torch.float32).contiguous().numpy(),
+                    1.0 / level.size, values[start:start + BATCH].numpy(),
+                    grads[start:start + BATCH].numpy() if grads is not None else np.zeros((0, 3), np.float32))
             continue
         v, g = contract(a, u, level.size, with_grad)
         values[start:start + BATCH] = v
@@ -210,7 +212,8 @@ def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int,
             u = (origin[:, :, None] + steps) / level.size - cell[:, :, None] - 0.5  # (B, 3 axes, n)
             a = level.tap_coeffs(cell.to(torch.int64))
             if fast and a.dtype == torch.float32:
-                kernels.add_grid(a.contiguous().numpy(), u.contiguous().numpy(), out[start:start + BATCH].numpy())
+                on_rows(kernels.add_grid, a.contiguous().numpy(), u.contiguous().numpy(),
+                        out[start:start + BATCH].numpy())
                 continue
             w, _ = weights_1d(u.reshape(-1, n))  # rows: (cell, axis), then (n, 3 taps)
             w = w.view(-1, 3, n, 3)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -61,6 +60,7 @@ import torch
 
 from .basis import product_polynomials, split_points, weights_1d
 from .hierarchy import BATCH, Level, compiled_on
+from .threads import parts, run_parts, thread_count
 from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125
@@ -427,8 +427,8 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
 
     m, n = len(level), x.shape[0]
     nbr = level.neighbours.numpy()
-    threads = max(1, torch.get_num_threads())
-    rows = _parts(0, m, threads)
+    threads = thread_count()
+    rows = parts(0, m, threads)
     cell, u = split_points(x / level.size)
     cells, inverse = unique_voxels_inverse(cell)
     order = torch.argsort(inverse, stable=True).numpy()
@@ -445,32 +445,29 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
     ranks = np.empty((m, 125), np.uint8)
     crow = np.zeros(m + 1, np.int64)
     whole = np.empty(m, np.uint8)
-    with ThreadPoolExecutor(threads) as pool:
-        def each(job: Callable[[int, int], None], parts: list[tuple[int, int]]) -> None:
-            list(pool.map(lambda part: job(*part), parts))
-
-        each(partial(kernels.csr_ranks, nbr, _FIRST_STEP, _SECOND_STEP, ranks=ranks, counts=crow[1:]), rows)
-        np.cumsum(crow, out=crow)
-        cols = np.empty(int(crow[-1]), np.int32)
-        values = np.zeros(cols.shape[0], np.float32)
-        each(partial(kernels.csr_columns, nbr, _FIRST_STEP, _SECOND_STEP, crow=crow, ranks=ranks, cols=cols), rows)
-        for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
-            stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
-            batch = _parts(start, stop, threads)
-            moments, sums = np.empty((stop - start, 125)), np.empty((stop - start, 27))
-            each(_cells_into(kernels.batch_moments, moments, start, order, cell_start, u_np, trust_np, 1.0 / n), batch)
-            each(_cells_into(kernels.cell_rhs, sums, start, order, cell_start, u_np, value, grad, trust_np), batch)
-            upper = (torch.from_numpy(moments).to(torch.float32) @ op).numpy()
-            taps = level.taps(cells[start:stop]).to(torch.int32).numpy()
-            # threads take disjoint rows, split where the batch's cells are (rows follow the voxels' order)
-            own = np.sort(taps[:, CELL_TAP])
-            cuts = [0, *(int(own[len(own) * k // threads]) for k in range(1, threads)), m]
-            each(partial(kernels.add_cell_matrices, upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values),
-                 list(zip(cuts[:-1], cuts[1:], strict=True)))
-            kernels.add_rows(taps, sums, rhs)
-        each(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
-        each(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1], _SPARSE_OFFSETS,
-                     _SPARSE_WEIGHTS, scale, weights.smooth / m, crow=crow, ranks=ranks, values=values), rows)
+    run_parts(partial(kernels.csr_ranks, nbr, _FIRST_STEP, _SECOND_STEP, ranks=ranks, counts=crow[1:]), rows)
+    np.cumsum(crow, out=crow)
+    cols = np.empty(int(crow[-1]), np.int32)
+    values = np.zeros(cols.shape[0], np.float32)
+    run_parts(partial(kernels.csr_columns, nbr, _FIRST_STEP, _SECOND_STEP, crow=crow, ranks=ranks, cols=cols), rows)
+    for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
+        stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
+        batch = parts(start, stop, threads)
+        moments, sums = np.empty((stop - start, 125)), np.empty((stop - start, 27))
+        run_parts(_cells_into(kernels.batch_moments, moments, start, order, cell_start, u_np, trust_np, 1.0 / n), batch)
+        run_parts(_cells_into(kernels.cell_rhs, sums, start, order, cell_start, u_np, value, grad, trust_np), batch)
+        upper = (torch.from_numpy(moments).to(torch.float32) @ op).numpy()
+        taps = level.taps(cells[start:stop]).to(torch.int32).numpy()
+        # threads take disjoint rows, split where the batch's cells are (rows follow the voxels' order)
+        own = np.sort(taps[:, CELL_TAP])
+        cuts = [0, *(int(own[len(own) * k // threads]) for k in range(1, threads)), m]
+        run_parts(partial(kernels.add_cell_matrices, upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values),
+                  list(zip(cuts[:-1], cuts[1:], strict=True)))
+        kernels.add_rows(taps, sums, rhs)
+    run_parts(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
+    run_parts(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1],
+                      _SPARSE_OFFSETS, _SPARSE_WEIGHTS, scale, weights.smooth / m, crow=crow, ranks=ranks,
+                      values=values), rows)
     diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values)).mean())
     kernels.add_diagonal(crow, ranks, CENTRE, 1e-4 * diag_mean, values)
     diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values))
@@ -486,12 +483,6 @@ def _cells_into(kernel: Callable[..., None], out: np.ndarray, start: int, *args:
     def job(lo: int, hi: int) -> None:
         kernel(*args, lo, hi, out[lo - start:hi - start])
     return job
-
-
-def _parts(start: int, stop: int, count: int) -> list[tuple[int, int]]:
-    """start:stop in ``count`` contiguous ranges of about equal length (fewer when it is short)."""
-    step = max(1, -(-(stop - start) // count))
-    return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
 
 _warming: list[threading.Thread] = []  # the one loading thread of this process, once started

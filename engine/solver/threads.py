@@ -1,0 +1,57 @@
+"""Python threads over disjoint ranges, for the compiled kernels of :mod:`engine.solver.kernels`.
+
+The kernels release the GIL (``nogil``), so plain threads run them side by side;
+each thread is given its own rows, cells or points and writes only those.  One
+shared pool of torch's thread count (``OMP_NUM_THREADS`` sets it; the stats
+report it as ``threads``) serves every caller: jobs never wait on the pool
+themselves, so callers in several threads at once (chunks solved in threads)
+only queue behind one another.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+_pool: list[ThreadPoolExecutor] = []
+_lock = threading.Lock()
+
+
+def thread_count() -> int:
+    """The threads the kernels run on: torch's count."""
+    return max(1, torch.get_num_threads())
+
+
+def parts(start: int, stop: int, count: int | None = None) -> list[tuple[int, int]]:
+    """start:stop in ``count`` (default :func:`thread_count`) contiguous ranges of about equal length."""
+    count = thread_count() if count is None else count
+    step = max(1, -(-(stop - start) // count))
+    return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
+
+
+def run_parts(job: Callable[[int, int], None], ranges: list[tuple[int, int]]) -> None:
+    """``job(lo, hi)`` for every range, on the shared pool (here, when there is one range)."""
+    if len(ranges) <= 1:
+        for lo, hi in ranges:
+            job(lo, hi)
+        return
+    with _lock:
+        if not _pool:
+            _pool.append(ThreadPoolExecutor(thread_count(), thread_name_prefix="nksr-kernel"))
+    list(_pool[0].map(lambda part: job(*part), ranges))
+
+
+def on_rows(kernel: Callable[..., None], *args: Any) -> None:
+    """``kernel(*args)`` split by rows: each thread gets rows lo:hi of every array argument (all of one length,
+    or empty: an empty one is passed whole), the other arguments as they are."""
+    n = max(a.shape[0] for a in args if isinstance(a, np.ndarray))
+
+    def job(lo: int, hi: int) -> None:
+        kernel(*(a[lo:hi] if isinstance(a, np.ndarray) else a for a in args))
+
+    run_parts(job, parts(0, n))
