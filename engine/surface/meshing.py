@@ -134,26 +134,32 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
     if cells.shape[0] == 0:
         return (torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
                 torch.zeros(0, 4, dtype=torch.int64, device=device))
-    weights = 2 ** torch.arange(8, device=device)
-    case = ((v < 0).to(torch.int64) * weights).sum(dim=1)
+    inside = v < 0
+    case = (inside.to(torch.int64) * 2 ** torch.arange(8, device=device)).sum(dim=1)
     tri = torch.from_numpy(TRIANGLES).to(device)[case]  # (M, T, 3) local edge ids
     valid = tri[:, :, 0] >= 0
     cell_of = torch.arange(cells.shape[0], device=device)[:, None].expand_as(valid)[valid].repeat_interleave(3)
     local_edges = tri[valid].reshape(-1)  # (3F,)
     edges = torch.from_numpy(EDGES).to(device)
     corners = torch.from_numpy(CORNERS).to(device)
-    # each triangle corner's edge: its lower cell corner and axis, packed into one int64 key; no table of the
-    # cells' corners is built (a vertex is keyed by its edge, and its end values come from its own cell)
+    # One vertex per crossed edge, keyed by the edge (its lower corner in the cells' integer coordinates and its
+    # axis, packed into one int64): the keys are the cells' crossed edges (every one carries a triangle corner),
+    # about 2/3 as many as the triangles' corners, so the sort that makes them unique is that much shorter.
+    # Vertex order, positions and faces are those of keying every triangle corner (the first cell by index with
+    # the edge gives its end values either way).
+    crossed_cell, crossed_edge = (inside[:, edges[:, 0]] != inside[:, edges[:, 1]]).nonzero(as_tuple=True)
     lo = cells.min(dim=0).values
     dims = cells.max(dim=0).values - lo + 2
-    rel = cells - lo
-    start = rel.index_select(0, cell_of) + corners.index_select(0, edges[local_edges, 0])
-    axis = torch.from_numpy(EDGE_AXIS).to(device)[local_edges]
+    start = (cells - lo).index_select(0, crossed_cell) + corners.index_select(0, edges[crossed_edge, 0])
+    axis = torch.from_numpy(EDGE_AXIS).to(device)[crossed_edge]
     key = ((start[:, 2] * dims[1] + start[:, 1]) * dims[0] + start[:, 0]) * 3 + axis
-    ukey, faces = torch.unique(key, return_inverse=True)
+    ukey, vertex = torch.unique(key, return_inverse=True)
     first = torch.full((ukey.shape[0],), key.numel(), dtype=torch.int64, device=device)
-    first.scatter_reduce_(0, faces, torch.arange(key.numel(), device=device), reduce="amin")
-    cell, edge_id = cell_of[first], local_edges[first]
+    first.scatter_reduce_(0, vertex, torch.arange(key.numel(), device=device), reduce="amin")
+    table = torch.full((cells.shape[0], 12), -1, dtype=torch.int64, device=device)
+    table[crossed_cell, crossed_edge] = vertex
+    faces = table[cell_of, local_edges]
+    cell, edge_id = crossed_cell[first], crossed_edge[first]
     fa, fb = v[cell, edges[edge_id, 0]], v[cell, edges[edge_id, 1]]
     t = (fa / (fa - fb)).clamp(0.0, 1.0)[:, None]
     lower = start[first] + lo
