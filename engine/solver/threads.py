@@ -5,7 +5,9 @@ each thread is given its own rows, cells or points and writes only those.  One
 shared pool of torch's thread count (``OMP_NUM_THREADS`` sets it; the stats
 report it as ``threads``) serves every caller: jobs never wait on the pool
 themselves, so callers in several threads at once (chunks solved in threads)
-only queue behind one another.
+only queue behind one another.  The engine never forks (its worker processes are
+spawned): neither this pool's threads nor torch's own survive a fork (a forked
+child's first torch operation hangs).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-_pool: list[ThreadPoolExecutor] = []
+_pool: list[tuple[int, ThreadPoolExecutor]] = []  # the shared pool and its size, once made
 _lock = threading.Lock()
+
 
 
 def thread_count() -> int:
@@ -41,9 +44,12 @@ def run_parts(job: Callable[[int, int], None], ranges: list[tuple[int, int]]) ->
             job(lo, hi)
         return
     with _lock:
+        if _pool and _pool[0][0] != thread_count():  # torch's count was changed: follow it
+            _pool.pop()[1].shutdown(wait=False)
         if not _pool:
-            _pool.append(ThreadPoolExecutor(thread_count(), thread_name_prefix="nksr-kernel"))
-    list(_pool[0].map(lambda part: job(*part), ranges))
+            _pool.append((thread_count(), ThreadPoolExecutor(thread_count(), thread_name_prefix="nksr-kernel")))
+        pool = _pool[0][1]
+    list(pool.map(lambda part: job(*part), ranges))
 
 
 def on_rows(kernel: Callable[..., None], *args: Any) -> None:

@@ -190,3 +190,28 @@ def test_warm_loads_every_kernel() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_compiled_assembly_is_the_same_on_any_thread_count(threads: int) -> None:
+    """The kernels' threads take disjoint rows or cells, each entry summed in the same order: the system is bit
+    for bit the one-thread system (also on more threads than this machine's cores), over several batches of cells."""
+    from engine.solver.voxels import unique_voxels
+
+    x, tv, tg = _scan("torus", 40_000, 60.0)
+    trust = torch.from_numpy(np.random.default_rng(2).uniform(0.5, 1.5, x.shape[0])).float()
+    level = build_levels(x, 1)[0]
+    assert unique_voxels(split_points(x)[0]).shape[0] > 2 * system.ASSEMBLY_BATCH
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = assemble(level, x, tv, tg, W, trust, compiled=True)
+        torch.set_num_threads(threads)
+        many = assemble(level, x, tv, tg, W, trust, compiled=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.matrix.crow_indices(), many.matrix.crow_indices())
+    assert torch.equal(one.matrix.col_indices(), many.matrix.col_indices())
+    assert torch.equal(one.matrix.values(), many.matrix.values())
+    assert torch.equal(one.rhs, many.rhs) and torch.equal(one.diagonal, many.diagonal)
+
