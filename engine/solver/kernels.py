@@ -100,6 +100,45 @@ def batch_moments(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, trus
 
 
 @njit(cache=True, nogil=True)
+def cell_rhs(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, value: np.ndarray, grad: np.ndarray,
+             trust: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Into ``out`` (hi - lo, 27) float64: each cell's share of the data term's right-hand side at its 27 taps,
+    as :func:`engine.solver.system._rhs`: value[p] B(p) + grad[p] . dB/du(p) summed over the cell's points.
+
+    ``value`` (N,) and ``grad`` (N, 3) are the targets already scaled (point and normal weights, 1/N, and for
+    the gradient 1/voxel size); ``trust`` (N,) or empty (all 1); points by cell as :func:`batch_moments`.
+    """
+    w = np.empty((3, 3))
+    d = np.empty((3, 3))
+    weighted = trust.shape[0] > 0
+    for c in range(lo, hi):
+        acc = out[c - lo]
+        acc[:] = 0.0
+        for q in range(cell_start[c], cell_start[c + 1]):
+            p = order[q]
+            for axis in range(3):
+                t = np.float64(u[p, axis])
+                w[axis, 0], w[axis, 1], w[axis, 2] = spline_weights(t)
+                d[axis, 0], d[axis, 1], d[axis, 2] = spline_slopes(t)
+            s = np.float64(trust[p]) if weighted else 1.0
+            v, gx, gy, gz = s * value[p], s * grad[p, 0], s * grad[p, 1], s * grad[p, 2]
+            for z in range(3):
+                for y in range(3):
+                    wzy = w[2, z] * w[1, y]
+                    yz = gy * w[2, z] * d[1, y] + gz * d[2, z] * w[1, y]
+                    for x in range(3):
+                        acc[9 * z + 3 * y + x] += wzy * (v * w[0, x] + gx * d[0, x]) + yz * w[0, x]
+
+
+@njit(cache=True, nogil=True)
+def add_rows(taps: np.ndarray, sums: np.ndarray, rhs: np.ndarray) -> None:
+    """rhs[taps[c, k]] += sums[c, k] for cells (C, 27) in order."""
+    for c in range(taps.shape[0]):
+        for k in range(27):
+            rhs[taps[c, k]] += sums[c, k]
+
+
+@njit(cache=True, nogil=True)
 def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pair_offset: np.ndarray,
                       crow: np.ndarray, ranks: np.ndarray, values: np.ndarray, row_lo: int, row_hi: int) -> None:
     """Add each cell's 27 x 27 matrix into the CSR ``values``: pair (a, b) of cell c goes to row taps[c, a],
@@ -177,40 +216,6 @@ def add_diagonal(crow: np.ndarray, ranks: np.ndarray, centre: int, value: float,
     """Add ``value`` to every row's entry at offset ``centre``."""
     for r in range(crow.shape[0] - 1):
         values[crow[r] + ranks[r, centre]] += value
-
-
-def warm() -> None:
-    """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
-    that their cached machine code is loaded (compiled, the first time after an install)."""
-    nbr = np.full((1, 27), -1, np.int32)
-    nbr[0, 13] = 0
-    steps = np.full(125, 13, np.int64)
-    ranks = np.empty((1, 125), np.uint8)
-    crow = np.zeros(2, np.int64)
-    csr_ranks(nbr, steps, steps, 0, 1, ranks, crow[1:])
-    np.cumsum(crow, out=crow)
-    cols = np.empty(int(crow[-1]), np.int32)
-    csr_columns(nbr, steps, steps, 0, 1, crow, ranks, cols)
-    values = np.zeros(cols.shape[0], np.float32)
-    empty = np.zeros(0, np.float32)
-    none = np.zeros(0, np.int64)
-    batch_moments(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0, np.zeros((0, 125)))
-    add_cell_matrices(np.zeros((0, 378), np.float32), np.zeros((0, 27), np.int32), np.zeros(729, np.int64),
-                      np.zeros(729, np.int64), crow, ranks, values, 0, 1)
-    whole = np.zeros(1, np.uint8)
-    smoothness_support(nbr, np.full((1, 9), -1, np.int64), 0, 1, whole)
-    add_smoothness(nbr, whole, np.zeros(1, np.int64), np.full(1, 13, np.int64), np.full((1, 4), 62, np.int64),
-                   np.zeros((1, 4), np.float32), empty, 1.0, 0, 1, crow, ranks, values)
-    diagonal(crow, ranks, 62, values)
-    add_diagonal(crow, ranks, 62, 0.0, values)
-    cell_rhs(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, np.zeros((0, 3), np.float32),
-             empty, 0, 0, np.zeros((0, 27)))
-    add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)
-    spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold
-    spline_slopes(0.0)
-    evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,
-                  np.zeros((0, 3), np.float32))
-    add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
 
 
 @njit(cache=True, nogil=True)
@@ -304,41 +309,35 @@ def add_grid(a: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
                     out[p, k, j, i] += np.float32(s)  # rounded first, as evaluate_taps' values
 
 
-
-@njit(cache=True, nogil=True)
-def cell_rhs(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, value: np.ndarray, grad: np.ndarray,
-             trust: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """Into ``out`` (hi - lo, 27) float64: each cell's share of the data term's right-hand side at its 27 taps,
-    as :func:`engine.solver.system._rhs`: value[p] B(p) + grad[p] . dB/du(p) summed over the cell's points.
-
-    ``value`` (N,) and ``grad`` (N, 3) are the targets already scaled (point and normal weights, 1/N, and for
-    the gradient 1/voxel size); ``trust`` (N,) or empty (all 1); points by cell as :func:`batch_moments`.
-    """
-    w = np.empty((3, 3))
-    d = np.empty((3, 3))
-    weighted = trust.shape[0] > 0
-    for c in range(lo, hi):
-        acc = out[c - lo]
-        acc[:] = 0.0
-        for q in range(cell_start[c], cell_start[c + 1]):
-            p = order[q]
-            for axis in range(3):
-                t = np.float64(u[p, axis])
-                w[axis, 0], w[axis, 1], w[axis, 2] = spline_weights(t)
-                d[axis, 0], d[axis, 1], d[axis, 2] = spline_slopes(t)
-            s = np.float64(trust[p]) if weighted else 1.0
-            v, gx, gy, gz = s * value[p], s * grad[p, 0], s * grad[p, 1], s * grad[p, 2]
-            for z in range(3):
-                for y in range(3):
-                    wzy = w[2, z] * w[1, y]
-                    yz = gy * w[2, z] * d[1, y] + gz * d[2, z] * w[1, y]
-                    for x in range(3):
-                        acc[9 * z + 3 * y + x] += wzy * (v * w[0, x] + gx * d[0, x]) + yz * w[0, x]
-
-
-@njit(cache=True, nogil=True)
-def add_rows(taps: np.ndarray, sums: np.ndarray, rhs: np.ndarray) -> None:
-    """rhs[taps[c, k]] += sums[c, k] for cells (C, 27) in order."""
-    for c in range(taps.shape[0]):
-        for k in range(27):
-            rhs[taps[c, k]] += sums[c, k]
+def warm() -> None:
+    """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
+    that their cached machine code is loaded (compiled, the first time after an install)."""
+    nbr = np.full((1, 27), -1, np.int32)
+    nbr[0, 13] = 0
+    steps = np.full(125, 13, np.int64)
+    ranks = np.empty((1, 125), np.uint8)
+    crow = np.zeros(2, np.int64)
+    csr_ranks(nbr, steps, steps, 0, 1, ranks, crow[1:])
+    np.cumsum(crow, out=crow)
+    cols = np.empty(int(crow[-1]), np.int32)
+    csr_columns(nbr, steps, steps, 0, 1, crow, ranks, cols)
+    values = np.zeros(cols.shape[0], np.float32)
+    empty = np.zeros(0, np.float32)
+    none = np.zeros(0, np.int64)
+    batch_moments(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0, np.zeros((0, 125)))
+    add_cell_matrices(np.zeros((0, 378), np.float32), np.zeros((0, 27), np.int32), np.zeros(729, np.int64),
+                      np.zeros(729, np.int64), crow, ranks, values, 0, 1)
+    whole = np.zeros(1, np.uint8)
+    smoothness_support(nbr, np.full((1, 9), -1, np.int64), 0, 1, whole)
+    add_smoothness(nbr, whole, np.zeros(1, np.int64), np.full(1, 13, np.int64), np.full((1, 4), 62, np.int64),
+                   np.zeros((1, 4), np.float32), empty, 1.0, 0, 1, crow, ranks, values)
+    diagonal(crow, ranks, 62, values)
+    add_diagonal(crow, ranks, 62, 0.0, values)
+    cell_rhs(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, np.zeros((0, 3), np.float32),
+             empty, 0, 0, np.zeros((0, 27)))
+    add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)
+    spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold
+    spline_slopes(0.0)
+    evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,
+                  np.zeros((0, 3), np.float32))
+    add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
