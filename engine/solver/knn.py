@@ -42,12 +42,7 @@ class PointTree:
         """The tree's own points in its (spatial) order (N,), and their distances and indices (N, k) in that
         order: :meth:`query_in_order` without scattering the (N, k) results back."""
         order = self.tree.indices
-        points = self.tree.data
-        dist = np.empty((order.shape[0], k))
-        idx = np.empty((order.shape[0], k), dtype=np.int64)
-        for start in range(0, order.shape[0], batch):
-            dist[start:start + batch], idx[start:start + batch] = self.query(points[order[start:start + batch]], k)
-        return order, dist, idx
+        return (order, *self._in_order(self.tree.data, k, order, None, batch, scatter=False))
 
     def query_in_order(self, queries: np.ndarray, k: int, order: np.ndarray | None = None,
                        check: Callable[[], None] | None = None, batch: int = 1 << 18
@@ -59,13 +54,20 @@ class PointTree:
         the 1M-point bunny's own points, k = 17, 2 threads: 6.1 s in the input's order, 2.2 s in the tree's.
         """
         order = self.tree.indices if order is None else order
-        dist = np.empty((queries.shape[0], k))
-        idx = np.empty((queries.shape[0], k), dtype=np.int64)
-        for start in range(0, queries.shape[0], batch):
+        return self._in_order(queries, k, order, check, batch, scatter=True)
+
+    def _in_order(self, queries: np.ndarray, k: int, order: np.ndarray, check: Callable[[], None] | None,
+                  batch: int, scatter: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The queries taken in ``order``, ``batch`` at a time; results in the queries' order (``scatter``) or
+        in ``order``'s."""
+        dist = np.empty((order.shape[0], k))
+        idx = np.empty((order.shape[0], k), dtype=np.int64)
+        for start in range(0, order.shape[0], batch):
             if check is not None:
                 check()
             rows = order[start:start + batch]
-            dist[rows], idx[rows] = self.query(queries[rows], k)
+            at = rows if scatter else slice(start, start + rows.shape[0])
+            dist[at], idx[at] = self.query(queries[rows], k)
         return dist, idx
 
 
