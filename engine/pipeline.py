@@ -38,7 +38,7 @@ from .solver.normals import estimate_oriented, sensor_rows
 from .solver.outliers import drop_outliers
 from .solver.registration import find_views, register_views
 from .solver.resolution import Resolution, choose_voxel_size
-from .solver.system import Weights, point_weight, warm_kernels
+from .solver.system import Weights, point_weight
 from .solver.trust import incidence_trust
 from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
@@ -46,6 +46,7 @@ from .surface.meshing import candidate_cells, marching_cubes
 from .surface.simplify import simplify
 from .surface.trimming import compact, trim_distance, trim_far
 from .surface.watertight import close_level, closed_piece, outside_beyond, refuse_chunks
+from .warm import warm_kernels
 
 WEIGHTS = Weights(point=1.0, normal=1.0, smooth=0.1)
 

@@ -373,7 +373,7 @@ def start_and_serve(inbox: Inbox, out: Outbox) -> int:
     """Import the pipeline, say hello, serve; the exit code."""
     try:
         from ..pipeline import reconstruct
-        from ..solver.system import warm_kernels
+        from ..warm import warm_kernels
 
         hello = hello_fields()
     except Exception as exc:  # a broken install: say so in a frame, not only in the log

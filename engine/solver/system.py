@@ -48,7 +48,6 @@ and load the cached kernels (the 100k clean bunny's stage still went 1.6-1.9 s
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -483,27 +482,6 @@ def _cells_into(kernel: Callable[..., None], out: np.ndarray, start: int, *args:
     def job(lo: int, hi: int) -> None:
         kernel(*args, lo, hi, out[lo - start:hi - start])
     return job
-
-
-_warming: list[threading.Thread] = []  # the one loading thread of this process, once started
-
-
-def warm_kernels() -> None:
-    """Load :mod:`engine.solver.kernels` in a background thread, once per process: importing numba and loading
-    the cached kernels takes about 0.6 s in a fresh process, which then overlaps the stages before assembly
-    (or, in the Blender service, the wait for the first job)."""
-    if not _warming:
-        _warming.append(threading.Thread(target=_load_kernels, name="nksr-kernels", daemon=True))
-        _warming[0].start()
-
-
-def _load_kernels() -> None:
-    try:
-        from . import kernels
-
-        kernels.warm()
-    except Exception:  # noqa: BLE001 - the assembly imports them again and reports what is wrong
-        pass
 
 
 def assemble(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,

@@ -36,6 +36,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..solver.hierarchy import compiled_on
 from ..solver.voxels import unique_voxels_inverse
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 
@@ -121,19 +122,26 @@ def candidate_cells(start: torch.Tensor, start_size: float, rounds: int, field: 
     return cells, size, values
 
 
-def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor
+def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor, compiled: bool | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triangles of the zero level in ``cells`` (M, 3) of edge ``size`` with corner values v (M, 8).
 
     Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
     edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
     through those edges, so meshes of neighbouring cell sets can be welded on them
-    (:mod:`engine.large.blend`).
+    (:mod:`engine.large.blend`).  ``compiled``: in :mod:`engine.surface.mc_kernels` (None: on the
+    CPU; the same mesh) rather than in torch (the reference, and the CUDA path).
     """
     device = cells.device
     if cells.shape[0] == 0:
         return (torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
                 torch.zeros(0, 4, dtype=torch.int64, device=device))
+    if compiled_on(device, compiled):
+        from . import mc_kernels
+
+        mesh = mc_kernels.marching_cubes(np.ascontiguousarray(cells.to(torch.int64).numpy()), size,
+                                         np.ascontiguousarray(v.to(torch.float32).numpy()))
+        return torch.from_numpy(mesh[0]), torch.from_numpy(mesh[1]), torch.from_numpy(mesh[2])
     inside = v < 0
     case = (inside.to(torch.int64) * 2 ** torch.arange(8, device=device)).sum(dim=1)
     tri = torch.from_numpy(TRIANGLES).to(device)[case]  # (M, T, 3) local edge ids

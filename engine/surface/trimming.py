@@ -23,16 +23,10 @@ def trim_distance(voxel_size: float, noise: float) -> float:
     return TRIM_VOXELS * voxel_size + TRIM_NOISE * noise
 
 
-def vertex_distances(vertices: np.ndarray, tree: PointTree) -> np.ndarray:
-    """Distance (V,) from each vertex to its nearest input point."""
-    dist, _ = tree.query(vertices, 1)
-    return dist[:, 0]
-
-
 def trim_far(vertices: np.ndarray, faces: np.ndarray, tree: PointTree, max_distance: float
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Drop faces with a vertex beyond ``max_distance``; returns vertices, faces and the kept vertex rows."""
-    far = vertex_distances(vertices, tree) > max_distance
+    far = ~tree.within(vertices, max_distance)
     faces = faces[~far[faces].any(axis=1)]
     return compact(vertices, faces)
 

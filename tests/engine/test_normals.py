@@ -228,6 +228,19 @@ def test_tree_queries_taken_in_any_order_answer_in_the_queries_order() -> None:
     assert len(calls) == 10  # five batches each
 
 
+def test_tree_within_is_the_nearest_distance_at_most_the_radius() -> None:
+    """PointTree.within (a search bounded by the radius) marks exactly the queries whose nearest point is at most
+    the radius away, a point at exactly the radius included."""
+    rng = np.random.default_rng(4)
+    p = rng.normal(size=(3000, 3))
+    q = np.concatenate([rng.normal(scale=1.5, size=(4000, 3)), p[:5] + [0.25, 0.0, 0.0]])
+    tree = PointTree(p)
+    nearest = tree.query(q, 1)[0][:, 0]
+    for radius in (0.05, 0.2, float(nearest[-1]), float(np.median(nearest))):
+        mask = tree.within(q, radius)
+        assert np.array_equal(mask, nearest <= radius) and 0 < mask.sum() < len(q)
+
+
 @pytest.mark.parametrize("queries", [False, True])
 def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
     """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too."""

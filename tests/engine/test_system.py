@@ -178,14 +178,17 @@ def test_row_counts_from_presence_bits_equal_the_column_table() -> None:
 
 
 def test_warm_loads_every_kernel() -> None:
-    """``kernels.warm`` (run in the background before assembly) loads every compiled kernel, on inputs whose
-    arrays are large enough for what each kernel writes (a fresh process: a bad call would crash it)."""
+    """The background warm-up (:mod:`engine.warm`) loads every compiled kernel of the solver and of meshing, on
+    inputs whose arrays are large enough for what each kernel writes (a fresh process: a bad call would crash it,
+    and a failure would pass silently in the warm-up itself)."""
     import subprocess
     import sys
 
-    script = ("import sys; from engine.solver import kernels; kernels.warm(); "
+    script = ("import sys; from engine.solver import kernels; from engine.surface import mc_kernels; "
+              "kernels.warm(); mc_kernels.warm(); "
               "from numba.core.registry import CPUDispatcher; "
-              "cold = [n for n, f in vars(kernels).items() if isinstance(f, CPUDispatcher) and not f.signatures]; "
+              "cold = [n for m in (kernels, mc_kernels) for n, f in vars(m).items() "
+              "if isinstance(f, CPUDispatcher) and not f.signatures]; "
               "print(cold); sys.exit(1 if cold else 0)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[2])

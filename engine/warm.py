@@ -1,0 +1,33 @@
+"""Load the compiled CPU kernels (numba) in a background thread, once per process.
+
+Importing numba and loading the cached kernels of :mod:`engine.solver.kernels`
+(assembly, evaluation) and :mod:`engine.surface.mc_kernels` (marching cubes)
+takes about 0.5 s in a fresh process, nearly all of it numba's own start (each
+kernel after the first loads in a few milliseconds).  Started first, it
+overlaps the stages before assembly, or in the Blender service the wait for the
+first job; the first run after an install compiles them there too.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_warming: list[threading.Thread] = []  # the one loading thread of this process, once started
+
+
+def warm_kernels() -> None:
+    """Start loading the kernels in the background, unless this process already did."""
+    if not _warming:
+        _warming.append(threading.Thread(target=_load_kernels, name="nksr-kernels", daemon=True))
+        _warming[0].start()
+
+
+def _load_kernels() -> None:
+    try:
+        from .solver import kernels
+        from .surface import mc_kernels
+
+        kernels.warm()
+        mc_kernels.warm()
+    except Exception:  # noqa: BLE001 - the stages import them again and report what is wrong
+        pass
