@@ -51,9 +51,12 @@ def face_pieces(vertex_count: int, faces: np.ndarray) -> tuple[int, np.ndarray]:
     f = faces.astype(np.int64)
     ones = np.ones(2 * f.shape[0], dtype=np.int8)
     graph = coo_matrix((ones, (np.r_[f[:, 0], f[:, 1]], np.r_[f[:, 1], f[:, 2]])), shape=(vertex_count,) * 2)
-    _, vertex_piece = connected_components(graph, directed=False)
-    count, piece = np.unique(vertex_piece[f[:, 0]], return_inverse=True)
-    return count.shape[0], piece.reshape(-1)
+    components, vertex_piece = connected_components(graph, directed=False)
+    label = vertex_piece[f[:, 0]]
+    used = np.zeros(components, dtype=bool)  # components with a face (the rest are unused vertices)
+    used[label] = True
+    rank = np.cumsum(used) - 1  # the labels renumbered in order, as np.unique would, without its sort
+    return int(used.sum()), rank[label]
 
 
 def least_support(point_count: int) -> int:
