@@ -1,4 +1,5 @@
-"""Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation.
+"""Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation;
+box dilation of voxel sets on a bit grid.
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
@@ -14,6 +15,10 @@ themselves stay one BLAS product per batch (torch).
 The right-hand side is summed over the same cells (each cell's 27 voxel rows looked up once).  The field's
 evaluation at points (:func:`evaluate_taps`) and on the lattices of meshing's cells (:func:`add_grid`)
 replace torch's three einsums over (N, 3, 3, 3) per level.
+
+Box dilation (:func:`engine.solver.voxels.dilate`) sets one bit per voxel in a dense grid of 64-bit words
+along x over the result's bounding box, ORs shifted copies one axis at a time, and reads the bits back in
+(z, y, x) order, which is the order of the sort it replaces (the 1M-point bunny's finest level: 0.56 -> 0.06 s).
 
 The torch assembly and evaluation stay the reference and the CUDA path; tests/engine/test_system.py and
 tests/engine/test_meshing.py check both against the point-by-point reference and each other.
@@ -309,6 +314,86 @@ def add_grid(a: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
                     out[p, k, j, i] += np.float32(s)  # rounded first, as evaluate_taps' values
 
 
+@njit(cache=True, nogil=True)
+def set_bits(rel: np.ndarray, rows_y: int, words: int, grid: np.ndarray) -> None:
+    """Voxels rel (M, 3), non-negative, into a bit grid of rows (z, y) of ``words`` 64-bit words along x."""
+    for i in range(rel.shape[0]):
+        x, y, z = rel[i, 0], rel[i, 1], rel[i, 2]
+        grid[(z * rows_y + y) * words + (x >> 6)] |= np.uint64(1) << np.uint64(x & 63)
+
+
+@njit(cache=True, nogil=True)
+def shift_x(grid: np.ndarray, words: int, shifts: np.ndarray, out: np.ndarray) -> None:
+    """``out``: the OR of ``grid`` shifted along x by each of ``shifts`` (each below 64 in size), row by row."""
+    for r in range(grid.shape[0] // words):
+        base = r * words
+        for i in range(words):
+            acc = np.uint64(0)
+            for s in shifts:
+                if s == 0:
+                    acc |= grid[base + i]
+                elif s > 0:
+                    acc |= grid[base + i] << np.uint64(s)
+                    if i > 0:
+                        acc |= grid[base + i - 1] >> np.uint64(64 - s)
+                else:
+                    acc |= grid[base + i] >> np.uint64(-s)
+                    if i + 1 < words:
+                        acc |= grid[base + i + 1] << np.uint64(64 + s)
+            out[base + i] = acc
+
+
+@njit(cache=True, nogil=True)
+def shift_rows(grid: np.ndarray, words: int, length: int, stride: int, shifts: np.ndarray, out: np.ndarray) -> None:
+    """``out``: the OR of ``grid`` shifted by each of ``shifts`` along the axis whose step is ``stride`` rows
+    (y: 1, z: the rows per slice) and which has ``length`` positions."""
+    for r in range(grid.shape[0] // words):
+        at = (r // stride) % length
+        base = r * words
+        for i in range(words):
+            out[base + i] = 0
+        for s in shifts:
+            src = at - s
+            if 0 <= src < length:
+                from_row = (r + (src - at) * stride) * words
+                for i in range(words):
+                    out[base + i] |= grid[from_row + i]
+
+
+@njit(cache=True, nogil=True)
+def count_bits(grid: np.ndarray) -> int:
+    n = 0
+    for i in range(grid.shape[0]):
+        w = grid[i]
+        while w:
+            w &= w - np.uint64(1)
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def grid_voxels(grid: np.ndarray, rows_y: int, words: int, origin: np.ndarray, out: np.ndarray) -> None:
+    """The set bits of a bit grid as voxels (K, 3) plus ``origin``, in (z, y, x) order."""
+    k = 0
+    for r in range(grid.shape[0] // words):
+        z = r // rows_y
+        y = r - z * rows_y
+        for i in range(words):
+            w = grid[r * words + i]
+            while w:
+                low = w & (~w + np.uint64(1))
+                b = 0
+                t = low
+                while t > np.uint64(1):
+                    t >>= np.uint64(1)
+                    b += 1
+                out[k, 0] = i * 64 + b + origin[0]
+                out[k, 1] = y + origin[1]
+                out[k, 2] = z + origin[2]
+                k += 1
+                w ^= low
+
+
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
@@ -336,6 +421,12 @@ def warm() -> None:
     cell_rhs(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, np.zeros((0, 3), np.float32),
              empty, 0, 0, np.zeros((0, 27)))
     add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)
+    grid = np.zeros(1, np.uint64)
+    set_bits(np.zeros((1, 3), np.int64), 1, 1, grid)
+    other = np.empty_like(grid)
+    shift_x(grid, 1, np.zeros(1, np.int64), other)
+    shift_rows(other, 1, 1, 1, np.zeros(1, np.int64), grid)
+    grid_voxels(grid, 1, 1, np.zeros(3, np.int64), np.empty((count_bits(grid), 3), np.int64))
     spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold
     spline_slopes(0.0)
     evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,

@@ -10,6 +10,7 @@ because fVDB cannot be installed where this engine is tested.)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
@@ -17,6 +18,8 @@ from ..errors import MemoryLimitError
 BRICK_BITS = 3
 BRICK = 1 << BRICK_BITS
 MAX_BRICK_CELLS = 1 << 28  # 1 GiB of int32 brick grid: beyond this the voxel size is too small
+BIT_DILATION_MIN = 1 << 14  # voxels from which a box dilation runs on a bit grid (below, the sort is as quick)
+BIT_DILATION_WORDS = 1 << 25  # 64-bit words of that grid at most (two grids of 256 MiB); beyond, the sort
 
 
 class VoxelIndex:
@@ -134,12 +137,17 @@ def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
     Offsets that form a box (every combination of per-axis values, as the 27 taps) are applied one axis
     at a time: 3 + 3 + 3 shifts of a growing set instead of 27 of the first (the 1M-point bunny's finest
-    level 1.05 -> 0.55 s); the same voxels in the same order.
+    level 1.05 -> 0.55 s); the same voxels in the same order.  On the CPU a large set is dilated on a bit
+    grid instead (:func:`_dilate_bits`; 0.55 -> 0.06 s there), again the same voxels in the same order.
     """
     axes = [torch.unique(offsets[:, a]) for a in range(3)]
     box = len(axes[0]) * len(axes[1]) * len(axes[2])
     if box != offsets.shape[0] or unique_voxels(offsets).shape[0] != box:
         return unique_voxels((ijk[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
+    if ijk.device.type == "cpu" and ijk.shape[0] >= BIT_DILATION_MIN:
+        done = _dilate_bits(ijk, [a.numpy() for a in axes])
+        if done is not None:
+            return done
     for a, values in enumerate(axes):
         shift = torch.zeros(values.shape[0], 3, dtype=ijk.dtype, device=ijk.device)
         shift[:, a] = values
@@ -147,3 +155,30 @@ def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if values.shape[0] > 1 or a == 2:
             ijk = unique_voxels(ijk)
     return ijk
+
+
+def _dilate_bits(ijk: torch.Tensor, axes: list[np.ndarray]) -> torch.Tensor | None:
+    """:func:`dilate` by the box of per-axis shifts ``axes`` on a bit grid over the result's bounding box
+    (:mod:`engine.solver.kernels`), or None where that grid would take more than ``BIT_DILATION_WORDS``
+    words or a shift is 64 or more."""
+    from . import kernels
+
+    if any(int(np.abs(a).max()) >= 64 for a in axes):
+        return None
+    a = ijk.numpy()
+    low = np.array([int(v.min()) for v in axes], np.int64)
+    origin = a.min(axis=0) + low
+    dims = a.max(axis=0) + np.array([int(v.max()) for v in axes], np.int64) - origin + 1
+    words = int(dims[0] + 63) // 64
+    rows = int(dims[1]) * int(dims[2])
+    if words * rows > BIT_DILATION_WORDS:
+        return None
+    grid = np.zeros(words * rows, np.uint64)
+    kernels.set_bits(np.ascontiguousarray(a - origin), int(dims[1]), words, grid)
+    other = np.empty_like(grid)
+    kernels.shift_x(grid, words, axes[0].astype(np.int64), other)
+    kernels.shift_rows(other, words, int(dims[1]), 1, axes[1].astype(np.int64), grid)
+    kernels.shift_rows(grid, words, int(dims[2]), int(dims[1]), axes[2].astype(np.int64), other)
+    out = np.empty((kernels.count_bits(other), 3), np.int64)
+    kernels.grid_voxels(other, int(dims[1]), words, origin, out)
+    return torch.from_numpy(out)

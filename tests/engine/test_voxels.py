@@ -46,6 +46,34 @@ def test_box_dilation_one_axis_at_a_time_equals_all_shifts() -> None:
     assert dilate(vox, taps).shape[0] > 5 * vox.shape[0]
 
 
+@pytest.mark.parametrize("bits", [True, False])
+def test_bit_grid_dilation_equals_all_shifts(monkeypatch: pytest.MonkeyPatch, bits: bool) -> None:
+    """Large sets are dilated on a bit grid (CPU): the voxels and order of shifting by every offset, for boxes of
+    any steps and signs (shifts across the grid's 64-bit words and its edges), on sets spread wider than a word;
+    a grid over its word budget falls back to the sort (``bits`` False: the budget is zero)."""
+    import engine.solver.voxels as voxels
+
+    monkeypatch.setattr(voxels, "BIT_DILATION_MIN", 1)
+    if not bits:
+        monkeypatch.setattr(voxels, "BIT_DILATION_WORDS", 0)
+    calls: list[bool] = []
+    real = voxels._dilate_bits
+    monkeypatch.setattr(voxels, "_dilate_bits", lambda *a: calls.append(True) or real(*a))
+    rng = np.random.default_rng(7)
+    sets = [unique_voxels(torch.from_numpy(rng.integers(lo, hi, size=(n, 3))))
+            for lo, hi, n in ((-30, 30, 3000), (-200, 150, 4000), (60, 64, 40))]
+    taps = torch.tensor([(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)])
+    wide = torch.tensor([(x, y, z) for z in (0, 2) for y in (-3, 1) for x in (-63, -5, 0, 7, 63)])
+    far = torch.tensor([[64, 0, 0], [0, 0, 0]])  # a shift of a whole word: the sort, on either setting
+    for vox in sets:
+        for offsets in (taps, wide, far):
+            every = unique_voxels((vox[:, None, :] + offsets[None, :, :]).reshape(-1, 3))
+            assert torch.equal(dilate(vox, offsets), every)
+    assert len(calls) == 9
+    assert (real(sets[0], [np.array([-1, 0, 1])] * 3) is not None) == bits
+    assert real(sets[0], [np.array([0, 64])] * 3) is None
+
+
 @pytest.mark.parametrize("spread", [6, 40, 300])
 def test_neighbour_table_matches_lookups(spread: int) -> None:
     """The table read from rimmed brick blocks equals 27 lookups per voxel, across brick and grid edges."""
