@@ -1,5 +1,5 @@
 """Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation;
-box dilation of voxel sets on a bit grid.
+box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`.
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
@@ -394,6 +394,33 @@ def grid_voxels(grid: np.ndarray, rows_y: int, words: int, origin: np.ndarray, o
                 w ^= low
 
 
+@njit(cache=True, nogil=True)
+def mark_cells(points: np.ndarray, origin: np.ndarray, inv_cell: float, dims: np.ndarray, grid: np.ndarray) -> None:
+    """Set the bit of each point's cell (cells of 1 / ``inv_cell`` from ``origin``, ``dims`` of them, x fastest)."""
+    for i in range(points.shape[0]):
+        x = int(np.floor((points[i, 0] - origin[0]) * inv_cell))
+        y = int(np.floor((points[i, 1] - origin[1]) * inv_cell))
+        z = int(np.floor((points[i, 2] - origin[2]) * inv_cell))
+        if 0 <= x < dims[0] and 0 <= y < dims[1] and 0 <= z < dims[2]:
+            k = (z * dims[1] + y) * dims[0] + x
+            grid[k >> 6] |= np.uint64(1) << np.uint64(k & 63)
+
+
+@njit(cache=True, nogil=True)
+def cells_marked(queries: np.ndarray, origin: np.ndarray, inv_cell: float, dims: np.ndarray, grid: np.ndarray,
+                 lo: int, hi: int, out: np.ndarray) -> None:
+    """``out[i]``: whether query i's cell (as in :func:`mark_cells`) is marked, for queries lo:hi."""
+    for i in range(lo, hi):
+        x = int(np.floor((queries[i, 0] - origin[0]) * inv_cell))
+        y = int(np.floor((queries[i, 1] - origin[1]) * inv_cell))
+        z = int(np.floor((queries[i, 2] - origin[2]) * inv_cell))
+        hit = False
+        if 0 <= x < dims[0] and 0 <= y < dims[1] and 0 <= z < dims[2]:
+            k = (z * dims[1] + y) * dims[0] + x
+            hit = (grid[k >> 6] >> np.uint64(k & 63)) & np.uint64(1) == np.uint64(1)
+        out[i] = hit
+
+
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
@@ -427,6 +454,9 @@ def warm() -> None:
     shift_x(grid, 1, np.zeros(1, np.int64), other)
     shift_rows(other, 1, 1, 1, np.zeros(1, np.int64), grid)
     grid_voxels(grid, 1, 1, np.zeros(3, np.int64), np.empty((count_bits(grid), 3), np.int64))
+    box = np.ones(3, np.int64)
+    mark_cells(np.zeros((1, 3)), np.zeros(3), 1.0, box, grid)
+    cells_marked(np.zeros((1, 3)), np.zeros(3), 1.0, box, grid, 0, 1, np.empty(1, np.bool_))
     spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold
     spline_slopes(0.0)
     evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,

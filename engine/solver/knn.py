@@ -16,12 +16,14 @@ closer).  The rest are searched again with cells twice as large.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
 from .basis import TAP_OFFSETS
+from .threads import parts, run_parts
 from .voxels import VoxelIndex, unique_voxels_inverse
 
 
@@ -41,12 +43,19 @@ class PointTree:
     def within(self, queries: np.ndarray, radius: float) -> np.ndarray:
         """Mask (M,) of the queries (M, 3) with a point at most ``radius`` away.
 
-        The search stops at ``radius`` (the tree prunes what lies beyond: the 2.8M vertices of the 1M-point
-        bunny's mesh 1.86 -> 1.30 s); a query with no point that near gets infinity.
+        A query whose cell, in a grid of cells whose diagonal is ``radius``, holds a point is within it
+        without a search (:func:`_occupied`); the others are searched, the search stopping at ``radius``
+        (the tree prunes what lies beyond; a query with no point that near gets infinity).  The 2.8M
+        vertices of the 1M-point bunny's mesh: 1.86 s searched, 1.08-1.44 s bounded, 0.32-0.35 s with the cells
+        first (89% of the vertices decided there; 80% at 100k points).
         """
+        q = np.asarray(queries, dtype=np.float64)
+        near = _occupied(self.tree.data, q, radius)
+        rest = np.flatnonzero(~near)
         bound = float(np.nextafter(radius, np.inf))  # the tree's bound is strict; a point at ``radius`` counts
-        dist, _ = self.tree.query(np.asarray(queries, dtype=np.float64), k=1, workers=-1, distance_upper_bound=bound)
-        return dist <= radius
+        dist, _ = self.tree.query(q[rest], k=1, workers=-1, distance_upper_bound=bound)
+        near[rest] = dist <= radius
+        return near
 
     def query_self(self, k: int, batch: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tree's own points in its (spatial) order (N,), and their distances and indices (N, k) in that
@@ -79,6 +88,37 @@ class PointTree:
             at = rows if scatter else slice(start, start + rows.shape[0])
             dist[at], idx[at] = self.query(queries[rows], k)
         return dist, idx
+
+
+OCCUPIED_MIN = 1 << 16  # queries from which :meth:`PointTree.within` tests cells first (below, the search alone)
+OCCUPIED_BITS = 1 << 31  # cells of that test's bit grid at most (256 MiB); beyond, the search alone
+
+
+def _occupied(points: np.ndarray, queries: np.ndarray, radius: float) -> np.ndarray:
+    """Mask (M,) of the queries whose cell holds one of ``points``, in cells of diagonal just under
+    ``radius`` over the points' bounding box, so that each marked query has a point within ``radius``;
+    all False where there are few queries or the grid would be too large."""
+    near = np.zeros(queries.shape[0], dtype=bool)
+    if queries.shape[0] < OCCUPIED_MIN or points.shape[0] == 0:
+        return near
+    # A point's or a query's cell may be off by the rounding of its coordinates (a few units in the last place
+    # of the largest one): the cells' diagonal stays that much under the radius.
+    largest = max(float(np.abs(points).max()), float(np.abs(queries).max()))
+    cell = (radius - 8.0 * np.sqrt(3.0) * float(np.spacing(largest))) / np.sqrt(3.0)
+    if not cell > 0.0:
+        return near
+    origin = points.min(axis=0)
+    extent = (points.max(axis=0) - origin) / cell
+    if not np.all(np.isfinite(extent)) or float(np.prod(np.floor(extent) + 1.0)) > OCCUPIED_BITS:
+        return near
+    from . import kernels
+
+    dims = (np.floor(extent) + 1).astype(np.int64)
+    grid = np.zeros((int(np.prod(dims)) + 63) // 64, np.uint64)
+    kernels.mark_cells(points, origin, 1.0 / cell, dims, grid)
+    run_parts(partial(kernels.cells_marked, queries, origin, 1.0 / cell, dims, grid, out=near),
+              parts(0, queries.shape[0]))
+    return near
 
 
 # A cell should hold about k / CELL_FILL points: then the 27 cells around a query hold

@@ -241,6 +241,26 @@ def test_tree_within_is_the_nearest_distance_at_most_the_radius() -> None:
         assert np.array_equal(mask, nearest <= radius) and 0 < mask.sum() < len(q)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_tree_within_by_occupied_cells_is_exact(monkeypatch: pytest.MonkeyPatch, offset: float) -> None:
+    """Queries whose cell holds a point skip the search: still exactly the queries whose nearest point is at most
+    the radius away, near the cells' corners, at exactly the radius, and far from the origin (rounding)."""
+    import engine.solver.knn as knn
+
+    calls: list[int] = []
+    real = knn._occupied
+    monkeypatch.setattr(knn, "OCCUPIED_MIN", 1)
+    monkeypatch.setattr(knn, "_occupied", lambda *a: calls.append(int(real(*a).sum())) or real(*a))
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 1, size=(20000, 3)) + offset
+    q = np.concatenate([rng.uniform(-0.05, 1.05, size=(20000, 3)) + offset, p[:50] + [0.01, 0.0, 0.0]])
+    tree = PointTree(p)
+    nearest = tree.query(q, 1)[0][:, 0]
+    for radius in (0.02, 0.05, 0.2, float(nearest[-1])):
+        assert np.array_equal(tree.within(q, radius), nearest <= radius)
+    assert len(calls) == 4 and calls[2] > 15000  # at the widest radius the cells decided most queries
+
+
 @pytest.mark.parametrize("queries", [False, True])
 def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
     """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too."""
