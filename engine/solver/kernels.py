@@ -421,6 +421,27 @@ def cells_marked(queries: np.ndarray, origin: np.ndarray, inv_cell: float, dims:
         out[i] = hit
 
 
+@njit(cache=True, nogil=True)
+def neighbour_rows(ijk: np.ndarray, origin: np.ndarray, bdims: np.ndarray, grid: np.ndarray, table: np.ndarray,
+                   lo: int, hi: int, out: np.ndarray) -> None:
+    """Rows lo:hi of :meth:`engine.solver.voxels.VoxelIndex.neighbour_table`: each voxel's 27 neighbours
+    (offset (x, y, z) in [-1, 1]^3 at column (x + 1) + 3 (y + 1) + 9 (z + 1)) looked up in the index's brick
+    grid and brick tables, -1 where absent."""
+    for v in range(lo, hi):
+        for t in range(27):
+            x = ijk[v, 0] + t % 3 - 1 - origin[0]
+            y = ijk[v, 1] + (t // 3) % 3 - 1 - origin[1]
+            z = ijk[v, 2] + t // 9 - 1 - origin[2]
+            row = -1
+            if x >= 0 and y >= 0 and z >= 0:
+                bx, by, bz = x >> 3, y >> 3, z >> 3
+                if bx < bdims[0] and by < bdims[1] and bz < bdims[2]:
+                    b = grid[(bz * bdims[1] + by) * bdims[0] + bx]
+                    if b >= 0:
+                        row = table[b, (((z & 7) << 3) + (y & 7) << 3) + (x & 7)]
+            out[v, t] = row
+
+
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
@@ -455,6 +476,8 @@ def warm() -> None:
     shift_rows(other, 1, 1, 1, np.zeros(1, np.int64), grid)
     grid_voxels(grid, 1, 1, np.zeros(3, np.int64), np.empty((count_bits(grid), 3), np.int64))
     box = np.ones(3, np.int64)
+    neighbour_rows(np.zeros((1, 3), np.int64), np.zeros(3, np.int64), box, np.zeros(1, np.int32),
+                   np.full((1, 512), -1, np.int32), 0, 1, np.empty((1, 27), np.int32))
     mark_cells(np.zeros((1, 3)), np.zeros(3), 1.0, box, grid)
     cells_marked(np.zeros((1, 3)), np.zeros(3), 1.0, box, grid, 0, 1, np.empty(1, np.bool_))
     spline_weights(0.0)  # compiled into the kernels that call them; called here so that none is left cold

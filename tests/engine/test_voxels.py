@@ -76,12 +76,14 @@ def test_bit_grid_dilation_equals_all_shifts(monkeypatch: pytest.MonkeyPatch, bi
 
 @pytest.mark.parametrize("spread", [6, 40, 300])
 def test_neighbour_table_matches_lookups(spread: int) -> None:
-    """The table read from rimmed brick blocks equals 27 lookups per voxel, across brick and grid edges."""
+    """The table (torch: read from rimmed brick blocks; compiled: looked up per voxel) equals 27 lookups per
+    voxel, across brick and grid edges."""
     rng = np.random.default_rng(spread + 1)
     vox = unique_voxels(torch.from_numpy(rng.integers(-spread, spread, size=(3000, 3))))
     index = VoxelIndex(vox)
     steps = torch.tensor([(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)])
     expected = index.lookup(vox[:, None, :] + steps).to(torch.int32)
-    table = index.neighbour_table(batch=700)  # several batches
+    table = index.neighbour_table(batch=700, compiled=False)  # several batches
     assert torch.equal(table, expected)
+    assert torch.equal(index.neighbour_table(compiled=True), expected)
     assert (expected >= 0).any() and (expected < 0).any()
