@@ -1,7 +1,7 @@
 """Load the compiled CPU kernels (numba) in a background thread, once per process.
 
 Importing numba and loading the cached kernels of :mod:`engine.solver.kernels`
-(assembly, evaluation) and :mod:`engine.surface.mc_kernels` (marching cubes)
+(assembly, evaluation) and :mod:`engine.surface.kernels` (marching cubes)
 takes about 0.5 s in a fresh process, nearly all of it numba's own start (each
 kernel after the first loads in a few milliseconds).  Started first, it
 overlaps the stages before assembly, or in the Blender service the wait for the
@@ -24,10 +24,10 @@ def warm_kernels() -> None:
 
 def _load_kernels() -> None:
     try:
-        from .solver import kernels
-        from .surface import mc_kernels
+        from .solver import kernels as solver_kernels
+        from .surface import kernels as surface_kernels
 
-        kernels.warm()
-        mc_kernels.warm()
+        solver_kernels.warm()
+        surface_kernels.warm()
     except Exception:  # noqa: BLE001 - the stages import them again and report what is wrong
         pass

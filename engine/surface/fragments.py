@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..solver.knn import PointTree
 from .trimming import compact
@@ -45,17 +43,17 @@ class Pieces:
 
 
 def face_pieces(vertex_count: int, faces: np.ndarray) -> tuple[int, np.ndarray]:
-    """The number of pieces (connected through shared vertices) and the piece (F,) of each face."""
+    """The number of pieces (connected through shared vertices) and the piece (F,) of each face, numbered in
+    the order of their lowest vertex (:func:`engine.surface.kernels.vertex_roots`)."""
     if faces.shape[0] == 0:
         return 0, np.zeros(0, dtype=np.int64)
-    f = faces.astype(np.int64)
-    ones = np.ones(2 * f.shape[0], dtype=np.int8)
-    graph = coo_matrix((ones, (np.r_[f[:, 0], f[:, 1]], np.r_[f[:, 1], f[:, 2]])), shape=(vertex_count,) * 2)
-    components, vertex_piece = connected_components(graph, directed=False)
-    label = vertex_piece[f[:, 0]]
-    used = np.zeros(components, dtype=bool)  # components with a face (the rest are unused vertices)
+    from . import kernels
+
+    f = np.ascontiguousarray(faces, dtype=np.int64)
+    label = kernels.vertex_roots(vertex_count, f)[f[:, 0]]
+    used = np.zeros(vertex_count, dtype=bool)  # pieces with a face (the rest are unused vertices)
     used[label] = True
-    rank = np.cumsum(used) - 1  # the labels renumbered in order, as np.unique would, without its sort
+    rank = np.cumsum(used) - 1  # the pieces renumbered in order, as np.unique would, without its sort
     return int(used.sum()), rank[label]
 
 

@@ -129,7 +129,7 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor, compiled: 
     Returns vertices (V, 3), faces (F, 3) int64 and each vertex's cell edge (V, 4) int64: the
     edge's lower corner (in the cells' integer coordinates) and its axis.  Vertices are shared
     through those edges, so meshes of neighbouring cell sets can be welded on them
-    (:mod:`engine.large.blend`).  ``compiled``: in :mod:`engine.surface.mc_kernels` (None: on the
+    (:mod:`engine.large.blend`).  ``compiled``: in :mod:`engine.surface.kernels` (None: on the
     CPU; the same mesh) rather than in torch (the reference, and the CUDA path).
     """
     device = cells.device
@@ -137,9 +137,9 @@ def marching_cubes(cells: torch.Tensor, size: float, v: torch.Tensor, compiled: 
         return (torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
                 torch.zeros(0, 4, dtype=torch.int64, device=device))
     if compiled_on(device, compiled):
-        from . import mc_kernels
+        from . import kernels
 
-        mesh = mc_kernels.marching_cubes(np.ascontiguousarray(cells.to(torch.int64).numpy()), size,
+        mesh = kernels.marching_cubes(np.ascontiguousarray(cells.to(torch.int64).numpy()), size,
                                          np.ascontiguousarray(v.to(torch.float32).numpy()))
         return torch.from_numpy(mesh[0]), torch.from_numpy(mesh[1]), torch.from_numpy(mesh[2])
     inside = v < 0

@@ -83,3 +83,29 @@ def test_a_thin_separate_part_that_many_points_see_stays() -> None:
     assert mesh.stats["pieces"] == components(len(mesh.vertices), mesh.faces) == 2
     assert mesh.stats["pieces_removed"] == 0
     assert (mesh.vertices[:, 0] > 1.5).any()
+
+
+def test_face_pieces_are_scipys_components_in_the_same_order() -> None:
+    """The union-find numbering of the mesh's pieces (lowest vertex first) is SciPy's connected components over
+    the faces, renumbered over the pieces that have faces: a sheet cut into hundreds of pieces, its vertex ids
+    shuffled, with unused vertices."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from engine.surface.fragments import face_pieces
+
+    rng = np.random.default_rng(2)
+    side = 60
+    grid = np.arange(side * side).reshape(side, side)
+    quads = np.stack([grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]], -1).reshape(-1, 4)
+    faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    faces = faces[rng.random(faces.shape[0]) < 0.2]  # a sparse sheet: many pieces
+    count = side * side + 40
+    faces = rng.permutation(count)[faces]
+    n, piece = face_pieces(count, faces)
+    graph = coo_matrix((np.ones(2 * len(faces)), (np.r_[faces[:, 0], faces[:, 1]], np.r_[faces[:, 1], faces[:, 2]])),
+                       shape=(count, count))
+    _, label = connected_components(graph, directed=False)
+    expected_count, expected = np.unique(label[faces[:, 0]], return_inverse=True)
+    assert n == expected_count.shape[0] > 100
+    assert np.array_equal(piece, expected.reshape(-1))

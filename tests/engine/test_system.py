@@ -184,10 +184,10 @@ def test_warm_loads_every_kernel() -> None:
     import subprocess
     import sys
 
-    script = ("import sys; from engine.solver import kernels; from engine.surface import mc_kernels; "
-              "kernels.warm(); mc_kernels.warm(); "
+    script = ("import sys; from engine.solver import kernels as a; from engine.surface import kernels as b; "
+              "a.warm(); b.warm(); "
               "from numba.core.registry import CPUDispatcher; "
-              "cold = [n for m in (kernels, mc_kernels) for n, f in vars(m).items() "
+              "cold = [n for m in (a, b) for n, f in vars(m).items() "
               "if isinstance(f, CPUDispatcher) and not f.signatures]; "
               "print(cold); sys.exit(1 if cold else 0)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

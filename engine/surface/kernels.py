@@ -1,4 +1,4 @@
-"""Marching cubes in compiled CPU loops (numba): one pass per step instead of a dozen torch passes.
+"""Compiled CPU loops (numba) of the surface stages: marching cubes; the mesh's connected pieces.
 
 :func:`engine.surface.meshing.marching_cubes` in torch makes about twelve passes
 over arrays of millions of items (cases, triangle table rows, crossed edges,
@@ -13,6 +13,11 @@ checks.  torch stays the reference and the CUDA path.
 The per-cell loops are serial and release the GIL (``nogil``), so
 :func:`marching_cubes` runs them on the solver's threads (:mod:`engine.solver.threads`)
 over disjoint cell ranges; the sort is NumPy's.
+
+:func:`vertex_roots` finds the mesh's pieces by union-find over the faces' edges, each piece
+named by its lowest vertex, which is the order SciPy's ``connected_components`` numbers them
+in: the 1M bunny's 5.6M faces 0.62 -> 0.10 s, the same pieces in the same order
+(:func:`engine.surface.fragments.face_pieces`).
 """
 
 from __future__ import annotations
@@ -176,8 +181,35 @@ def marching_cubes(cells: np.ndarray, size: float, v: np.ndarray) -> tuple[np.nd
     return verts, faces, lower
 
 
+@njit(cache=True, nogil=True)
+def _root(parent: np.ndarray, v: int) -> int:
+    while parent[v] != v:
+        parent[v] = parent[parent[v]]  # path halving
+        v = parent[v]
+    return v
+
+
+@njit(cache=True, nogil=True)
+def vertex_roots(vertex_count: int, faces: np.ndarray) -> np.ndarray:
+    """Each vertex's piece (V,), named by the piece's lowest vertex; faces (F, 3) join their vertices."""
+    parent = np.arange(vertex_count)
+    for f in range(faces.shape[0]):
+        for j in range(2):
+            a = _root(parent, faces[f, j])
+            b = _root(parent, faces[f, j + 1])
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
+    for v in range(vertex_count):
+        parent[v] = parent[parent[v]]  # roots are lower than their vertices: one pass in order finishes
+    return parent
+
+
 def warm() -> None:
     """Load (compile, the first time after an install) each kernel, with the argument types of a real run."""
     values = np.array([[-1, 1, 1, 1, 1, 1, 1, 1]], np.float32)
     marching_cubes(np.zeros((1, 3), np.int64), 1.0, values)
     cell_case(values, 0)  # compiled into the kernels that call it; called here so that it is not left cold
+    vertex_roots(3, np.array([[0, 1, 2]], np.int64))
+    _root(np.zeros(1, np.int64), 0)
