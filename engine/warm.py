@@ -1,7 +1,7 @@
 """Load the compiled CPU kernels (numba) in a background thread, once per process.
 
 Importing numba and loading the cached kernels of :mod:`engine.solver.kernels`
-(assembly, evaluation) and :mod:`engine.surface.kernels` (marching cubes)
+(assembly, evaluation, voxel sets) and :mod:`engine.surface.kernels` (marching cubes, mesh pieces)
 takes about 0.5 s in a fresh process, nearly all of it numba's own start (each
 kernel after the first loads in a few milliseconds).  Started first, it
 overlaps the stages before assembly, or in the Blender service the wait for the
