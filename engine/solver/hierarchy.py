@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .basis import TAP_OFFSETS, split_points, weights_1d
-from .threads import on_rows
+from .threads import compiled_on, on_rows
 from .voxels import VoxelIndex, dilate, unique_voxels
 
 BATCH = 1 << 18  # points per batch of field evaluations and lookups
@@ -121,12 +121,6 @@ def contract(a: torch.Tensor, u: torch.Tensor, size: float, with_grad: bool
         return t[:, 0, 0, 0], None
     grads = torch.stack((t[:, 1, 0, 0], t[:, 0, 1, 0], t[:, 0, 0, 1]), dim=1) / size
     return t[:, 0, 0, 0], grads
-
-
-def compiled_on(device: torch.device, compiled: bool | None) -> bool:
-    """Whether assembly and field evaluation run in :mod:`engine.solver.kernels` (``compiled`` None: on the
-    CPU) rather than in torch (the reference, and the CUDA path)."""
-    return compiled if compiled is not None else device.type == "cpu"
 
 
 def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False, compiled: bool | None = None

@@ -58,8 +58,8 @@ import numpy as np
 import torch
 
 from .basis import product_polynomials, split_points, weights_1d
-from .hierarchy import BATCH, Level, compiled_on
-from .threads import parts, run_parts, thread_count
+from .hierarchy import BATCH, Level
+from .threads import compiled_on, parts, run_parts, thread_count
 from .voxels import unique_voxels_inverse
 
 N_OFFSETS = 125

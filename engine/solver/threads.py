@@ -1,4 +1,4 @@
-"""Python threads over disjoint ranges, for the compiled kernels of :mod:`engine.solver.kernels`.
+"""Python threads over disjoint ranges, for the compiled kernels (numba), and whether a stage uses them.
 
 The kernels release the GIL (``nogil``), so plain threads run them side by side;
 each thread is given its own rows, cells or points and writes only those.  One
@@ -23,6 +23,12 @@ import torch
 _pool: list[tuple[int, ThreadPoolExecutor]] = []  # the shared pool and its size, once made
 _lock = threading.Lock()
 
+
+
+def compiled_on(device: torch.device, compiled: bool | None) -> bool:
+    """Whether a stage runs in its compiled CPU kernels (numba; ``compiled`` None: on the CPU) rather than in
+    torch (the reference, and the CUDA path)."""
+    return compiled if compiled is not None else device.type == "cpu"
 
 
 def thread_count() -> int:

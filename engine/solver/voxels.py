@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
+from .threads import compiled_on, parts, run_parts
 
 BRICK_BITS = 3
 BRICK = 1 << BRICK_BITS
@@ -84,7 +85,7 @@ class VoxelIndex:
         (close in memory), instead of 27 lookups of several passes each (~10x faster on the finest level of the
         100k-point bunny scan).  Both give the same table.
         """
-        if compiled if compiled is not None else self.device.type == "cpu":
+        if compiled_on(self.device, compiled):
             return self._neighbour_table_compiled()
         k, h, dev = self.table.shape[0], BRICK + 2, self.device
         tables = torch.cat((self.table, self.table.new_full((1, BRICK**3), -1))).view(k + 1, BRICK, BRICK, BRICK)
@@ -115,10 +116,8 @@ class VoxelIndex:
             rows[start:start + batch] = flat_block[(place[:, None] + offsets).view(-1)].view(-1, 27)
         return rows
 
-
     def _neighbour_table_compiled(self) -> torch.Tensor:
         from . import kernels
-        from .threads import parts, run_parts
 
         rows = np.empty((len(self), 27), np.int32)
         run_parts(partial(kernels.neighbour_rows, self.ijk.numpy(), self.origin.numpy(), self.bdims.numpy(),

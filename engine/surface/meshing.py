@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..solver.hierarchy import compiled_on
+from ..solver.threads import compiled_on
 from ..solver.voxels import unique_voxels_inverse
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 
