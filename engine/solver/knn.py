@@ -15,7 +15,7 @@ closer).  The rest are searched again with cells twice as large.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import numpy as np
@@ -57,11 +57,19 @@ class PointTree:
         near[rest] = dist <= radius
         return near
 
-    def query_self(self, k: int, batch: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The tree's own points in its (spatial) order (N,), and their distances and indices (N, k) in that
-        order: :meth:`query_in_order` without scattering the (N, k) results back."""
+    @property
+    def order(self) -> np.ndarray:
+        """The tree's own points in its (spatial) order (N,)."""
+        return self.tree.indices
+
+    def query_self(self, k: int, batch: int = 1 << 16) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """The tree's own points taken in :attr:`order`, ``batch`` at a time: for each batch, the slice of
+        ``order`` it covers and its distances and indices (B, k), so that a caller keeps only what it needs
+        of them (the outlier test: a mean and the indices, not the (N, k) distances)."""
         order = self.tree.indices
-        return (order, *self._in_order(self.tree.data, k, order, None, batch, scatter=False))
+        for start in range(0, order.shape[0], batch):
+            rows = order[start:start + batch]
+            yield (slice(start, start + rows.shape[0]), *self.query(self.tree.data[rows], k))
 
     def query_in_order(self, queries: np.ndarray, k: int, order: np.ndarray | None = None,
                        check: Callable[[], None] | None = None, batch: int = 1 << 18
@@ -73,20 +81,18 @@ class PointTree:
         the 1M-point bunny's own points, k = 17, 2 threads: 6.1 s in the input's order, 2.2 s in the tree's.
         """
         order = self.tree.indices if order is None else order
-        return self._in_order(queries, k, order, check, batch, scatter=True)
+        return self._in_order(queries, k, order, check, batch)
 
     def _in_order(self, queries: np.ndarray, k: int, order: np.ndarray, check: Callable[[], None] | None,
-                  batch: int, scatter: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The queries taken in ``order``, ``batch`` at a time; results in the queries' order (``scatter``) or
-        in ``order``'s."""
+                  batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The queries taken in ``order``, ``batch`` at a time; results in the queries' order."""
         dist = np.empty((order.shape[0], k))
         idx = np.empty((order.shape[0], k), dtype=np.int64)
         for start in range(0, order.shape[0], batch):
             if check is not None:
                 check()
             rows = order[start:start + batch]
-            at = rows if scatter else slice(start, start + rows.shape[0])
-            dist[at], idx[at] = self.query(queries[rows], k)
+            dist[rows], idx[rows] = self.query(queries[rows], k)
         return dist, idx
 
 
