@@ -159,10 +159,11 @@ def _folds(v: np.ndarray, f: np.ndarray, ref_face: np.ndarray, ref_corner: np.nd
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _link_ok(f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first: np.ndarray, count: np.ndarray,
-             dead: np.ndarray, a: int, b: int, stamp: np.ndarray, tick: int) -> bool:
-    """The link condition for edge a-b: the ends share as many neighbours as faces hold the edge (one or
-    two), so the collapse keeps every edge on at most two faces; and the merged vertex keeps three faces."""
+def _link(f: np.ndarray, ref_face: np.ndarray, first: np.ndarray, count: np.ndarray, dead: np.ndarray, a: int,
+          b: int, stamp: np.ndarray, tick: int) -> int:
+    """The faces on edge a-b (one or two) where its collapse keeps the surface's topology, else 0: the ends
+    must share as many neighbours as faces hold the edge (the link condition: every edge stays on at most two
+    faces), and the merged vertex keep three faces (one on a border)."""
     on_edge = 0
     faces_a = 0
     for r in range(first[a], first[a] + count[a]):
@@ -175,7 +176,7 @@ def _link_ok(f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first:
         if f[t, 0] == b or f[t, 1] == b or f[t, 2] == b:
             on_edge += 1
     if on_edge < 1 or on_edge > 2:
-        return False
+        return 0
     shared = 0
     faces_b = 0
     for r in range(first[b], first[b] + count[b]):
@@ -188,7 +189,8 @@ def _link_ok(f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first:
             if w != a and w != b and stamp[w] == tick:
                 stamp[w] = tick + 1  # counted once
                 shared += 1
-    return shared == on_edge and faces_a + faces_b - 2 * on_edge >= (3 if on_edge == 2 else 1)
+    keeps = faces_a + faces_b - 2 * on_edge >= (3 if on_edge == 2 else 1)
+    return on_edge if shared == on_edge and keeps else 0
 
 
 def collapse_mesh(v: np.ndarray, f: np.ndarray, alpha: float, aggressiveness: float, passes: int, target: int,
@@ -246,9 +248,8 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
                 both = border[a] and border[b]
                 _, x, y, z = _placement(q, v, a, b, border[a] and not both, not border[a])
                 tick += 3
-                if not _link_ok(f, ref_face, ref_corner, first, count, dead, a, b, stamp, tick):
-                    continue
-                if both and _on_edge(f, ref_face, first, count, dead, a, b) != 1:
+                on_edge = _link(f, ref_face, first, count, dead, a, b, stamp, tick)
+                if on_edge == 0 or (both and on_edge != 1):
                     continue  # two border vertices merge only along their border edge
                 if _folds(v, f, ref_face, ref_corner, first[a], count[a], dead, b, x, y, z) or \
                         _folds(v, f, ref_face, ref_corner, first[b], count[b], dead, a, x, y, z):
@@ -360,18 +361,6 @@ def _borders(f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first:
                         times[w] += 1
                     elif times[w] != 2:
                         border[i] = True
-
-
-@njit(cache=True, nogil=True)
-def _on_edge(f: np.ndarray, ref_face: np.ndarray, first: np.ndarray, count: np.ndarray, dead: np.ndarray,
-             a: int, b: int) -> int:
-    """How many live faces hold edge a-b."""
-    n = 0
-    for r in range(first[a], first[a] + count[a]):
-        t = ref_face[r]
-        if not dead[t] and (f[t, 0] == b or f[t, 1] == b or f[t, 2] == b):
-            n += 1
-    return n
 
 
 def warm() -> None:
