@@ -205,6 +205,8 @@ def collapse_mesh(v: np.ndarray, f: np.ndarray, alpha: float, aggressiveness: fl
     """
     nv, nf = v.shape[0], f.shape[0]
     capacity = 6 * nf + 64
+    if max(nv, capacity) >= 2**31:
+        raise ValueError(f"{nf:,} faces on {nv:,} vertices are more than the collapse's int32 indices hold")
     return _collapse(np.array(v, np.float64), np.array(f, np.int32), np.zeros((nv, 10)), np.zeros(nf, np.bool_),
                      np.zeros(nf, np.bool_), np.empty((nf, 4), np.float32), np.empty(capacity, np.int32),
                      np.empty(capacity, np.int8), np.zeros(nv, np.int64), np.zeros(nv, np.int64),

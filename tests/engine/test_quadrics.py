@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine.surface.quadrics import collapse_mesh
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges
@@ -84,3 +85,9 @@ def test_a_tetrahedron_stays_and_an_edge_of_three_sheets_stays_put() -> None:
     v1, f1 = collapse_mesh(v, f, 1e-9, 7.0, 20, 4, False)
     spine = {tuple(p) for p in v[np.abs(v[:, 0]) + np.abs(v[:, 2]) < 1e-12]}
     assert spine <= {tuple(p) for p in v1} and f1.shape[0] < f.shape[0]
+
+
+def test_too_many_vertices_for_int32_indices_are_refused_not_wrapped() -> None:
+    v = np.lib.stride_tricks.as_strided(np.zeros(3), shape=(2**31, 3), strides=(0, 8))  # no memory behind it
+    with pytest.raises(ValueError, match="int32"):
+        collapse_mesh(v, np.array([[0, 1, 2]]), 1e-9, 7.0, 1, 4, False)
