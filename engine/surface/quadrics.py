@@ -226,7 +226,7 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
     capacity = ref_face.shape[0]
     _plane_quadrics(v, f, q)
     end = _build_refs(f, dead, ref_face, ref_corner, first, count)
-    _borders(f, ref_face, ref_corner, first, count, stamp, near.view(np.int64), border)
+    _borders(f, ref_face, ref_corner, first, count, stamp, near.view(np.int64), border)  # stamp, near: scratch
     stamp[:] = 0
     _edge_costs(q, v, f, border, move_border, cost)
     tick = 0
@@ -249,7 +249,7 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
                     a, b = b, a  # a is kept: a border vertex stays where it is
                 both = border[a] and border[b]
                 _, x, y, z = _placement(q, v, a, b, border[a] and not both, not border[a])
-                tick += 3
+                tick += 3  # fresh stamps: the link test's two (tick, tick + 1), the neighbour costs' one (tick + 2)
                 on_edge = _link(f, ref_face, first, count, dead, a, b, stamp, tick)
                 if on_edge == 0 or (both and on_edge != 1):
                     continue  # two border vertices merge only along their border edge
