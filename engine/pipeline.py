@@ -198,8 +198,9 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
     ``concurrent`` chunks at once, each in a process of its own with ``worker_processes``: the memory plan's.
     """
     dev = select_device(opts.device)
-    if dev.type == "cpu":
-        warm_kernels()  # numba's 0.5 s of loading overlaps cleaning, which waits mostly in scipy and numpy
+    # numba's 0.5 s of loading overlaps cleaning, which waits mostly in scipy and numpy; on every device, since
+    # the simplifying collapse, trimming's cell test and the mesh's pieces run on the CPU whatever the device
+    warm_kernels()
     with run.stage("clean"):
         cloud = prepare_cloud(points, None if opts.estimate_normals else normals, colors)
         if opts.estimate_normals:
