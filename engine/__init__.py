@@ -29,9 +29,16 @@ another name (the extension bundles it as ``nksr_blender.engine``).
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# torch's CPU allocator reads this once, at its first allocation, so it is set before anything here imports
+# torch (a user's own setting stands): blocks of 2 MB and more are then advised to the kernel as transparent huge
+# pages (Linux; ignored elsewhere), as NumPy does for its arrays.  The page faults of fresh 4 kB pages were half of
+# the 1M-point bunny's meshing (4.2-4.9 s -> 2.3-2.6 s, the same peak memory); bench/README.md, session 17.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _LAZY = {
     "Cancelled": ".errors", "EngineError": ".errors", "InputError": ".errors",

@@ -11,12 +11,13 @@ is the sum over levels of ``a_v B_v(x)``; it is fitted coarse to fine
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
 from .basis import TAP_OFFSETS, split_points, weights_1d
-from .threads import compiled_on, on_rows
+from .threads import compiled_on, on_rows, parts, run_parts
 from .voxels import VoxelIndex, dilate, unique_voxels
 
 BATCH = 1 << 18  # points per batch of field evaluations and lookups
@@ -48,11 +49,23 @@ class Level:
             self._neighbours = self.index.neighbour_table(BATCH)
         return self._neighbours
 
-    def set_coeffs(self, coeffs: torch.Tensor) -> None:
-        """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients."""
+    def set_coeffs(self, coeffs: torch.Tensor, compiled: bool | None = None) -> None:
+        """Store the solved coefficients (M,) and the (M, 27) table of each voxel's neighbours' coefficients.
+
+        ``compiled``: gather the table in :func:`engine.solver.kernels.gather_taps` (None: on the CPU, for
+        float32; the same table) rather than by torch's indexing (the reference, and the CUDA path).
+        """
         self.coeffs = coeffs
         self._padded = torch.cat((coeffs, coeffs.new_zeros(1)))  # row -1 (absent) picks the trailing zero
-        self._tap_coeffs = self._padded[self.neighbours]
+        if compiled_on(coeffs.device, compiled) and coeffs.dtype == torch.float32:
+            from . import kernels
+
+            table = np.empty(tuple(self.neighbours.shape), np.float32)
+            run_parts(partial(kernels.gather_taps, self._padded.numpy(), self.neighbours.numpy(), out=table),
+                      parts(0, len(self)))
+            self._tap_coeffs = torch.from_numpy(table)
+        else:
+            self._tap_coeffs = self._padded[self.neighbours]
 
     def tap_coeffs(self, cells: torch.Tensor) -> torch.Tensor:
         """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent."""

@@ -442,6 +442,19 @@ def neighbour_rows(ijk: np.ndarray, origin: np.ndarray, bdims: np.ndarray, grid:
             out[v, t] = row
 
 
+@njit(cache=True, nogil=True)
+def gather_taps(padded: np.ndarray, nbr: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Rows lo:hi of each voxel's 27 neighbours' coefficients: ``out[i, k] = padded[nbr[i, k]]``.
+
+    ``padded`` (M + 1,) the coefficients and a trailing 0, which an absent neighbour (-1) picks.  torch's
+    ``padded[nbr]`` with the (M, 27) int32 table took 0.9 s on the 1M-point bunny's finest level (1.9M
+    voxels; 0.46 s on the next, 0.85M) against 0.04 s here on two threads.
+    """
+    for i in range(lo, hi):
+        for k in range(nbr.shape[1]):
+            out[i, k] = padded[nbr[i, k]]
+
+
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
@@ -485,3 +498,4 @@ def warm() -> None:
     evaluate_taps(np.zeros((0, 27), np.float32), np.zeros((0, 3), np.float32), 1.0, empty,
                   np.zeros((0, 3), np.float32))
     add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
+    gather_taps(np.zeros(1, np.float32), nbr, 0, 1, np.empty((1, 27), np.float32))

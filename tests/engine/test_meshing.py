@@ -164,6 +164,24 @@ def test_compiled_evaluation_equals_torch() -> None:
         assert torch.allclose(a, b, atol=2e-6), float((a - b).abs().max())
 
 
+def test_compiled_tap_table_equals_torch_gather() -> None:
+    """Each voxel's 27 neighbours' coefficients gathered by the numba kernel (the CPU default, on the kernel
+    threads) are torch's gather exactly, absent neighbours (-1) included as 0."""
+    levels = _sphere_levels()
+    for level in levels:
+        assert level.coeffs is not None
+        coeffs = level.coeffs.clone()
+        level.set_coeffs(coeffs, compiled=False)
+        reference = level._tap_coeffs
+        level.set_coeffs(coeffs, compiled=True)
+        got = level._tap_coeffs
+        assert reference is not None and got is not None and got.shape == (len(level), 27)
+        assert torch.equal(got, reference)
+        absent = level.neighbours < 0
+        assert bool(absent.any()) and bool((got[absent] == 0).all())  # the band's edge has absent neighbours
+        assert bool((got[~absent] != 0).any())
+
+
 def test_grid_corners_give_the_same_cells_and_values_as_the_field() -> None:
     """Meshing with the lattice shortcut keeps exactly the cells and corner values of the pointwise field."""
     from engine.solver.hierarchy import evaluate, evaluate_grid

@@ -196,6 +196,32 @@ def test_warm_loads_every_kernel() -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
 
 
+def test_engine_asks_torch_for_huge_pages_unless_told_otherwise() -> None:
+    """Importing the engine, before torch, sets torch's THP_MEM_ALLOC_ENABLE, so that its large blocks are
+    advised as transparent huge pages (a fresh process: the allocator reads it once); a user's own value stands.
+    Where the kernel gives huge pages on advice (``madvise`` or ``always``), a 256 MB tensor gets them."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, re, engine, torch; t = torch.ones(64 << 20); "
+              "print(os.environ['THP_MEM_ALLOC_ENABLE'], "
+              "re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    root = Path(__file__).resolve().parents[2]
+    runs = {}
+    for setting in (None, "0"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root,
+                              env=env if setting is None else {**env, "THP_MEM_ALLOC_ENABLE": setting})
+        assert done.returncode == 0, done.stderr
+        runs[setting] = done.stdout.split()
+    assert runs[None][0] == "1" and runs["0"][0] == "0"
+    assert int(runs["0"][1]) < 64 << 10  # kB: torch's tensor is not on huge pages when the user says no
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if mode.exists() and "[never]" not in mode.read_text():
+        assert int(runs[None][1]) >= 128 << 10  # kB: most of the 256 MB
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_compiled_assembly_is_the_same_on_any_thread_count(threads: int) -> None:
     """The kernels' threads take disjoint rows or cells, each entry summed in the same order: the system is bit
