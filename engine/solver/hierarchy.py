@@ -67,9 +67,22 @@ class Level:
         else:
             self._tap_coeffs = self._padded[self.neighbours]
 
-    def tap_coeffs(self, cells: torch.Tensor) -> torch.Tensor:
-        """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent."""
+    def tap_coeffs(self, cells: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
+        """(N, 27) coefficients of the voxels touching points in ``cells`` (N, 3), 0 where absent.
+
+        ``compiled`` (None: on the CPU, for float32): in :func:`engine.solver.kernels.cell_taps`, one pass over
+        the cells on the kernel threads; else torch's lookup and gather (the reference, and the CUDA path).
+        """
         assert self._padded is not None and self._tap_coeffs is not None
+        if compiled_on(cells.device, compiled) and self._tap_coeffs.dtype == torch.float32:
+            from . import kernels
+
+            index = self.index
+            out = np.empty((cells.shape[0], 27), np.float32)
+            run_parts(partial(kernels.cell_taps, np.ascontiguousarray(cells.to(torch.int64).numpy()),
+                              index.origin.numpy(), index.bdims.numpy(), index.grid.numpy(), index.table.numpy(),
+                              self._tap_coeffs.numpy(), self._padded.numpy(), out=out), parts(0, cells.shape[0]))
+            return torch.from_numpy(out)
         row = self.index.lookup(cells)
         out = self._tap_coeffs[row.clamp_min(0)]
         missing = row < 0
@@ -151,7 +164,7 @@ def evaluate_level(level: Level, x: torch.Tensor, with_grad: bool = False, compi
         from . import kernels
     for start in range(0, x.shape[0], BATCH):
         cell, u = split_points(x[start:start + BATCH] / level.size)
-        a = level.tap_coeffs(cell)
+        a = level.tap_coeffs(cell, compiled)
         if fast:
             on_rows(kernels.evaluate_taps, a.contiguous().numpy(), u.to(torch.float32).contiguous().numpy(),
                     1.0 / level.size, values[start:start + BATCH].numpy(),
@@ -217,7 +230,7 @@ def evaluate_grid(levels: list[Level], cells: torch.Tensor, size: float, n: int,
             origin = cells[start:start + BATCH].to(torch.float32) * size  # finest-voxel units
             cell = torch.floor(origin / level.size)
             u = (origin[:, :, None] + steps) / level.size - cell[:, :, None] - 0.5  # (B, 3 axes, n)
-            a = level.tap_coeffs(cell.to(torch.int64))
+            a = level.tap_coeffs(cell.to(torch.int64), compiled)
             if fast and a.dtype == torch.float32:
                 on_rows(kernels.add_grid, a.contiguous().numpy(), u.contiguous().numpy(),
                         out[start:start + BATCH].numpy())

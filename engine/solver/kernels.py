@@ -429,17 +429,43 @@ def neighbour_rows(ijk: np.ndarray, origin: np.ndarray, bdims: np.ndarray, grid:
     grid and brick tables, -1 where absent."""
     for v in range(lo, hi):
         for t in range(27):
-            x = ijk[v, 0] + t % 3 - 1 - origin[0]
-            y = ijk[v, 1] + (t // 3) % 3 - 1 - origin[1]
-            z = ijk[v, 2] + t // 9 - 1 - origin[2]
-            row = -1
-            if x >= 0 and y >= 0 and z >= 0:
-                bx, by, bz = x >> 3, y >> 3, z >> 3
-                if bx < bdims[0] and by < bdims[1] and bz < bdims[2]:
-                    b = grid[(bz * bdims[1] + by) * bdims[0] + bx]
-                    if b >= 0:
-                        row = table[b, (((z & 7) << 3) + (y & 7) << 3) + (x & 7)]
-            out[v, t] = row
+            out[v, t] = _row_of(ijk[v, 0] + t % 3 - 1, ijk[v, 1] + (t // 3) % 3 - 1, ijk[v, 2] + t // 9 - 1,
+                                origin, bdims, grid, table)
+
+
+@njit(cache=True, nogil=True)
+def _row_of(i: int, j: int, k: int, origin: np.ndarray, bdims: np.ndarray, grid: np.ndarray,
+            table: np.ndarray) -> int:
+    """Row of voxel (i, j, k) in a :class:`engine.solver.voxels.VoxelIndex` (its origin, brick grid and brick
+    tables), -1 where absent."""
+    x, y, z = i - origin[0], j - origin[1], k - origin[2]
+    if x < 0 or y < 0 or z < 0:
+        return -1
+    bx, by, bz = x >> 3, y >> 3, z >> 3
+    if bx >= bdims[0] or by >= bdims[1] or bz >= bdims[2]:
+        return -1
+    b = grid[(bz * bdims[1] + by) * bdims[0] + bx]
+    if b < 0:
+        return -1
+    return table[b, (((z & 7) << 3) + (y & 7) << 3) + (x & 7)]
+
+
+@njit(cache=True, nogil=True)
+def cell_taps(cells: np.ndarray, origin: np.ndarray, bdims: np.ndarray, grid: np.ndarray, table: np.ndarray,
+              tap_coeffs: np.ndarray, padded: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Rows lo:hi of :meth:`engine.solver.hierarchy.Level.tap_coeffs`: the 27 coefficients around each cell
+    (N, 3), its row of ``tap_coeffs`` (M, 27) where the cell is a voxel of the level, else 27 lookups into
+    ``padded`` (M + 1,; an absent voxel picks its trailing 0).  One pass instead of torch's lookup (several
+    passes over the cells) and gather."""
+    for i in range(lo, hi):
+        row = _row_of(cells[i, 0], cells[i, 1], cells[i, 2], origin, bdims, grid, table)
+        if row >= 0:
+            for t in range(27):
+                out[i, t] = tap_coeffs[row, t]
+        else:
+            for t in range(27):
+                out[i, t] = padded[_row_of(cells[i, 0] + t % 3 - 1, cells[i, 1] + (t // 3) % 3 - 1,
+                                           cells[i, 2] + t // 9 - 1, origin, bdims, grid, table)]
 
 
 @njit(cache=True, nogil=True)
@@ -499,3 +525,6 @@ def warm() -> None:
                   np.zeros((0, 3), np.float32))
     add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
     gather_taps(np.zeros(1, np.float32), nbr, 0, 1, np.empty((1, 27), np.float32))
+    cell_taps(np.zeros((2, 3), np.int64), np.zeros(3, np.int64), box, np.zeros(1, np.int32),
+              np.full((1, 512), -1, np.int32), np.zeros((1, 27), np.float32), np.zeros(1, np.float32), 0, 2,
+              np.empty((2, 27), np.float32))

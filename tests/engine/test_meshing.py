@@ -182,6 +182,24 @@ def test_compiled_tap_table_equals_torch_gather() -> None:
         assert bool((got[~absent] != 0).any())
 
 
+def test_compiled_tap_coefficients_equal_torch_lookup() -> None:
+    """The 27 coefficients around cells, looked up and gathered in one numba pass (the CPU default), are torch's
+    exactly: for cells that are voxels of the level, cells just outside its band (some of their 27 voxels
+    exist) and cells far from it (none do: all 0)."""
+    levels = _sphere_levels()
+    for level in levels:
+        inside = level.ijk[::2]
+        rim = level.ijk[::7] + torch.tensor([3, -2, 1])
+        far = torch.tensor([[10_000, 0, 0], [-500, 7, 3]])
+        cells = torch.cat((inside, rim, far))
+        a, b = level.tap_coeffs(cells, compiled=False), level.tap_coeffs(cells, compiled=True)
+        assert a.shape == b.shape == (cells.shape[0], 27) and b.dtype == torch.float32
+        assert torch.equal(a, b)
+        outside = level.index.lookup(cells) < 0
+        assert int(outside[inside.shape[0]:-2].sum()) > 0 and bool((b[outside].abs().sum(dim=1) > 0).any())
+        assert bool((b[-2:] == 0).all())
+
+
 def test_grid_corners_give_the_same_cells_and_values_as_the_field() -> None:
     """Meshing with the lattice shortcut keeps exactly the cells and corner values of the pointwise field."""
     from engine.solver.hierarchy import evaluate, evaluate_grid
