@@ -78,11 +78,11 @@ class Level:
             from . import kernels
 
             index = self.index
-            out = np.empty((cells.shape[0], 27), np.float32)
+            gathered = np.empty((cells.shape[0], 27), np.float32)
             run_parts(partial(kernels.cell_taps, np.ascontiguousarray(cells.to(torch.int64).numpy()),
                               index.origin.numpy(), index.bdims.numpy(), index.grid.numpy(), index.table.numpy(),
-                              self._tap_coeffs.numpy(), self._padded.numpy(), out=out), parts(0, cells.shape[0]))
-            return torch.from_numpy(out)
+                              self._tap_coeffs.numpy(), self._padded.numpy(), out=gathered), parts(0, cells.shape[0]))
+            return torch.from_numpy(gathered)
         row = self.index.lookup(cells)
         out = self._tap_coeffs[row.clamp_min(0)]
         missing = row < 0
