@@ -1,7 +1,8 @@
 """Load the compiled CPU kernels (numba) in a background thread, once per process.
 
 Importing numba and loading the cached kernels of :mod:`engine.solver.kernels`
-(assembly, evaluation, voxel sets), :mod:`engine.surface.kernels` (marching cubes, mesh pieces) and
+(assembly, evaluation, voxel sets), :mod:`engine.solver.sweeps` (the solve's preconditioner),
+:mod:`engine.surface.kernels` (marching cubes, mesh pieces) and
 :mod:`engine.surface.quadrics` (the simplifying collapse)
 takes about 0.5 s in a fresh process, nearly all of it numba's own start (each
 kernel after the first loads in a few milliseconds).  Started first, it
@@ -26,10 +27,12 @@ def warm_kernels() -> None:
 def _load_kernels() -> None:
     try:
         from .solver import kernels as solver_kernels
+        from .solver import sweeps
         from .surface import kernels as surface_kernels
         from .surface import quadrics
 
         solver_kernels.warm()
+        sweeps.warm()
         surface_kernels.warm()
         quadrics.warm()
     except Exception:  # noqa: BLE001 - the stages import them again and report what is wrong

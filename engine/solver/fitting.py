@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 from ..progress import Run
-from .cg import csr_matvec, pcg
+from .cg import csr_matvec, pcg, sgs_pcg
 from .hierarchy import Level, evaluate_level
 from .system import Weights, assemble
+from .threads import compiled_on
 
 # Relative residual at which the coarse levels stop.  They only give the finer ones a start: the finest
 # level fits what they leave at the points, so their last digits never reach the surface.  Measured
@@ -54,7 +55,11 @@ def solve_levels(levels: list[Level], x: torch.Tensor, nrm: torch.Tensor, weight
 
             # Coarse levels only give the finer ones a start (COARSE_TOL); the finest is solved to solver_tol.
             tol = solver_tol if level.depth == 0 else max(solver_tol, coarse_tol)
-            result = pcg(csr_matvec(system.matrix), system.rhs, 1.0 / system.diagonal, tol, solver_max_iter, check)
+            if compiled_on(x.device, None):  # symmetric Gauss-Seidel sweeps (numba), else Jacobi in torch
+                result = sgs_pcg(system.matrix, system.rhs, system.diagonal, tol, solver_max_iter, check)
+            else:
+                result = pcg(csr_matvec(system.matrix), system.rhs, 1.0 / system.diagonal, tol, solver_max_iter,
+                             check)
             level.set_coeffs(result.x)
             iterations.append(result.iterations)
             residuals.append(result.residual)

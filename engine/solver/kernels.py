@@ -37,6 +37,11 @@ import numpy as np
 from numba import njit
 
 ABSENT = 255  # rank of an offset whose voxel does not exist
+# Indices known to be non-negative are cast to unsigned before indexing: numba wraps a signed index around
+# (x[-1] is the last element), a compare and select per access that LLVM cannot drop for an index loaded
+# from an array.  Measured on a CSR product (13M non-zeros, 1 thread): 11.5 -> 5.8-6.9 ms, torch's own 5.8-7.5.
+_U = np.uint32
+_U64 = np.uint64
 
 
 @njit(cache=True, nogil=True)
@@ -48,11 +53,11 @@ def csr_ranks(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, h
     table, as :func:`engine.solver.system._csr_columns`); a row lists its existing offsets in order, and
     ranks[r, o] is o's place in row r (``ABSENT`` where the voxel does not exist).
     """
-    for r in range(lo, hi):
+    for r in range(_U(lo), _U(hi)):
         count = 0
-        for o in range(125):
-            via = nbr[r, first[o]]
-            if via >= 0 and nbr[via, second[o]] >= 0:
+        for o in range(_U(125)):
+            via = nbr[r, _U(first[o])]
+            if via >= 0 and nbr[_U(via), _U(second[o])] >= 0:
                 ranks[r, o] = count
                 count += 1
             else:
@@ -64,12 +69,12 @@ def csr_ranks(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, h
 def csr_columns(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, hi: int, crow: np.ndarray,
                 ranks: np.ndarray, cols: np.ndarray) -> None:
     """Columns (nnz,) int32 of rows lo:hi, from the row starts ``crow`` and the ranks of :func:`csr_ranks`."""
-    for r in range(lo, hi):
-        k = crow[r]
-        for o in range(125):
+    for r in range(_U(lo), _U(hi)):
+        k = _U64(crow[r])
+        for o in range(_U(125)):
             if ranks[r, o] != ABSENT:
-                cols[k] = nbr[nbr[r, first[o]], second[o]]
-                k += 1
+                cols[k] = nbr[_U(nbr[r, _U(first[o])]), _U(second[o])]
+                k += _U64(1)
 
 
 @njit(cache=True, nogil=True)
@@ -153,15 +158,16 @@ def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pa
     ``pair_offset`` (729,) the offset of tap b seen from tap a, ``taps`` (C, 27) (all present).
     """
     for c in range(upper.shape[0]):
-        for a in range(27):
+        for a in range(_U(27)):
             row = taps[c, a]
             if row < row_lo or row >= row_hi:
                 continue
-            start = crow[row]
-            for b in range(27):
-                rank = ranks[row, pair_offset[a * 27 + b]]
+            row = _U(row)
+            start = _U64(crow[row])
+            for b in range(_U(27)):
+                rank = ranks[row, _U(pair_offset[a * _U(27) + b])]
                 if rank != ABSENT:
-                    values[start + rank] += upper[c, place[a * 27 + b]]
+                    values[start + _U64(rank)] += upper[c, _U(place[a * _U(27) + b])]
 
 
 @njit(cache=True, nogil=True)
@@ -193,17 +199,17 @@ def add_smoothness(nbr: np.ndarray, whole: np.ndarray, term: np.ndarray, column:
     :func:`smoothness_support`), times alpha and c's factor ``scale[c]`` (empty: 1).
     """
     scaled = scale.shape[0] > 0
-    for r in range(lo, hi):
-        start = crow[r]
+    for r in range(_U(lo), _U(hi)):
+        start = _U64(crow[r])
         for s in range(term.shape[0]):
-            c = nbr[r, column[s]]
-            if c < 0 or not (whole[c] >> term[s]) & 1:
+            c = nbr[r, _U(column[s])]
+            if c < 0 or not (whole[_U(c)] >> term[s]) & 1:
                 continue
-            f = alpha * scale[c] if scaled else alpha
+            f = alpha * scale[_U(c)] if scaled else alpha
             for k in range(offsets.shape[1]):
-                rank = ranks[r, offsets[s, k]]
+                rank = ranks[r, _U(offsets[s, k])]
                 if rank != ABSENT:
-                    values[start + rank] += np.float32(f * weights[s, k])
+                    values[start + _U64(rank)] += np.float32(f * weights[s, k])
 
 
 @njit(cache=True, nogil=True)

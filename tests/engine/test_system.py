@@ -178,17 +178,18 @@ def test_row_counts_from_presence_bits_equal_the_column_table() -> None:
 
 
 def test_warm_loads_every_kernel() -> None:
-    """The background warm-up (:mod:`engine.warm`) loads every compiled kernel of the solver, of meshing and of
-    the collapse, on inputs whose arrays are large enough for what each kernel writes (a fresh process: a bad
-    call would crash it, and a failure would pass silently in the warm-up itself).  Private kernels (``_name``)
-    are called from the others only and compiled into them."""
+    """The background warm-up (:mod:`engine.warm`) loads every compiled kernel of the solver (assembly and
+    sweeps), of meshing and of the collapse, on inputs whose arrays are large enough for what each kernel
+    writes (a fresh process: a bad call would crash it, and a failure would pass silently in the warm-up
+    itself).  Private kernels (``_name``) are called from the others only and compiled into them."""
     import subprocess
     import sys
 
     script = ("import sys; from engine.solver import kernels as a; from engine.surface import kernels as b; "
-              "from engine.surface import quadrics as c; a.warm(); b.warm(); c.warm(); "
+              "from engine.surface import quadrics as c; from engine.solver import sweeps as d; "
+              "a.warm(); b.warm(); c.warm(); d.warm(); "
               "from numba.core.registry import CPUDispatcher; "
-              "cold = [n for m in (a, b, c) for n, f in vars(m).items() if isinstance(f, CPUDispatcher) "
+              "cold = [n for m in (a, b, c, d) for n, f in vars(m).items() if isinstance(f, CPUDispatcher) "
               "and not f.signatures and not n.startswith('_')]; "
               "print(cold); sys.exit(1 if cold else 0)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
