@@ -92,7 +92,8 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
             check: Callable[[int, float], None] | None = None) -> SolveResult:
     """Solve A x = b (A sparse CSR, float32, CPU, sorted columns; ``diagonal`` its diagonal, positive) to
     relative residual ``tol``, preconditioned by symmetric Gauss-Seidel in row blocks (one per kernel thread),
-    by :mod:`engine.solver.sweeps`.  A matrix whose rows are not sorted is solved by :func:`pcg`.
+    by :mod:`engine.solver.sweeps` (the assembly's rows list their columns in increasing order, each with
+    its diagonal entry; a row without one is refused).
 
     CG runs on the split system (I + L)^-1 S A S (I + U)^-1 y = (I + L)^-1 S b, x = S (I + U)^-1 y, whose
     product is one pass over A.  Its residual r' is not A's: r = S^-1 (I + L) r' (half a pass).  The loop
@@ -120,8 +121,8 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
         ok[0] &= sweeps.row_positions(crow, cols, lo, hi, first, diag, last)
 
     run_parts(positions, rows)
-    if not ok[0]:  # unsorted columns or a missing diagonal (not the assembly's matrices): Jacobi
-        return pcg(csr_matvec(matrix), b, 1.0 / diagonal, tol, max_iter, check)
+    if not ok[0]:
+        raise ValueError("a row of the matrix has no diagonal entry: the sweeps need every row's own column stored")
     s = torch.rsqrt(diagonal.double()).float().numpy()
     t, st, sz = (np.zeros(m, np.float32) for _ in range(3))
     r, y, ap, out = np.empty(m, np.float32), np.zeros(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
