@@ -31,6 +31,7 @@ FOLD_COSINE = 0.2  # a face whose new normal has a cosine below this with its ol
 SLIVER_COSINE = 0.999  # two edges of a moved face this parallel make a sliver
 _NEXT = (1, 2, 0)  # the corner after each corner of a face
 _PREV = (2, 0, 1)
+_U = np.uint32  # ref ranges as unsigned: indexing with them needs no wraparound test (engine.solver.kernels)
 
 
 @njit(cache=True, nogil=True)
@@ -134,7 +135,7 @@ def _folds(v: np.ndarray, f: np.ndarray, ref_face: np.ndarray, ref_corner: np.nd
            dead: np.ndarray, other: int, x: float, y: float, z: float) -> bool:
     """Whether moving the vertex whose faces are refs [first, first + count) to (x, y, z) folds or slivers one
     of them (faces that also hold ``other`` go away with the collapse and are not judged)."""
-    for r in range(first, first + count):
+    for r in range(_U(first), _U(first + count)):
         t = ref_face[r]
         if dead[t]:
             continue
@@ -166,7 +167,7 @@ def _link(f: np.ndarray, ref_face: np.ndarray, first: np.ndarray, count: np.ndar
     faces), and the merged vertex keep three faces (one on a border)."""
     on_edge = 0
     faces_a = 0
-    for r in range(first[a], first[a] + count[a]):
+    for r in range(_U(first[a]), _U(first[a] + count[a])):
         t = ref_face[r]
         if dead[t]:
             continue
@@ -179,7 +180,7 @@ def _link(f: np.ndarray, ref_face: np.ndarray, first: np.ndarray, count: np.ndar
         return 0
     shared = 0
     faces_b = 0
-    for r in range(first[b], first[b] + count[b]):
+    for r in range(_U(first[b]), _U(first[b] + count[b])):
         t = ref_face[r]
         if dead[t]:
             continue
@@ -265,7 +266,7 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
                     q[a, k] += q[b, k]
                 start = end
                 for i in (a, b):
-                    for r in range(first[i], first[i] + count[i]):
+                    for r in range(_U(first[i]), _U(first[i] + count[i])):
                         u = ref_face[r]
                         if dead[u]:
                             continue
@@ -282,7 +283,7 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
                 first[a], count[a] = start, end - start
                 count[b] = 0
                 # the edges at a changed; each is on two of its faces, so each neighbour's cost is computed once
-                for r in range(start, end):
+                for r in range(_U(start), _U(end)):
                     u = ref_face[r]
                     at = np.int64(ref_corner[r])  # a's corner: edges at -> next and previous -> at
                     for e in (at, _PREV[at]):
@@ -356,7 +357,7 @@ def _borders(f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first:
     seen[:] = -1
     for i in range(nv):
         for sweep in range(2):  # count, then judge
-            for r in range(first[i], first[i] + count[i]):
+            for r in range(_U(first[i]), _U(first[i] + count[i])):
                 t, c = ref_face[r], ref_corner[r]
                 for w in (f[t, _NEXT[c]], f[t, _PREV[c]]):
                     if sweep == 0:
