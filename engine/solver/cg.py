@@ -127,15 +127,15 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
     t, st, sz = (np.zeros(m, np.float32) for _ in range(3))
     r, y, ap, out = np.empty(m, np.float32), np.zeros(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
 
-    def forward(v: np.ndarray, out: np.ndarray) -> None:
+    def forward(v: np.ndarray, into: np.ndarray) -> None:
         run_parts(lambda lo, hi: sweeps.forward_sweep(crow, cols, vals, first, diag, last, s, v, t, st, lo, hi,
-                                                      out, sz), rows)
+                                                      into, sz), rows)
 
     def backward(v: np.ndarray) -> None:  # into t and st
         run_parts(lambda lo, hi: sweeps.backward_sweep(cols, vals, diag, last, s, v, lo, hi, t, st), rows)
 
-    def true_rel(r: np.ndarray) -> float:
-        run_parts(lambda lo, hi: sweeps.lower_product(cols, vals, first, diag, s, r, lo, hi, out), rows)
+    def true_rel(residual: np.ndarray) -> float:  # |b - A x| / |b| from the split system's residual
+        run_parts(lambda lo, hi: sweeps.lower_product(cols, vals, first, diag, s, residual, lo, hi, out), rows)
         return float(np.linalg.norm(out)) / bnorm
 
     forward(s * b.numpy(), r)  # t = st = 0: the plain forward solve, r = (I + L)^-1 S b for y = 0

@@ -24,6 +24,8 @@ iterations in 225-276 and 272-369 ms, these sweeps 27 and 23 iterations in 174-2
 pair costs 1.5-2x torch's product (5.5-8 against 3.3-4 ms on 13M non-zeros): the sweeps scale worse over two
 threads than MKL's product.  In the pipeline (fresh processes alternating with the Jacobi solve, medians of
 four) the solve stage went 0.61 -> 0.42 s on the torus scan without normals, 0.56 -> 0.49 s on the sphere scan.
+Where few iterations are needed they do not pay: the 1M clean bunny's finest level (165M non-zeros) took 7
+iterations against Jacobi's 15, a sweep pair 85-90 ms against a 46 ms product, 0.74-0.96 s against 0.70-0.84 s.
 """
 
 from __future__ import annotations
