@@ -92,8 +92,9 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
             check: Callable[[int, float], None] | None = None) -> SolveResult:
     """Solve A x = b (A sparse CSR, float32, CPU, sorted columns; ``diagonal`` its diagonal, positive) to
     relative residual ``tol``, preconditioned by symmetric Gauss-Seidel in row blocks (one per kernel thread),
-    by :mod:`engine.solver.sweeps` (the assembly's rows list their columns in increasing order, each with
-    its diagonal entry; a row without one is refused).
+    by :mod:`engine.solver.sweeps`.  The sweeps need each row's columns in increasing order (the assembly's
+    are, where the level's voxels are in (z, y, x) order); a matrix with other rows is solved by :func:`pcg`,
+    and a row without its diagonal entry is refused.
 
     CG runs on the split system (I + L)^-1 S A S (I + U)^-1 y = (I + L)^-1 S b, x = S (I + U)^-1 y, whose
     product is one pass over A.  Its residual r' is not A's: r = S^-1 (I + L) r' (half a pass).  The loop
@@ -115,14 +116,16 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
     cuts[0], cuts[-1] = 0, m
     rows = [(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
     first, diag, last = (np.empty(m, np.int32) for _ in range(3))
-    ok = [True]
+    found: list[int] = []
 
     def positions(lo: int, hi: int) -> None:
-        ok[0] &= sweeps.row_positions(crow, cols, lo, hi, first, diag, last)
+        found.append(sweeps.row_positions(crow, cols, lo, hi, first, diag, last))
 
     run_parts(positions, rows)
-    if not ok[0]:
+    if sweeps.NO_DIAGONAL in found:
         raise ValueError("a row of the matrix has no diagonal entry: the sweeps need every row's own column stored")
+    if sweeps.UNSORTED in found:  # rows whose columns do not increase (watertight mode's levels): Jacobi
+        return pcg(csr_matvec(matrix), b, 1.0 / diagonal, tol, max_iter, check)
     s = torch.rsqrt(diagonal.double()).float().numpy()
     t, st, sz = (np.zeros(m, np.float32) for _ in range(3))
     r, y, ap, out = np.empty(m, np.float32), np.zeros(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
