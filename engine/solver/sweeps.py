@@ -48,9 +48,9 @@ def row_positions(crow: np.ndarray, cols: np.ndarray, lo: int, hi: int, first: n
     when the level's voxels are in (z, y, x) order; watertight mode's added voxels are not) or
     ``NO_DIAGONAL`` where a row lacks its diagonal entry.
 
-    The order check reads every column once (about half a product's traffic); the diagonal is then found by
-    bisection and the block's ends from the row's ends inwards, since most rows have no entry outside their
-    block.
+    The order check reads every column once (88-93 ms on the 1M bunny's finest level, 165M non-zeros: about
+    two of torch's products there); the diagonal is then found by bisection and the block's ends from the row's
+    ends inwards, since most rows have no entry outside their block (27-34 ms there).
     """
     for i in range(_U(lo), _U(hi)):
         start, end = _U(crow[i]), _U(crow[i + _U(1)])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.solver.cg import csr_matvec, pcg, sgs_pcg
+from engine.solver.system import LevelSystem
 
 
 def _system(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,8 +38,8 @@ def test_a_tolerance_below_float_precision_stops_without_dividing_by_zero() -> N
     assert math.isfinite(result.residual) and result.residual < 1e-5 and torch.isfinite(result.x).all()
 
 
-def _level_system(threads_rows: int = 0):  # noqa: ANN202 - a LevelSystem
-    """A real level's normal equations: the torus test shape's finest level (about 9k unknowns)."""
+def _level_system() -> LevelSystem:
+    """A real level's normal equations: the torus test shape's finest level (82k unknowns)."""
     from engine.solver.hierarchy import build_levels
     from engine.solver.system import Weights, assemble
     from tests import shapes
