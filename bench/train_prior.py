@@ -42,7 +42,7 @@ import scanner  # noqa: E402
 from geom import sample_surface  # noqa: E402
 
 from engine.options import Options  # noqa: E402
-from engine.pipeline import Prepared, fit, prepare  # noqa: E402
+from engine.pipeline import Prepared, band_only, fit, prepare  # noqa: E402
 from engine.prior.features import NAMES, cell_features, neighbour_sum  # noqa: E402
 from engine.prior.model import LOG2_FACTORS, WEIGHTS_PATH, PriorNet, reference_input  # noqa: E402
 from engine.progress import Run  # noqa: E402
@@ -118,7 +118,7 @@ def _errors(prepared: Prepared, opts: Options, run: Run, cells: torch.Tensor, tr
     errors, counts = [], None
     for log2 in LOG2_FACTORS:
         weights = replace(prepared.weights, smooth=prepared.weights.smooth * 2.0**log2)
-        f = fit(replace(prepared, weights=weights), opts, run)
+        f = fit(replace(prepared, weights=weights), opts, run, bridge=not band_only(opts))  # as reconstruct fits
         xs = f.to_voxels(true_p)
         value, grad = evaluate(f.levels, xs, with_grad=True)
         assert grad is not None

@@ -294,14 +294,21 @@ def _with_warnings(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, An
     return out
 
 
-def fit(prepared: Prepared, opts: Options, run: Run) -> Fit:
-    """Build the hierarchy of a prepared cloud and solve it, in one piece (steps 3-6)."""
+def band_only(opts: Options) -> bool:
+    """Whether the mesh is kept only within the finest level's band (trimmed), so that the coarse levels need not
+    span gaps in the data (:data:`engine.solver.hierarchy.BRIDGE_RINGS`) nor meshing start beyond the band."""
+    return opts.trim and not opts.watertight
+
+
+def fit(prepared: Prepared, opts: Options, run: Run, bridge: bool = True) -> Fit:
+    """Build the hierarchy of a prepared cloud and solve it, in one piece (steps 3-6); ``bridge``: the coarse
+    levels span gaps in the data (:func:`engine.solver.hierarchy.build_levels`)."""
     cloud, dev = prepared.cloud, prepared.device
     assert cloud.normals is not None
     with run.stage("hierarchy"):
         x = prepared.frame.to_voxels(torch.from_numpy(cloud.points).to(dev))
         nrm = torch.from_numpy(cloud.normals).to(dev)
-        levels = build_levels(x, opts.depth)
+        levels = build_levels(x, opts.depth, bridge)
         if opts.watertight:  # the coarsest level spans the gaps and the inside (surface/watertight.py)
             levels[-1] = close_level(levels[-1])
     trust = None if prepared.trust is None else torch.from_numpy(prepared.trust).to(dev)
@@ -397,7 +404,7 @@ MeshArrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
 
 def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
     """The scene in one piece: fit, mesh, trim, colour; canonical vertices, faces, colours, stats."""
-    f = fit(prep, opts, run)
+    f = fit(prep, opts, run, bridge=not band_only(opts))
     levels, frame, cloud = f.levels, f.frame, f.cloud
     with run.stage("mesh"):
         def field(p: torch.Tensor) -> torch.Tensor:
@@ -410,7 +417,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
 
         # Trimmed surface lies within the finest band, so refinement can start there;
         # untrimmed surface may run wherever the coarsest level reaches.
-        start = levels[0] if opts.trim and not opts.watertight else levels[-1]
+        start = levels[0] if band_only(opts) else levels[-1]
         meshed = outside_beyond(start, field) if opts.watertight else field
         cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed,
                                                      None if opts.watertight else grid)
@@ -455,8 +462,8 @@ def reconstruct_chunked(prep: Prepared, grid: ChunkGrid, pool: Executor, opts: O
         size = frame.from_canonical(frame.from_voxels(grid.size))  # caller's units
         run.report("chunks", 0.0, f"{count} chunks of {size:.4g} on {pool.name}")
         todo = tasks(cc, cloud.normals, depth=depth, weights=prep.weights, solver_tol=opts.solver_tol,
-                     solver_max_iter=opts.solver_max_iter, device=str(dev), trust=prep.trust,
-                     prior_log2=None if point_log2 is None else point_log2.cpu().numpy())
+                     solver_max_iter=opts.solver_max_iter, device=str(dev), bridge=not band_only(opts),
+                     trust=prep.trust, prior_log2=None if point_log2 is None else point_log2.cpu().numpy())
         for done in pool.map(todo, count, run):
             fields[done.cell] = done
             run.report("chunks", len(fields) / count,

@@ -42,6 +42,7 @@ class ChunkTask:
     cancel_token: Any = None  # an executors token with ``is_set()``, for executors in other processes
     trust: np.ndarray | None = None  # (n,) float32 each point's weight in the fit (solver/trust.py)
     prior_log2: np.ndarray | None = None  # (n,) float32 each point's log2 smoothness factor (engine/prior)
+    bridge: bool = True  # coarse levels span gaps in the data (solver/hierarchy.py build_levels)
 
     @property
     def label(self) -> str:
@@ -93,7 +94,7 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
     x = torch.from_numpy(task.points).to(dev)
     nrm = torch.from_numpy(task.normals).to(dev)
     trust = None if task.trust is None else torch.from_numpy(task.trust).to(dev)
-    levels = build_levels(x, task.depth)
+    levels = build_levels(x, task.depth, task.bridge)
     scales = (None if task.prior_log2 is None
               else level_scales(levels, x, torch.from_numpy(task.prior_log2).to(dev)))
     iterations, residuals = solve_levels(levels, x, nrm, task.weights, task.solver_tol, task.solver_max_iter, run,
@@ -107,8 +108,8 @@ def solve_chunk(task: ChunkTask, progress: ProgressFn | None = None, cancel: Can
 
 
 def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights, solver_tol: float,
-          solver_max_iter: int, device: str, cancel_token: Any = None, trust: np.ndarray | None = None,
-          prior_log2: np.ndarray | None = None) -> Iterator[ChunkTask]:
+          solver_max_iter: int, device: str, bridge: bool = True, cancel_token: Any = None,
+          trust: np.ndarray | None = None, prior_log2: np.ndarray | None = None) -> Iterator[ChunkTask]:
     """One task per core with points in or near it, built lazily (each holds a copy of its points)."""
     count = cc.cells.shape[0]
     for i, cell in enumerate(cc.cells):
@@ -117,4 +118,4 @@ def tasks(cc: ChunkedCloud, normals: np.ndarray, *, depth: int, weights: Weights
         yield ChunkTask(i, count, tuple(int(v) for v in cell), tuple(int(v) for v in lo),  # type: ignore[arg-type]
                         (cc.x[rows] - lo).astype(np.float32), normals[rows], depth, weights, solver_tol,
                         solver_max_iter, device, cancel_token, None if trust is None else trust[rows],
-                        None if prior_log2 is None else prior_log2[rows])
+                        None if prior_log2 is None else prior_log2[rows], bridge)

@@ -34,3 +34,15 @@ def test_without_trimming_the_surface_extends_past_the_data() -> None:
     h = mesh.stats["voxel_size"]
     dist, _ = PointTree(p).query(mesh.vertices64, 1)
     assert dist.max() > 1.5 * h
+
+
+def test_coarse_levels_span_gaps_only_where_the_surface_may_leave_the_band() -> None:
+    """Trimmed, the mesh stays in the finest band and the coarse levels go without their bridging ring; untrimmed
+    (holes close) and watertight, they keep it (engine.solver.hierarchy.BRIDGE_RINGS)."""
+    p, n = shapes.hemisphere(8000)
+    trimmed = reconstruct(p, n, device="cpu").stats["levels"]
+    untrimmed = reconstruct(p, n, device="cpu", trim=False).stats["levels"]
+    watertight = reconstruct(p, n, device="cpu", watertight=True).stats["levels"]
+    assert trimmed[0] == untrimmed[0] == watertight[0]
+    assert all(lean < 0.8 * wide for lean, wide in zip(trimmed[1:], untrimmed[1:], strict=True)), (trimmed, untrimmed)
+    assert watertight[1] == untrimmed[1]  # watertight widens only the coarsest level, after the bridge
