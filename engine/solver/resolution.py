@@ -78,18 +78,32 @@ def _neighbourhoods(sub: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     return dist, nb - nb.mean(dim=1, keepdim=True), np.asarray(idx)
 
 
-def view_overlap(points: np.ndarray, views: np.ndarray, seed: int = 0) -> float:
-    """How many views see a spot, on average: the inverse of the mean share of a point's neighbours that its own
-    view took (``views``: each point's view), over the neighbourhoods that :func:`measure` fits."""
+@dataclass
+class _Probes:
+    """The neighbourhoods that :func:`measure` and :func:`view_overlap` both read, found once."""
+
+    pick: np.ndarray  # rows of the subsample (SUBSAMPLE random points)
+    dist: np.ndarray  # (M, k) distances of each probe's neighbours in the subsample
+    centred: torch.Tensor  # (M, k, 3) those neighbourhoods, centred, float64
+    idx: np.ndarray  # (M, k) their indices into the subsample, column 0 the probe
+
+
+def _probes(points: np.ndarray, seed: int = 0) -> _Probes:
     rng = np.random.default_rng(seed)
     pick = _subsample(points.shape[0], SUBSAMPLE, rng)
-    _, _, idx = _neighbourhoods(points[pick], rng)
-    label = views[pick]
-    own = float((label[idx[:, 1:]] == label[idx[:, :1]]).mean()) if idx.shape[1] > 1 else 1.0
+    return _Probes(pick, *_neighbourhoods(points[pick], rng))
+
+
+def view_overlap(points: np.ndarray, views: np.ndarray, seed: int = 0, probes: _Probes | None = None) -> float:
+    """How many views see a spot, on average: the inverse of the mean share of a point's neighbours that its own
+    view took (``views``: each point's view), over the neighbourhoods that :func:`measure` fits."""
+    pr = probes if probes is not None else _probes(points, seed)
+    label = views[pr.pick]
+    own = float((label[pr.idx[:, 1:]] == label[pr.idx[:, :1]]).mean()) if pr.idx.shape[1] > 1 else 1.0
     return float(np.clip(1.0 / max(own, 1e-12), 1.0, MAX_OVERLAP))
 
 
-def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def measure(points: np.ndarray, seed: int = 0, probes: _Probes | None = None) -> tuple[float, float]:
     """Median surface density (points per unit area) and noise (RMS of quadric-fit residuals).
 
     Both come from a random subsample of ``SUBSAMPLE`` points, so the
@@ -97,13 +111,11 @@ def measure(points: np.ndarray, seed: int = 0) -> tuple[float, float]:
     neighbours span a radius that shrinks as N grows, and at radii near the
     noise the quadric fits the noise itself).  The density is scaled back to N.
     """
-    rng = np.random.default_rng(seed)
-    n = points.shape[0]
-    sub = points[_subsample(n, SUBSAMPLE, rng)]
-    dist, nb, _ = _neighbourhoods(sub, rng)
+    pr = probes if probes is not None else _probes(points, seed)
+    nb = pr.centred
     k = nb.shape[1]
-    r = dist[:, -1]
-    density = float(np.median((k - 1) / (np.pi * np.maximum(r, 1e-12) ** 2))) * n / sub.shape[0]
+    r = pr.dist[:, -1]
+    density = float(np.median((k - 1) / (np.pi * np.maximum(r, 1e-12) ** 2))) * points.shape[0] / pr.pick.shape[0]
     _, vecs = torch.linalg.eigh(nb.transpose(1, 2) @ nb)
     local = nb @ vecs  # column 0 is the normal direction (smallest eigenvalue)
     x, y, z = local[..., 2], local[..., 1], local[..., 0]
@@ -151,8 +163,9 @@ def choose_voxel_size(points: np.ndarray, detail_level: float | str = "auto",
     """
     if voxel_size is None:
         check_surface(points)
-    density, noise = measure(points)
-    overlap = view_overlap(points, views) if views is not None else 1.0
+    probes = _probes(points)  # one set of neighbourhoods for the density, the noise and the views' overlap
+    density, noise = measure(points, probes=probes)
+    overlap = view_overlap(points, views, probes=probes) if views is not None else 1.0
     if voxel_size is not None:
         return Resolution(float(voxel_size) / diagonal, density, noise, None, overlap)
     if detail_level == "auto":

@@ -26,6 +26,23 @@ def test_overlap_counts_the_views_over_a_spot() -> None:
     assert view_overlap(side, index) < 1.3, "views that do not overlap are one view's spacing"
 
 
+def test_density_noise_and_overlap_share_one_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """choose_voxel_size searches the probes' neighbourhoods once for the density, the noise and the overlap
+    (they were searched twice, the same search), and gets what the separate calls get."""
+    from engine.solver import resolution
+
+    stacked = np.concatenate([_plane(20_000, seed=v) for v in range(4)])
+    index = np.repeat(np.arange(4), 20_000)
+    alone = resolution.measure(stacked), view_overlap(stacked, index)
+    searches: list[int] = []
+    search = resolution._neighbourhoods
+    monkeypatch.setattr(resolution, "_neighbourhoods", lambda sub, rng: searches.append(len(sub)) or search(sub, rng))
+    res = choose_voxel_size(stacked, views=index)
+    assert searches.count(resolution.SUBSAMPLE) == 1  # the variation check's are at its own, smaller scales
+    assert len(searches) == len(resolution.VARIATION_SCALES) + 1
+    assert (res.density, res.noise, res.view_overlap) == (*alone[0], alone[1])
+
+
 def test_auto_voxel_is_one_views_spacing() -> None:
     stacked = np.concatenate([_plane(20_000, seed=v) for v in range(4)])
     index = np.repeat(np.arange(4), 20_000)
