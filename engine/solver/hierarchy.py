@@ -2,8 +2,9 @@
 
 Coordinates here are in finest-voxel units (:mod:`engine.frames`).  Level d
 has voxels of edge ``2**d`` (:attr:`Level.size`); it holds every voxel whose basis support touches
-an input point (the 27 taps of each occupied cell), and levels d >= 1 are
-dilated once more so that coarse fields bridge holes in the scan.  The field
+an input point (the 27 taps of each occupied cell); where surface may leave the
+finest band, levels d >= 1 are dilated once more so that coarse fields bridge
+holes in the scan (:func:`build_levels`).  The field
 is the sum over levels of ``a_v B_v(x)``; it is fitted coarse to fine
 (:mod:`engine.solver.fitting`), each level solving for what the coarser ones left.
 """
@@ -31,6 +32,10 @@ class Level:
     size: float
     index: VoxelIndex
     coeffs: torch.Tensor | None = field(default=None)
+    # Voxels the smoothness term is averaged over (lam / M): the level's own, or for a coarse level built without
+    # its bridging ring, the count it would have with it, so that the ring changes which voxels exist and not the
+    # weight of each smoothness stencil (:func:`build_levels`).
+    smooth_count: int | None = None
     _neighbours: torch.Tensor | None = field(default=None, repr=False)
     _tap_coeffs: torch.Tensor | None = field(default=None, repr=False)
     _padded: torch.Tensor | None = field(default=None, repr=False)
@@ -41,6 +46,11 @@ class Level:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def smooth_voxels(self) -> int:
+        """M of the smoothness term lam / M: :attr:`smooth_count`, or the level's own voxels."""
+        return len(self) if self.smooth_count is None else self.smooth_count
 
     @property
     def neighbours(self) -> torch.Tensor:
@@ -125,19 +135,27 @@ def level_voxels(x: torch.Tensor, size: float, extra_dilation: int) -> torch.Ten
 # across gaps in the data: where surface is kept away from the points (trim off closes holes, watertight mode
 # closes the unseen regions, :func:`engine.pipeline.fit_field` answers anywhere near the data).  Trimmed surface
 # lies within the finest band, and there the ring does not pay (``bridge=False``): on the 100k-point bench inputs
-# level 1 shrinks 40-50% (bunny scan 84k -> 40k voxels, clean bunny 82k -> 49k), assembly and solve of the
-# coarse levels with it, at Chamfer-L1 within 1% (bench/README.md, session 19).
+# level 1 shrinks 35-50% (bunny scan 84k -> 40k voxels, clean bunny 82k -> 49k), its assembly and solve with it.
+# The smoothness keeps its weight per stencil (:attr:`Level.smooth_count`): averaged over the smaller level
+# instead, it weighed up to twice as much and Chamfer-L1 went 0.2-1% up on the bunny with noise; so kept, the
+# meshes stay within 1% either way (bench/README.md, session 19).
 BRIDGE_RINGS = 1
 
 
 def build_levels(x: torch.Tensor, depth: int, bridge: bool = True) -> list[Level]:
     """The hierarchy, finest first, for points x (N, 3) in finest-voxel units; ``bridge``: the coarse levels
-    dilated :data:`BRIDGE_RINGS` more, to span gaps."""
+    dilated :data:`BRIDGE_RINGS` more, to span gaps (without, each knows the count it would have had)."""
     levels = []
     for d in range(depth):
         size = float(2**d)
         vox = level_voxels(x, size, BRIDGE_RINGS if d > 0 and bridge else 0)
-        levels.append(Level(depth=d, size=size, index=VoxelIndex(vox)))
+        count = None
+        if d > 0 and not bridge:
+            ring = vox
+            for _ in range(BRIDGE_RINGS):
+                ring = dilate(ring, tap_offsets(x.device))
+            count = int(ring.shape[0])
+        levels.append(Level(depth=d, size=size, index=VoxelIndex(vox), smooth_count=count))
     return levels
 
 

@@ -8,7 +8,9 @@ coefficients a minimise
 where t_p, g_p are what the coarser levels left to fit (0 and n at the
 coarsest) and D2 are second differences of the coefficients (xx, yy, zz and
 twice the mixed ones), counted only where all their taps exist.  Dividing by N
-and M keeps the balance independent of the point count and the voxel count.
+and M keeps the balance independent of the point count and the voxel count (M is
+:attr:`~engine.solver.hierarchy.Level.smooth_voxels`: for a coarse level built
+without its bridging ring, the count it would have with it).
 Each point's two data terms may carry a weight of mean 1 (``trust``,
 :mod:`engine.solver.trust`: less for points seen edge-on).
 
@@ -246,7 +248,7 @@ def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor,
     """
     factor = _smoothness_factors(level, scale).to(stencil.dtype)
     stencils = torch.from_numpy(_SMOOTH_STENCILS).to(stencil.device, stencil.dtype)
-    stencil.view(len(level), N_OFFSETS).addmm_(factor, stencils, alpha=weight / len(level))
+    stencil.view(len(level), N_OFFSETS).addmm_(factor, stencils, alpha=weight / level.smooth_voxels)
 
 
 def _csr_columns(level: Level, start: int = 0, stop: int | None = None,
@@ -465,8 +467,8 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
         kernels.add_rows(taps, sums, rhs)
     run_parts(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
     run_parts(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1],
-                      _SPARSE_OFFSETS, _SPARSE_WEIGHTS, scale, weights.smooth / m, crow=crow, ranks=ranks,
-                      values=values), rows)
+                      _SPARSE_OFFSETS, _SPARSE_WEIGHTS, scale, weights.smooth / level.smooth_voxels, crow=crow,
+                      ranks=ranks, values=values), rows)
     diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values)).mean())
     kernels.add_diagonal(crow, ranks, CENTRE, 1e-4 * diag_mean, values)
     diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values))

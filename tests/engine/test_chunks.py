@@ -265,9 +265,13 @@ def test_executors_agree(small: dict[str, Any], executor: str) -> None:
         mesh = reconstruct(p, n, c, chunk_size=10.0, device="cpu", executor=executor, workers=2)
     assert mesh.stats["chunks"] == reference.stats["chunks"]
     assert mesh.stats["executor"].startswith("dask" if executor != "processes" else "processes")
-    # The same mesh before simplification; after it, float-level differences between the processes' thread
-    # counts may move a collapse, so faces agree within 1% and the surfaces within a tiny distance.
-    assert mesh.stats["faces_before_simplify"] == reference.stats["faces_before_simplify"]
+    # The reference solves its chunks with this process's 2 threads, each worker process with 1: the solve's row
+    # blocks (one per thread) and the assembly's split follow the thread count, so the fields differ at float
+    # level and a marching-cubes corner near zero may flip (251,076 against 251,072 faces before simplification;
+    # equal with 1 thread here too). The meshed faces agree within 1e-4, after simplification within 1%, and the
+    # surfaces within a tiny distance.
+    before, reference_before = mesh.stats["faces_before_simplify"], reference.stats["faces_before_simplify"]
+    assert abs(before - reference_before) <= 1e-4 * reference_before, (before, reference_before)
     assert abs(len(mesh.faces) - len(reference.faces)) <= 0.01 * len(reference.faces)
     distance = chamfer((reference.vertices64, reference.faces), (mesh.vertices64, mesh.faces))
     assert distance < 1e-3 * reference.stats["voxel_size"]  # measured 1.9e-4 voxel with 2 threads, 0 with 1
