@@ -79,8 +79,8 @@ def _neighbourhoods(sub: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 @dataclass
-class _Probes:
-    """The neighbourhoods that :func:`measure` and :func:`view_overlap` both read, found once."""
+class Probes:
+    """The neighbourhoods that :func:`measure` and :func:`view_overlap` both read, found once (:func:`find_probes`)."""
 
     pick: np.ndarray  # rows of the subsample (SUBSAMPLE random points)
     dist: np.ndarray  # (M, k) distances of each probe's neighbours in the subsample
@@ -88,22 +88,23 @@ class _Probes:
     idx: np.ndarray  # (M, k) their indices into the subsample, column 0 the probe
 
 
-def _probes(points: np.ndarray, seed: int = 0) -> _Probes:
+def find_probes(points: np.ndarray, seed: int = 0) -> Probes:
+    """Up to PROBES neighbourhoods of NEIGHBOURS points in a random subsample of SUBSAMPLE points."""
     rng = np.random.default_rng(seed)
     pick = _subsample(points.shape[0], SUBSAMPLE, rng)
-    return _Probes(pick, *_neighbourhoods(points[pick], rng))
+    return Probes(pick, *_neighbourhoods(points[pick], rng))
 
 
-def view_overlap(points: np.ndarray, views: np.ndarray, seed: int = 0, probes: _Probes | None = None) -> float:
+def view_overlap(points: np.ndarray, views: np.ndarray, seed: int = 0, probes: Probes | None = None) -> float:
     """How many views see a spot, on average: the inverse of the mean share of a point's neighbours that its own
     view took (``views``: each point's view), over the neighbourhoods that :func:`measure` fits."""
-    pr = probes if probes is not None else _probes(points, seed)
+    pr = probes if probes is not None else find_probes(points, seed)
     label = views[pr.pick]
     own = float((label[pr.idx[:, 1:]] == label[pr.idx[:, :1]]).mean()) if pr.idx.shape[1] > 1 else 1.0
     return float(np.clip(1.0 / max(own, 1e-12), 1.0, MAX_OVERLAP))
 
 
-def measure(points: np.ndarray, seed: int = 0, probes: _Probes | None = None) -> tuple[float, float]:
+def measure(points: np.ndarray, seed: int = 0, probes: Probes | None = None) -> tuple[float, float]:
     """Median surface density (points per unit area) and noise (RMS of quadric-fit residuals).
 
     Both come from a random subsample of ``SUBSAMPLE`` points, so the
@@ -111,7 +112,7 @@ def measure(points: np.ndarray, seed: int = 0, probes: _Probes | None = None) ->
     neighbours span a radius that shrinks as N grows, and at radii near the
     noise the quadric fits the noise itself).  The density is scaled back to N.
     """
-    pr = probes if probes is not None else _probes(points, seed)
+    pr = probes if probes is not None else find_probes(points, seed)
     nb = pr.centred
     k = nb.shape[1]
     r = pr.dist[:, -1]
@@ -163,7 +164,7 @@ def choose_voxel_size(points: np.ndarray, detail_level: float | str = "auto",
     """
     if voxel_size is None:
         check_surface(points)
-    probes = _probes(points)  # one set of neighbourhoods for the density, the noise and the views' overlap
+    probes = find_probes(points)  # one set of neighbourhoods for the density, the noise and the views' overlap
     density, noise = measure(points, probes=probes)
     overlap = view_overlap(points, views, probes=probes) if views is not None else 1.0
     if voxel_size is not None:
