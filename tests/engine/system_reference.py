@@ -38,7 +38,7 @@ PAIR_ROW = np.repeat(np.arange(27), 27)  # the row tap a of pair a * 27 + b
 
 def reference_level(level: Level) -> Level:
     """A copy of ``level`` whose neighbour table is built by 27 lookups per voxel, as it was."""
-    copy = Level(depth=level.depth, size=level.size, index=level.index)
+    copy = Level(depth=level.depth, size=level.size, index=level.index, smooth_count=level.smooth_count)
     rows = torch.empty(len(level), 27, dtype=torch.int32, device=level.ijk.device)
     for start in range(0, len(level), BATCH):
         rows[start:start + BATCH] = level._lookup_taps(level.ijk[start:start + BATCH]).to(torch.int32)
@@ -69,7 +69,7 @@ def _data_stencil(level: Level, x: torch.Tensor, weights: Weights, stencil: torc
 def _smoothness_stencil(level: Level, weight: float, stencil: torch.Tensor) -> None:
     """Add lam/M * sum |D2 a|^2 to ``stencil`` in place, for stencils whose taps all exist."""
     nbr = level.neighbours
-    factor = weight / len(level)
+    factor = weight / level.smooth_voxels  # lam / M, M with the bridging ring where a level goes without
     for taps, coeffs, w, support in _smoothness_terms():
         need = nbr[:, [_tap_column(o) for o in support]]
         rows = nbr[(need >= 0).all(dim=1)][:, [_tap_column(o) for o in taps]]

@@ -116,11 +116,13 @@ def _assert_same_system(system: LevelSystem, ref: LevelSystem) -> None:
 @COMPILED
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("depth", [2, 3])
-def test_assembly_equals_the_reference(shape: str, depth: int, compiled: bool) -> None:
+@pytest.mark.parametrize("bridge", [True, False])
+def test_assembly_equals_the_reference(shape: str, depth: int, bridge: bool, compiled: bool) -> None:
     """Both assemblies (numba straight into CSR, and torch through the stencil) build the matrix, rhs and
-    diagonal of the straightforward one, level by level."""
+    diagonal of the straightforward one, level by level; with the coarse levels' bridging ring and without
+    (their smoothness then averaged over the count they would have with it)."""
     x, tv, tg = _scan(shape)
-    for level in build_levels(x, depth):
+    for level in build_levels(x, depth, bridge):
         _assert_same_system(assemble(level, x, tv, tg, W, compiled=compiled), reference_assemble(level, x, tv, tg, W))
 
 
