@@ -122,13 +122,17 @@ def tap_offsets(device: torch.device) -> torch.Tensor:
     return torch.from_numpy(TAP_OFFSETS).to(device)
 
 
+def rings(vox: torch.Tensor, count: int) -> torch.Tensor:
+    """Voxels (M, 3) with ``count`` rings of their 26 neighbours added."""
+    for _ in range(count):
+        vox = dilate(vox, tap_offsets(vox.device))
+    return vox
+
+
 def level_voxels(x: torch.Tensor, size: float, extra_dilation: int) -> torch.Tensor:
     """Voxels (M, 3) at voxel size ``size`` touched by the points x (N, 3), dilated ``extra_dilation`` times."""
     cells, _ = split_points(x / size)
-    vox = dilate(unique_voxels(cells), tap_offsets(x.device))
-    for _ in range(extra_dilation):
-        vox = dilate(vox, tap_offsets(x.device))
-    return vox
+    return rings(unique_voxels(cells), 1 + extra_dilation)
 
 
 # Extra dilations of the coarse levels (d > 0) beyond the ring every level gets, so that they carry the field
@@ -149,12 +153,7 @@ def build_levels(x: torch.Tensor, depth: int, bridge: bool = True) -> list[Level
     for d in range(depth):
         size = float(2**d)
         vox = level_voxels(x, size, BRIDGE_RINGS if d > 0 and bridge else 0)
-        count = None
-        if d > 0 and not bridge:
-            ring = vox
-            for _ in range(BRIDGE_RINGS):
-                ring = dilate(ring, tap_offsets(x.device))
-            count = int(ring.shape[0])
+        count = int(rings(vox, BRIDGE_RINGS).shape[0]) if d > 0 and not bridge else None
         levels.append(Level(depth=d, size=size, index=VoxelIndex(vox), smooth_count=count))
     return levels
 

@@ -31,8 +31,8 @@ from scipy import ndimage
 
 from ..errors import MemoryLimitError
 from ..mesh import edge_use
-from ..solver.hierarchy import Level, tap_offsets
-from ..solver.voxels import VoxelIndex, dilate
+from ..solver.hierarchy import Level, rings
+from ..solver.voxels import VoxelIndex
 from .fragments import face_pieces, piece_support
 from .trimming import compact
 
@@ -46,11 +46,9 @@ MAX_FILL_CELLS = 1 << 27  # dense grid of the cavity fill, at most (128 MiB of b
 Field = Callable[[torch.Tensor], torch.Tensor]
 
 
-def close_level(level: Level, rings: int = CLOSE_RINGS) -> Level:
-    """The coarsest ``level`` (unsolved) dilated ``rings`` times with its enclosed cavities filled."""
-    vox = level.ijk
-    for _ in range(rings):
-        vox = dilate(vox, tap_offsets(vox.device))
+def close_level(level: Level, count: int = CLOSE_RINGS) -> Level:
+    """The coarsest ``level`` (unsolved) dilated ``count`` times with its enclosed cavities filled."""
+    vox = rings(level.ijk, count)
     lo = vox.min(dim=0).values - 1
     dims = (vox.max(dim=0).values - lo + 2).cpu().numpy()
     if int(np.prod(dims)) <= MAX_FILL_CELLS:  # beyond that only the dilation: a cavity stays hollow
