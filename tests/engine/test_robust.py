@@ -43,6 +43,22 @@ def test_the_pre_filter_takes_outliers_and_no_surface(scan: scanner.Scan) -> Non
     assert not bad[scan.labels == SURFACE].any()
 
 
+def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan) -> None:
+    """Each point's mean distance to its 16 nearest against twice the median of its neighbours' same figure,
+    from all pairwise distances; batches that split the cloud unevenly give the same verdicts."""
+    from engine.solver.outliers import OUTLIER_K, OUTLIER_RATIO
+
+    pts = scan.points[::7].astype(np.float64)  # ~2900 points, outliers among them
+    d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(axis=-1))
+    near = np.argsort(d, axis=1, kind="stable")[:, 1:OUTLIER_K + 1]
+    own = np.take_along_axis(d, near, axis=1).mean(axis=1)
+    local = np.median(own[near], axis=1)
+    expected = (local > 0) & (own > OUTLIER_RATIO * local)
+    assert 5 < expected.sum() < 0.1 * len(pts)
+    for batch in (1 << 16, 1000, 333):
+        assert np.array_equal(outlier_mask(pts, batch=batch), expected)
+
+
 def test_a_scan_with_stray_points_gives_one_piece(scan: scanner.Scan, default: Any) -> None:
     stats = default.stats
     assert stats["outliers_removed"] > 0 and stats["pieces_removed"] > 0 and stats["faces_removed"] > 0
