@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import DegenerateInputError, InputError, ShapeMismatchError, TooFewPointsError
 from .frames import Frame
+from .vectors import row_norms
 
 MIN_POINTS = 10
 FLAT_RATIO = 1e-6  # thickness / extent below which a cloud counts as flat (or straight)
@@ -148,7 +149,7 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
     good = np.isfinite(p64).all(axis=1)
     source = "missing" if n64 is None else "given"
     if n64 is not None:
-        length = np.linalg.norm(n64, axis=1)
+        length = row_norms(n64)
         usable = np.isfinite(n64).all(axis=1) & (length > 1e-12)
         if good.any() and not (good & usable).any():
             n64, source = None, "all zero"
@@ -185,7 +186,7 @@ def prepare_cloud(points: object, normals: object | None, colors: object | None 
     unit = None
     if n64 is not None:
         nk = n64[kept]
-        unit = (nk / np.linalg.norm(nk, axis=1, keepdims=True)).astype(np.float32)
+        unit = (nk / row_norms(nk, keepdims=True)).astype(np.float32)
     return Cloud(points=canon.astype(np.float32), normals=unit,
                  colors=None if c is None else normalize_colors(c[kept]),
                  kept=kept, frame=frame, dropped=int(n_in - kept.size), normals_source=source)

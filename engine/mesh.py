@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .vectors import row_norms
+
 FLOAT32_SAFE = 1e4
 FACE_BLOCK = 1 << 21
 
@@ -61,7 +63,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         idx = f.reshape(-1)
         for c in range(3):
             vn[:, c] += np.bincount(idx, np.repeat(fn[:, c], 3), minlength=vertices.shape[0])
-    length = np.linalg.norm(vn, axis=1, keepdims=True)
+    length = row_norms(vn, keepdims=True)
     return (vn / np.maximum(length, 1e-30)).astype(np.float32)
 
 

@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from ..progress import Run
+from ..vectors import row_norms
 from .fitting import solve_levels
 from .hierarchy import build_levels, evaluate
 from .system import Weights
@@ -289,7 +290,7 @@ def _joint_motions(levels: list, x: np.ndarray, view: np.ndarray, count: int, de
         h, b = _normal_equations(cells, view, jac, r, w)
         # Held: the sum of the motions (6 rows) and their mean motion along the normals (1 row).
         tie = np.tile(np.eye(6), (1, count)) / np.sqrt(count)
-        unit_normal = g64 / np.maximum(np.linalg.norm(g64, axis=1, keepdims=True), 1e-9)
+        unit_normal = g64 / np.maximum(row_norms(g64, keepdims=True), 1e-9)
         along = np.concatenate((np.cross(q - c, unit_normal), unit_normal), axis=1)
         swell = np.concatenate([along[lo:hi].sum(axis=0) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
         swell /= np.linalg.norm(swell) + 1e-12

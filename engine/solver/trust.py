@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..vectors import row_norms
+
 KNEE_DEG = 75.0  # incidence up to which a point keeps the full weight
 FLOOR = 0.1  # weight of a point seen exactly edge-on, relative to a point within the knee
 
@@ -39,7 +41,7 @@ def incidence_trust(points: np.ndarray, normals: np.ndarray, sensors: np.ndarray
     """Each point's weight (N,) float32, mean 1, from the angle between its normal and its ray to its sensor
     (all (N, 3), one frame), and how many points lie beyond the knee."""
     ray = sensors.astype(np.float64) - points
-    ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-12)
+    ray /= np.maximum(row_norms(ray, keepdims=True), 1e-12)
     cos = np.abs((ray * normals).sum(axis=1))
     knee = np.cos(np.radians(KNEE_DEG))
     weight = np.clip(cos / knee, FLOOR, 1.0)
