@@ -22,6 +22,7 @@ import numpy as np
 
 from ..cloud import PointCloud
 from ..errors import InputError
+from ..vectors import row_norms
 from .fields import field_key
 
 SH_C0 = 0.28209479177387814  # the degree-0 spherical harmonic, 1 / (2 sqrt(pi))
@@ -73,7 +74,7 @@ def read_splats(vertex: np.ndarray, where: str, min_opacity: float = MIN_OPACITY
 
     points, dc, scales, quat = cols(("x", "y", "z")), cols(DC), cols(SCALES), cols(ROTATION)
     opacity = sigmoid(cols(("opacity",))[:, 0])
-    length = np.linalg.norm(quat, axis=1)
+    length = row_norms(quat)
     finite = (np.isfinite(points).all(axis=1) & np.isfinite(dc).all(axis=1) & np.isfinite(scales).all(axis=1)
               & np.isfinite(quat).all(axis=1) & np.isfinite(opacity) & (length > 1e-12))
     ordered = np.sort(np.where(finite[:, None], scales, 0.0), axis=1)
