@@ -17,6 +17,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from engine import reconstruct
+from engine.solver import outliers
 from engine.solver.outliers import outlier_mask
 from tests import shapes
 from tests.meshcheck import components
@@ -50,8 +51,6 @@ def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan,
     """Each point's mean distance to its 16 nearest against ``ratio`` times the median of its neighbours' same
     figure, from all pairwise distances; batches that split the cloud unevenly give the same verdicts.  At 1.1
     a third of the points sit near the line, so a median off by one rank changes verdicts."""
-    from engine.solver import outliers
-
     monkeypatch.setattr(outliers, "OUTLIER_RATIO", ratio)
     pts = scan.points[::7].astype(np.float64)  # ~2900 points, outliers among them
     d = cdist(pts, pts)  # (2900, 2900): every pair's distance, no search
