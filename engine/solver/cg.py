@@ -14,6 +14,7 @@ float precision) ends the solve with the iterate it has, never a division by zer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,20 @@ def csr_matvec(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     float rounding).  CUDA runs the 1-D product as cuSPARSE's SpMV.
     """
     return lambda v: matrix @ v
+
+
+def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
+    """The whole symmetric CSR matrix (int32 indices, sorted rows) of one that stores its upper triangle only."""
+    coo = upper.to_sparse_coo().coalesce()
+    index, values = coo.indices(), coo.values()
+    below = index[0] != index[1]
+    whole = torch.sparse_coo_tensor(torch.cat((index, index[:, below].flip(0)), 1),
+                                    torch.cat((values, values[below])), upper.shape).coalesce()
+    csr = whole.to_sparse_csr()
+    with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                       csr.values(), size=upper.shape)
 
 
 def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, inv_diag: torch.Tensor,
@@ -89,7 +104,7 @@ MEASURE_EVERY = 8
 
 
 def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: float, max_iter: int,
-            check: Callable[[int, float], None] | None = None) -> SolveResult:
+            check: Callable[[int, float], None] | None = None, upper: bool = False) -> SolveResult:
     """Solve A x = b (A sparse CSR, float32, CPU, sorted columns; ``diagonal`` its diagonal, positive) to
     relative residual ``tol``, preconditioned by symmetric Gauss-Seidel in row blocks (one per kernel thread),
     by :mod:`engine.solver.sweeps`.  The sweeps need each row's columns in increasing order (the assembly's
@@ -101,6 +116,11 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
     watches |r'| scaled by the last measured |r| / |r'|, measured every ``MEASURE_EVERY`` iterations and
     when the estimate says it is done, so the solve stops where :func:`pcg`'s would, at |b - A x| <= tol |b|.
     The blocks follow the thread count, so the iterates (not the tolerance met) depend on it.
+
+    ``upper``: ``matrix`` stores only its upper triangle, each row's own column first (the compiled assembly's
+    form, :class:`engine.solver.system.LevelSystem`); the same operator, with each row's lower triangle read as
+    the column above it (a solved row scatters to the rows below it), so the matrix is read twice per
+    iteration but holds half the entries.
     """
     from . import sweeps
     from .threads import run_parts, thread_count
@@ -115,30 +135,46 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
     cuts = np.searchsorted(crow, np.linspace(0, crow[-1], blocks + 1)).clip(0, m)
     cuts[0], cuts[-1] = 0, m
     rows = [(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-    first, diag, last = (np.empty(m, np.int32) for _ in range(3))
+    last = np.empty(m, np.int32)
+    if upper:
+        first = diag = crow[:-1]  # each row starts at its own column
+    else:
+        first, diag = np.empty(m, np.int32), np.empty(m, np.int32)
     found: list[int] = []
 
     def positions(lo: int, hi: int) -> None:
-        found.append(sweeps.row_positions(crow, cols, lo, hi, first, diag, last))
+        found.append(sweeps.upper_positions(crow, cols, lo, hi, last) if upper else
+                     sweeps.row_positions(crow, cols, lo, hi, first, diag, last))
 
     run_parts(positions, rows)
     if sweeps.NO_DIAGONAL in found:
         raise ValueError("a row of the matrix has no diagonal entry: the sweeps need every row's own column stored")
     if sweeps.UNSORTED in found:  # rows whose columns do not increase (watertight mode's levels): Jacobi
-        return pcg(csr_matvec(matrix), b, 1.0 / diagonal, tol, max_iter, check)
+        whole = symmetric_from_upper(matrix) if upper else matrix
+        return pcg(csr_matvec(whole), b, 1.0 / diagonal, tol, max_iter, check)
     s = torch.rsqrt(diagonal.double()).float().numpy()
-    t, st, sz = (np.zeros(m, np.float32) for _ in range(3))
+    t, st, sz = (np.zeros(m, np.float32) for _ in range(3))  # sz: the upper form's g (zeros between sweeps)
     r, y, ap, out = np.empty(m, np.float32), np.zeros(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
+    leaving = np.flatnonzero(last < crow[1:]) if upper else np.zeros(0, np.int64)  # rows coupled to later blocks
 
     def forward(v: np.ndarray, into: np.ndarray) -> None:
-        run_parts(lambda lo, hi: sweeps.forward_sweep(crow, cols, vals, first, diag, last, s, v, t, st, lo, hi,
-                                                      into, sz), rows)
+        if upper:
+            sweeps.leaving_couplings(crow, cols, vals, last, leaving, st, sz)
+            run_parts(lambda lo, hi: sweeps.forward_sweep_upper(crow, cols, vals, last, s, v, t, st, lo, hi,
+                                                                into, sz), rows)
+        else:
+            run_parts(lambda lo, hi: sweeps.forward_sweep(crow, cols, vals, first, diag, last, s, v, t, st, lo,
+                                                          hi, into, sz), rows)
 
     def backward(v: np.ndarray) -> None:  # into t and st
         run_parts(lambda lo, hi: sweeps.backward_sweep(cols, vals, diag, last, s, v, lo, hi, t, st), rows)
 
     def true_rel(residual: np.ndarray) -> float:  # |b - A x| / |b| from the split system's residual
-        run_parts(lambda lo, hi: sweeps.lower_product(cols, vals, first, diag, s, residual, lo, hi, out), rows)
+        if upper:
+            run_parts(lambda lo, hi: sweeps.lower_product_upper(crow, cols, vals, last, s, residual, lo, hi, out),
+                      rows)
+        else:
+            run_parts(lambda lo, hi: sweeps.lower_product(cols, vals, first, diag, s, residual, lo, hi, out), rows)
         return float(np.linalg.norm(out)) / bnorm
 
     forward(s * b.numpy(), r)  # t = st = 0: the plain forward solve, r = (I + L)^-1 S b for y = 0

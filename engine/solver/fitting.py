@@ -56,9 +56,10 @@ def solve_levels(levels: list[Level], x: torch.Tensor, nrm: torch.Tensor, weight
             # Coarse levels only give the finer ones a start (COARSE_TOL); the finest is solved to solver_tol.
             tol = solver_tol if level.depth == 0 else max(solver_tol, coarse_tol)
             if compiled_on(x.device, None):  # symmetric Gauss-Seidel sweeps (numba), else Jacobi in torch
-                result = sgs_pcg(system.matrix, system.rhs, system.diagonal, tol, solver_max_iter, check)
+                result = sgs_pcg(system.matrix, system.rhs, system.diagonal, tol, solver_max_iter, check,
+                                 upper=system.upper)
             else:
-                result = pcg(csr_matvec(system.matrix), system.rhs, 1.0 / system.diagonal, tol, solver_max_iter,
+                result = pcg(csr_matvec(system.full()), system.rhs, 1.0 / system.diagonal, tol, solver_max_iter,
                              check)
             level.set_coeffs(result.x)
             iterations.append(result.iterations)

@@ -45,34 +45,35 @@ _U64 = np.uint64
 
 
 @njit(cache=True, nogil=True)
-def csr_ranks(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, hi: int, ranks: np.ndarray,
-              counts: np.ndarray) -> None:
-    """Ranks (M, 125) uint8 and non-zero counts (M,) of rows lo:hi of the level's matrix.
+def csr_ranks(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lowest: int, lo: int, hi: int,
+              ranks: np.ndarray, counts: np.ndarray) -> None:
+    """Ranks (M, 125 - lowest) uint8 and non-zero counts (M,) of rows lo:hi of the level's matrix.
 
     Offset o of row r is voxel nbr[nbr[r, first[o]], second[o]] (two steps through the (M, 27) neighbour
-    table, as :func:`engine.solver.system._csr_columns`); a row lists its existing offsets in order, and
-    ranks[r, o] is o's place in row r (``ABSENT`` where the voxel does not exist).
+    table, as :func:`engine.solver.system._csr_columns`); a row lists its existing offsets from ``lowest`` on
+    in order (0: all; the centre's index: the upper triangle, where the voxels are in (z, y, x) order), and
+    ranks[r, o - lowest] is o's place in row r (``ABSENT`` where the voxel does not exist).
     """
     for r in range(_U(lo), _U(hi)):
         count = 0
-        for o in range(_U(125)):
+        for o in range(_U(lowest), _U(125)):
             via = nbr[r, _U(first[o])]
             if via >= 0 and nbr[_U(via), _U(second[o])] >= 0:
-                ranks[r, o] = count
+                ranks[r, o - _U(lowest)] = count
                 count += 1
             else:
-                ranks[r, o] = ABSENT
+                ranks[r, o - _U(lowest)] = ABSENT
         counts[r] = count
 
 
 @njit(cache=True, nogil=True)
-def csr_columns(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lo: int, hi: int, crow: np.ndarray,
-                ranks: np.ndarray, cols: np.ndarray) -> None:
+def csr_columns(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lowest: int, lo: int, hi: int,
+                crow: np.ndarray, ranks: np.ndarray, cols: np.ndarray) -> None:
     """Columns (nnz,) int32 of rows lo:hi, from the row starts ``crow`` and the ranks of :func:`csr_ranks`."""
     for r in range(_U(lo), _U(hi)):
         k = _U64(crow[r])
-        for o in range(_U(125)):
-            if ranks[r, o] != ABSENT:
+        for o in range(_U(lowest), _U(125)):
+            if ranks[r, o - _U(lowest)] != ABSENT:
                 cols[k] = nbr[_U(nbr[r, _U(first[o])]), _U(second[o])]
                 k += _U64(1)
 
@@ -150,12 +151,15 @@ def add_rows(taps: np.ndarray, sums: np.ndarray, rhs: np.ndarray) -> None:
 
 @njit(cache=True, nogil=True)
 def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pair_offset: np.ndarray,
-                      crow: np.ndarray, ranks: np.ndarray, values: np.ndarray, row_lo: int, row_hi: int) -> None:
+                      crow: np.ndarray, ranks: np.ndarray, lowest: int, values: np.ndarray, row_lo: int,
+                      row_hi: int) -> None:
     """Add each cell's 27 x 27 matrix into the CSR ``values``: pair (a, b) of cell c goes to row taps[c, a],
     for the rows in row_lo:row_hi only (so that threads given disjoint rows never write the same entry).
 
     ``upper`` (C, 378) the matrices' entries a <= b, ``place`` (729,) each pair's column there,
     ``pair_offset`` (729,) the offset of tap b seen from tap a, ``taps`` (C, 27) (all present).
+    ``lowest`` as :func:`csr_ranks`; above 0 (the upper triangle) only the pairs b >= a are added (the taps
+    are in (z, y, x) order, as the voxels, so those are the pairs whose offset is from the centre on).
     """
     for c in range(upper.shape[0]):
         for a in range(_U(27)):
@@ -164,8 +168,8 @@ def add_cell_matrices(upper: np.ndarray, taps: np.ndarray, place: np.ndarray, pa
                 continue
             row = _U(row)
             start = _U64(crow[row])
-            for b in range(_U(27)):
-                rank = ranks[row, _U(pair_offset[a * _U(27) + b])]
+            for b in range(a if lowest > 0 else _U(0), _U(27)):
+                rank = ranks[row, _U(pair_offset[a * _U(27) + b]) - _U(lowest)]
                 if rank != ABSENT:
                     values[start + _U64(rank)] += upper[c, _U(place[a * _U(27) + b])]
 
@@ -190,13 +194,14 @@ def smoothness_support(nbr: np.ndarray, supports: np.ndarray, lo: int, hi: int, 
 @njit(cache=True, nogil=True)
 def add_smoothness(nbr: np.ndarray, whole: np.ndarray, term: np.ndarray, column: np.ndarray,
                    offsets: np.ndarray, weights: np.ndarray, scale: np.ndarray, alpha: float, lo: int, hi: int,
-                   crow: np.ndarray, ranks: np.ndarray, values: np.ndarray) -> None:
+                   crow: np.ndarray, ranks: np.ndarray, lowest: int, values: np.ndarray) -> None:
     """Add to rows lo:hi the smoothness stencils whose term has its whole support, as
     ``engine.solver.system._smoothness_stencil``.
 
     Stencil s (term ``term[s]``, non-zeros ``weights[s]`` at ``offsets[s]``) enters row r when the voxel
     c = nbr[r, column[s]] exists and term t's support exists around c (bit t of ``whole[c]``,
-    :func:`smoothness_support`), times alpha and c's factor ``scale[c]`` (empty: 1).
+    :func:`smoothness_support`), times alpha and c's factor ``scale[c]`` (empty: 1); offsets below ``lowest``
+    are not stored (:func:`csr_ranks`).
     """
     scaled = scale.shape[0] > 0
     for r in range(_U(lo), _U(hi)):
@@ -207,7 +212,10 @@ def add_smoothness(nbr: np.ndarray, whole: np.ndarray, term: np.ndarray, column:
                 continue
             f = alpha * scale[_U(c)] if scaled else alpha
             for k in range(offsets.shape[1]):
-                rank = ranks[r, _U(offsets[s, k])]
+                o = offsets[s, k]
+                if o < lowest:
+                    continue
+                rank = ranks[r, _U(o) - _U(lowest)]
                 if rank != ABSENT:
                     values[start + _U64(rank)] += np.float32(f * weights[s, k])
 
@@ -493,24 +501,24 @@ def warm() -> None:
     nbr = np.full((1, 27), -1, np.int32)
     nbr[0, 13] = 0
     steps = np.full(125, 13, np.int64)
-    ranks = np.empty((1, 125), np.uint8)
+    ranks = np.empty((1, 63), np.uint8)
     crow = np.zeros(2, np.int64)
-    csr_ranks(nbr, steps, steps, 0, 1, ranks, crow[1:])
+    csr_ranks(nbr, steps, steps, 62, 0, 1, ranks, crow[1:])
     np.cumsum(crow, out=crow)
     cols = np.empty(int(crow[-1]), np.int32)
-    csr_columns(nbr, steps, steps, 0, 1, crow, ranks, cols)
+    csr_columns(nbr, steps, steps, 62, 0, 1, crow, ranks, cols)
     values = np.zeros(cols.shape[0], np.float32)
     empty = np.zeros(0, np.float32)
     none = np.zeros(0, np.int64)
     batch_moments(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, 1.0, 0, 0, np.zeros((0, 125)))
     add_cell_matrices(np.zeros((0, 378), np.float32), np.zeros((0, 27), np.int32), np.zeros(729, np.int64),
-                      np.zeros(729, np.int64), crow, ranks, values, 0, 1)
+                      np.zeros(729, np.int64), crow, ranks, 62, values, 0, 1)
     whole = np.zeros(1, np.uint8)
     smoothness_support(nbr, np.full((1, 9), -1, np.int64), 0, 1, whole)
     add_smoothness(nbr, whole, np.zeros(1, np.int64), np.full(1, 13, np.int64), np.full((1, 4), 62, np.int64),
-                   np.zeros((1, 4), np.float32), empty, 1.0, 0, 1, crow, ranks, values)
-    diagonal(crow, ranks, 62, values)
-    add_diagonal(crow, ranks, 62, 0.0, values)
+                   np.zeros((1, 4), np.float32), empty, 1.0, 0, 1, crow, ranks, 62, values)
+    diagonal(crow, ranks, 0, values)
+    add_diagonal(crow, ranks, 0, 0.0, values)
     cell_rhs(none, np.zeros(2, np.int64), np.zeros((0, 3), np.float32), empty, np.zeros((0, 3), np.float32),
              empty, 0, 0, np.zeros((0, 27)))
     add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)

@@ -146,6 +146,74 @@ def lower_product(cols: np.ndarray, vals: np.ndarray, first: np.ndarray, diag: n
         out[i] = v[i] / s[i] + acc
 
 
+@njit(cache=True, nogil=True)
+def upper_positions(crow: np.ndarray, cols: np.ndarray, lo: int, hi: int, last: np.ndarray) -> int:
+    """For rows lo:hi of a CSR matrix that stores its upper triangle only (each row's own column first): in
+    ``last`` where the row's entries that leave the block lo:hi begin.  0, or ``NO_DIAGONAL`` where a row does
+    not start with its own column, or ``UNSORTED`` where its columns do not increase."""
+    for i in range(_U(lo), _U(hi)):
+        start, end = _U(crow[i]), _U(crow[i + _U(1)])
+        if start == end or cols[start] != i:
+            return NO_DIAGONAL
+        for e in range(start + _U(1), end):
+            if cols[e] <= cols[e - _U(1)]:
+                return UNSORTED
+        k = end
+        while k > start + _U(1) and cols[k - _U(1)] >= hi:
+            k -= _U(1)
+        last[i] = k
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def leaving_couplings(crow: np.ndarray, cols: np.ndarray, vals: np.ndarray, last: np.ndarray, rows: np.ndarray,
+                      st: np.ndarray, g: np.ndarray) -> None:
+    """g[k] -= a_jk st_j for the entries of the upper triangle that leave row j's block (rows ``rows``, k in a
+    later block): the couplings to earlier blocks that :func:`forward_sweep_upper` finds in ``g``.  Serial:
+    two blocks may reach the same row."""
+    for q in range(rows.shape[0]):
+        j = _U(rows[q])
+        sj = st[j]
+        for e in range(_U(last[j]), _U(crow[j + _U(1)])):
+            g[_U(cols[e])] -= vals[e] * sj
+
+
+@njit(cache=True, nogil=True)
+def forward_sweep_upper(crow: np.ndarray, cols: np.ndarray, vals: np.ndarray, last: np.ndarray, s: np.ndarray,
+                        v: np.ndarray, t: np.ndarray, st: np.ndarray, lo: int, hi: int, out: np.ndarray,
+                        g: np.ndarray) -> None:
+    """:func:`forward_sweep` for a matrix that stores its upper triangle only: each row's lower triangle is
+    the column above it, so a solved row scatters its share to the rows below it in the block, through ``g``
+    (zeros, or what :func:`leaving_couplings` put there; each row's entry is read and set back to zero)."""
+    for i in range(_U(lo), _U(hi)):
+        a0 = a1 = np.float32(0.0)
+        k, end = _U(last[i]), _U(crow[i + _U(1)])
+        while k + _U(2) <= end:  # the couplings that leave the block, to t
+            a0 += vals[k] * st[_U(cols[k])]
+            a1 += vals[k + _U(1)] * st[_U(cols[k + _U(1)])]
+            k += _U(2)
+        if k < end:
+            a0 += vals[k] * st[_U(cols[k])]
+        zi = v[i] - t[i] + s[i] * ((a0 + a1) - g[i])
+        g[i] = np.float32(0.0)
+        szi = s[i] * zi
+        out[i] = t[i] + zi
+        for e in range(_U(crow[i]) + _U(1), _U(last[i])):
+            g[_U(cols[e])] += vals[e] * szi
+
+
+@njit(cache=True, nogil=True)
+def lower_product_upper(crow: np.ndarray, cols: np.ndarray, vals: np.ndarray, last: np.ndarray, s: np.ndarray,
+                        v: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """:func:`lower_product` for a matrix that stores its upper triangle only (column scatter within the block)."""
+    for i in range(_U(lo), _U(hi)):
+        out[i] = v[i] / s[i]
+    for i in range(_U(lo), _U(hi)):
+        svi = s[i] * v[i]
+        for e in range(_U(crow[i]) + _U(1), _U(last[i])):
+            out[_U(cols[e])] += vals[e] * svi
+
+
 def warm() -> None:
     """Load (or compile) each sweep once, on a 1 x 1 matrix, with the argument types of the solve."""
     crow, cols = np.array([0, 1], np.int32), np.zeros(1, np.int32)
@@ -156,3 +224,7 @@ def warm() -> None:
     backward_sweep(cols, vals, diag, last, one, one, 0, 1, t, st)
     forward_sweep(crow, cols, vals, first, diag, last, one, one, t, st, 0, 1, out, sz)
     lower_product(cols, vals, first, diag, one, one, 0, 1, out)
+    upper_positions(crow, cols, 0, 1, last)
+    leaving_couplings(crow, cols, vals, last, np.zeros(0, np.int64), st, sz)
+    forward_sweep_upper(crow, cols, vals, last, one, one, t, st, 0, 1, out, sz)
+    lower_product_upper(crow, cols, vals, last, one, one, 0, 1, out)

@@ -43,7 +43,13 @@ three levels of the 1M-point clean bunny (1.9M, 852k and 213k voxels),
 inputs captured from a real run, 2 threads, second run each: 11.8 + 4.6 + 1.5
 s -> 3.7 + 1.8 + 0.7 s (rhs included), the same sparsity and values within 2e-7
 of the largest; the pipeline's ``system`` stage 16-20 s -> 7.9 s and the run's
-peak memory 3.8 -> 3.4 GB.  A fresh process pays about 0.55 s to import numba
+peak memory 3.8 -> 3.4 GB.  The matrix is symmetric, and where the level's voxels
+are in (z, y, x) order (as :func:`engine.solver.hierarchy.build_levels` makes
+them) a row's columns increase with the offset's index, so its entries from the
+centre on are its upper triangle: only those are stored (``LevelSystem.upper``),
+half the columns and values to write and hold (the 1M bunny's finest level: 83M
+of 165M non-zeros; ``add_cell_matrices`` 2.8 -> 1.6 s and ``csr_columns``
+1.1 -> 0.65 s there; issue 12, session 21).  A fresh process pays about 0.55 s to import numba
 and load the cached kernels (the 100k clean bunny's stage still went 1.6-1.9 s
 -> 1.0 s).  The torch path below is the CUDA path.
 """
@@ -96,9 +102,18 @@ def point_weight(noise: float, voxel_size: float) -> float:
 
 @dataclass
 class LevelSystem:
-    matrix: torch.Tensor  # (M, M) sparse CSR float32
+    matrix: torch.Tensor  # (M, M) sparse CSR float32, or its upper triangle only (``upper``)
     rhs: torch.Tensor  # (M,)
     diagonal: torch.Tensor  # (M,)
+    # The matrix is symmetric; the compiled assembly stores only its upper triangle (each row's own column
+    # first) where the level's voxels are in (z, y, x) order: half the entries to write and hold.
+    upper: bool = False
+
+    def full(self) -> torch.Tensor:
+        """The whole matrix (CSR): :attr:`matrix`, or its upper triangle completed by its mirror."""
+        from .cg import symmetric_from_upper
+
+        return symmetric_from_upper(self.matrix) if self.upper else self.matrix
 
 
 def offset_index(delta: np.ndarray) -> np.ndarray:
@@ -443,14 +458,19 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
     grad = ((weights.normal / n / level.size) * target_grad).to(torch.float32).numpy()
     scale = np.zeros(0, np.float32) if smooth_scale is None else smooth_scale.to(torch.float32).numpy()
     rhs = np.zeros(m, np.float32)
-    ranks = np.empty((m, 125), np.uint8)
+    # voxels in (z, y, x) order: a row's columns increase with the offset, so the upper triangle is the offsets
+    # from the centre on, and only those are stored
+    triangle = in_scan_order(level.ijk)
+    lowest = CENTRE if triangle else 0
+    ranks = np.empty((m, N_OFFSETS - lowest), np.uint8)
     crow = np.zeros(m + 1, np.int64)
     whole = np.empty(m, np.uint8)
-    run_parts(partial(kernels.csr_ranks, nbr, _FIRST_STEP, _SECOND_STEP, ranks=ranks, counts=crow[1:]), rows)
+    run_parts(partial(kernels.csr_ranks, nbr, _FIRST_STEP, _SECOND_STEP, lowest, ranks=ranks, counts=crow[1:]), rows)
     np.cumsum(crow, out=crow)
     cols = np.empty(int(crow[-1]), np.int32)
     values = np.zeros(cols.shape[0], np.float32)
-    run_parts(partial(kernels.csr_columns, nbr, _FIRST_STEP, _SECOND_STEP, crow=crow, ranks=ranks, cols=cols), rows)
+    run_parts(partial(kernels.csr_columns, nbr, _FIRST_STEP, _SECOND_STEP, lowest, crow=crow, ranks=ranks, cols=cols),
+              rows)
     for start in range(0, cells.shape[0], ASSEMBLY_BATCH):
         stop = min(start + ASSEMBLY_BATCH, cells.shape[0])
         batch = parts(start, stop, threads)
@@ -462,21 +482,32 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
         # threads take disjoint rows, split where the batch's cells are (rows follow the voxels' order)
         own = np.sort(taps[:, CELL_TAP])
         cuts = [0, *(int(own[len(own) * k // threads]) for k in range(1, threads)), m]
-        run_parts(partial(kernels.add_cell_matrices, upper, taps, PAIR_PLACE, pair_offset, crow, ranks, values),
+        run_parts(partial(kernels.add_cell_matrices, upper, taps, PAIR_PLACE, pair_offset, crow, ranks, lowest, values),
                   list(zip(cuts[:-1], cuts[1:], strict=True)))
         kernels.add_rows(taps, sums, rhs)
     run_parts(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
     run_parts(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1],
                       _SPARSE_OFFSETS, _SPARSE_WEIGHTS, scale, weights.smooth / level.smooth_voxels, crow=crow,
-                      ranks=ranks, values=values), rows)
-    diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values)).mean())
-    kernels.add_diagonal(crow, ranks, CENTRE, 1e-4 * diag_mean, values)
-    diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE, values))
+                      ranks=ranks, lowest=lowest, values=values), rows)
+    diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE - lowest, values)).mean())
+    kernels.add_diagonal(crow, ranks, CENTRE - lowest, 1e-4 * diag_mean, values)
+    diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE - lowest, values))
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(torch.from_numpy(crow).to(torch.int32), torch.from_numpy(cols),
                                          torch.from_numpy(values), size=(m, m))
-    return LevelSystem(matrix=matrix, rhs=torch.from_numpy(rhs), diagonal=diagonal)
+    return LevelSystem(matrix=matrix, rhs=torch.from_numpy(rhs), diagonal=diagonal, upper=triangle)
+
+
+def in_scan_order(ijk: torch.Tensor) -> bool:
+    """Whether voxels (M, 3) are in increasing (z, y, x) order, as :func:`engine.solver.hierarchy.build_levels`
+    makes them (watertight mode's added voxels are not)."""
+    if ijk.shape[0] < 2:
+        return True
+    rel = ijk - ijk.min(dim=0).values
+    extent = rel.max(dim=0).values + 1
+    key = (rel[:, 2] * extent[1] + rel[:, 1]) * extent[0] + rel[:, 0]
+    return bool((key[1:] > key[:-1]).all())
 
 
 def _cells_into(kernel: Callable[..., None], out: np.ndarray, start: int, *args: Any) -> Callable[[int, int], None]:

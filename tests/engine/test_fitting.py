@@ -45,7 +45,7 @@ def _solve(sphere: dict[str, Any], **kwargs: Any) -> tuple[list[Level], list[int
 def test_csr_matvec_is_the_matrix_product(sphere: dict[str, Any]) -> None:
     level = build_levels(sphere["x"], 1)[0]
     matrix = assemble(level, sphere["x"], torch.zeros(sphere["x"].shape[0]), sphere["normals"],
-                      sphere["weights"]).matrix
+                      sphere["weights"]).full()
     v = torch.randn(matrix.shape[0], generator=torch.Generator().manual_seed(0))
     crow = matrix.crow_indices().to(torch.int64)
     rows = torch.repeat_interleave(torch.arange(matrix.shape[0]), crow[1:] - crow[:-1])
