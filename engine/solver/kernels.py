@@ -79,6 +79,20 @@ def csr_columns(nbr: np.ndarray, first: np.ndarray, second: np.ndarray, lowest: 
 
 
 @njit(cache=True, nogil=True)
+def increasing_voxels(ijk: np.ndarray) -> bool:
+    """Whether voxels (M, 3) are in strictly increasing (z, y, x) order (one pass, no temporaries)."""
+    for i in range(1, ijk.shape[0]):
+        for axis in (2, 1, 0):
+            if ijk[i, axis] != ijk[i - 1, axis]:
+                if ijk[i, axis] < ijk[i - 1, axis]:
+                    return False
+                break
+        else:
+            return False  # a voxel twice
+    return True
+
+
+@njit(cache=True, nogil=True)
 def batch_moments(order: np.ndarray, cell_start: np.ndarray, u: np.ndarray, trust: np.ndarray, scale: float,
                   lo: int, hi: int, out: np.ndarray) -> None:
     """Into ``out`` (hi - lo, 125) float64: scale * sum over the points of cells lo:hi of trust * u_x^i u_y^j u_z^k.
@@ -507,6 +521,7 @@ def warm() -> None:
     np.cumsum(crow, out=crow)
     cols = np.empty(int(crow[-1]), np.int32)
     csr_columns(nbr, steps, steps, 62, 0, 1, crow, ranks, cols)
+    increasing_voxels(np.zeros((1, 3), np.int64))
     values = np.zeros(cols.shape[0], np.float32)
     empty = np.zeros(0, np.float32)
     none = np.zeros(0, np.int64)

@@ -500,14 +500,11 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
 
 
 def in_scan_order(ijk: torch.Tensor) -> bool:
-    """Whether voxels (M, 3) are in increasing (z, y, x) order, as :func:`engine.solver.hierarchy.build_levels`
-    makes them (watertight mode's added voxels are not)."""
-    if ijk.shape[0] < 2:
-        return True
-    rel = ijk - ijk.min(dim=0).values
-    extent = rel.max(dim=0).values + 1
-    key = (rel[:, 2] * extent[1] + rel[:, 1]) * extent[0] + rel[:, 0]
-    return bool((key[1:] > key[:-1]).all())
+    """Whether voxels (M, 3) int64 on the CPU are in increasing (z, y, x) order, as
+    :func:`engine.solver.hierarchy.build_levels` makes them (watertight mode's added voxels are not)."""
+    from . import kernels
+
+    return bool(kernels.increasing_voxels(ijk.numpy()))
 
 
 def _cells_into(kernel: Callable[..., None], out: np.ndarray, start: int, *args: Any) -> Callable[[int, int], None]:

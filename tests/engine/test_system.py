@@ -164,6 +164,7 @@ def test_voxels_out_of_order_get_the_whole_matrix(compiled: bool) -> None:
     perm = torch.randperm(len(level), generator=torch.Generator().manual_seed(3))
     shuffled = Level(depth=level.depth, size=level.size, index=VoxelIndex(level.ijk[perm]))
     assert not system.in_scan_order(shuffled.ijk)
+    assert not system.in_scan_order(level.ijk[[0, 1, 1, 2]]) and system.in_scan_order(level.ijk[:1])  # a voxel twice
     got = assemble(shuffled, x, tv, tg, W, compiled=compiled)
     assert not got.upper
     _assert_same_system(got, reference_assemble(shuffled, x, tv, tg, W))
