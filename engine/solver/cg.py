@@ -135,20 +135,17 @@ def sgs_pcg(matrix: torch.Tensor, b: torch.Tensor, diagonal: torch.Tensor, tol: 
     cuts = np.searchsorted(crow, np.linspace(0, crow[-1], blocks + 1)).clip(0, m)
     cuts[0], cuts[-1] = 0, m
     rows = [(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-    last = np.empty(m, np.int32)
-    if upper:
-        first = diag = crow[:-1]  # each row starts at its own column
-    else:
-        first, diag = np.empty(m, np.int32), np.empty(m, np.int32)
+    first, diag, last = (np.empty(m, np.int32) for _ in range(3))
     found: list[int] = []
 
     def positions(lo: int, hi: int) -> None:
-        found.append(sweeps.upper_positions(crow, cols, lo, hi, last) if upper else
-                     sweeps.row_positions(crow, cols, lo, hi, first, diag, last))
+        found.append(sweeps.row_positions(crow, cols, lo, hi, first, diag, last))
 
     run_parts(positions, rows)
     if sweeps.NO_DIAGONAL in found:
         raise ValueError("a row of the matrix has no diagonal entry: the sweeps need every row's own column stored")
+    if upper and sweeps.UNSORTED not in found and not np.array_equal(diag, crow[:-1]):
+        raise ValueError("a matrix given as its upper triangle holds entries below its diagonal")
     if sweeps.UNSORTED in found:  # rows whose columns do not increase (watertight mode's levels): Jacobi
         whole = symmetric_from_upper(matrix) if upper else matrix
         return pcg(csr_matvec(whole), b, 1.0 / diagonal, tol, max_iter, check)

@@ -147,25 +147,6 @@ def lower_product(cols: np.ndarray, vals: np.ndarray, first: np.ndarray, diag: n
 
 
 @njit(cache=True, nogil=True)
-def upper_positions(crow: np.ndarray, cols: np.ndarray, lo: int, hi: int, last: np.ndarray) -> int:
-    """For rows lo:hi of a CSR matrix that stores its upper triangle only (each row's own column first): in
-    ``last`` where the row's entries that leave the block lo:hi begin.  0, or ``NO_DIAGONAL`` where a row does
-    not start with its own column, or ``UNSORTED`` where its columns do not increase."""
-    for i in range(_U(lo), _U(hi)):
-        start, end = _U(crow[i]), _U(crow[i + _U(1)])
-        if start == end or cols[start] != i:
-            return NO_DIAGONAL
-        for e in range(start + _U(1), end):
-            if cols[e] <= cols[e - _U(1)]:
-                return UNSORTED
-        k = end
-        while k > start + _U(1) and cols[k - _U(1)] >= hi:
-            k -= _U(1)
-        last[i] = k
-    return 0
-
-
-@njit(cache=True, nogil=True)
 def leaving_couplings(crow: np.ndarray, cols: np.ndarray, vals: np.ndarray, last: np.ndarray, rows: np.ndarray,
                       st: np.ndarray, g: np.ndarray) -> None:
     """g[k] -= a_jk st_j for the entries of the upper triangle that leave row j's block (rows ``rows``, k in a
@@ -224,7 +205,6 @@ def warm() -> None:
     backward_sweep(cols, vals, diag, last, one, one, 0, 1, t, st)
     forward_sweep(crow, cols, vals, first, diag, last, one, one, t, st, 0, 1, out, sz)
     lower_product(cols, vals, first, diag, one, one, 0, 1, out)
-    upper_positions(crow, cols, 0, 1, last)
     leaving_couplings(crow, cols, vals, last, np.zeros(0, np.int64), st, sz)
     forward_sweep_upper(crow, cols, vals, last, one, one, t, st, 0, 1, out, sz)
     lower_product_upper(crow, cols, vals, last, one, one, 0, 1, out)

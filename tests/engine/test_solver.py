@@ -89,7 +89,9 @@ def test_sweeps_apply_the_split_operator() -> None:
     # earlier blocks scattered before the forward sweeps
     up = torch.from_numpy(np.triu(a)).float().to_sparse_csr()
     ucrow, ucols, uvals = (t.numpy() for t in (up.crow_indices().int(), up.col_indices().int(), up.values()))
-    assert all(sweeps.upper_positions(ucrow, ucols, lo, hi, last) == 0 for lo, hi in blocks)
+    ufirst, udiag = np.empty(n, np.int32), np.empty(n, np.int32)
+    assert all(sweeps.row_positions(ucrow, ucols, lo, hi, ufirst, udiag, last) == 0 for lo, hi in blocks)
+    assert np.array_equal(udiag, ucrow[:-1]) and np.array_equal(ufirst, udiag)  # each row starts at its diagonal
     leaving = np.flatnonzero(last < ucrow[1:])
     assert leaving.size > 0 and (leaving < 41).all()  # rows of the first two blocks reach later ones
     t, st, out, g = (np.zeros(n, np.float32) for _ in range(4))
@@ -123,14 +125,6 @@ def test_sweeps_apply_the_split_operator() -> None:
     swapped = cols.copy()
     swapped[crow[5]], swapped[crow[5] + 1] = cols[crow[5] + 1], cols[crow[5]]
     assert sweeps.row_positions(crow, swapped, 0, n, first, diag, last) == sweeps.UNSORTED
-    assert sweeps.upper_positions(crow, cols, 0, n, last) == sweeps.NO_DIAGONAL  # a lower entry before the diagonal
-    up_holed = torch.from_numpy(np.triu(holed)).float().to_sparse_csr()
-    assert sweeps.upper_positions(up_holed.crow_indices().int().numpy(), up_holed.col_indices().int().numpy(), 0, n,
-                                  last) == sweeps.NO_DIAGONAL
-    row = next(i for i in range(n) if ucrow[i + 1] - ucrow[i] >= 3)
-    swapped = ucols.copy()
-    swapped[ucrow[row] + 1], swapped[ucrow[row] + 2] = ucols[ucrow[row] + 2], ucols[ucrow[row] + 1]
-    assert sweeps.upper_positions(ucrow, swapped, 0, n, last) == sweeps.UNSORTED
 
 
 @pytest.mark.parametrize("block_rows", [100_000, 1000], ids=["one block", "blocks"])
@@ -191,3 +185,5 @@ def test_gauss_seidel_solve_of_unsorted_rows_a_missing_diagonal_or_a_zero_rhs() 
     assert float(torch.linalg.vector_norm(a @ result.x - b) / torch.linalg.vector_norm(b)) <= 1e-5
     with pytest.raises(ValueError, match="diagonal"):
         sgs_pcg(torch.triu(holed).to_sparse_csr(), b, torch.diagonal(a).contiguous(), 1e-5, 500, upper=True)
+    with pytest.raises(ValueError, match="below its diagonal"):  # the whole matrix, said to be its upper triangle
+        sgs_pcg(a.to_sparse_csr(), b, torch.diagonal(a).contiguous(), 1e-5, 500, upper=True)
