@@ -6,8 +6,8 @@ its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
 temporaries: the cells' monomial moments, the float32 stencil that the cell
 matrices are scattered into (957 MB on the finest level of the 1M-point
 bunny), and its compaction into CSR.  Here the CSR structure comes first,
-from the neighbour table, with each row's rank of every offset (one byte per
-offset); cell matrices and smoothness stencils are then added straight into
+from the neighbour table, with each row's rank of every stored offset (one byte
+each: all 125, or the upper triangle's 63); cell matrices and smoothness stencils are then added straight into
 the CSR values.  Moments are summed a batch of cells at a time over points
 sorted by cell, so no (C, 125) table is held either.  The cell matrices
 themselves stay one BLAS product per batch (torch).
