@@ -1,6 +1,7 @@
 """Worker: reconstruct one input with one method in a fresh process.
 
     python run_method.py METHOD IN.npz OUT.ply [--depth D] [--detail auto] [--normals given|none|FILE.npz]
+                         [--option KEY=VALUE ...]
 
 METHOD is ours | open3d | pymeshlab. Inputs without normals: ours estimates them,
 open3d estimates and orients its own (pymeshlab needs them). Only the reconstruction call (including the
@@ -13,11 +14,13 @@ drops the input's normals (ours then estimates them); `--normals FILE.npz` uses 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +45,8 @@ def run_ours(pts: np.ndarray, nrm: np.ndarray | None, a: argparse.Namespace) -> 
     from engine import reconstruct
 
     t0, c0 = time.perf_counter(), time.process_time()
-    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu", sensor=a.sensors, prior=a.prior)
+    mesh = reconstruct(pts, nrm, colors=None, detail_level=a.detail, device="cpu", sensor=a.sensors, prior=a.prior,
+                       **dict(a.option))
     t1, c1 = time.perf_counter(), time.process_time()
     stats = dict(getattr(mesh, "stats", {}) or {})
     return np.asarray(mesh.vertices), np.asarray(mesh.faces), t1 - t0, c1 - c0, stats
@@ -89,6 +93,17 @@ def run_pymeshlab(pts: np.ndarray, nrm: np.ndarray, a: argparse.Namespace) -> tu
     return v, f, t1 - t0, c1 - c0, {"depth": a.depth, "threads": threads}
 
 
+def option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value), the value a Python literal (a bare word stays a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 RUNNERS = {"ours": run_ours, "open3d": run_open3d, "pymeshlab": run_pymeshlab}
 
 
@@ -101,6 +116,8 @@ def main() -> None:
     ap.add_argument("--detail", default="auto")
     ap.add_argument("--normals", default="given", help="given | none | FILE.npz with a `normals` array")
     ap.add_argument("--prior", default="none", help="ours: the kernel prior, learned | none")
+    ap.add_argument("--option", type=option, action="append", default=[], metavar="KEY=VALUE",
+                    help="ours: one more reconstruct option, VALUE a Python literal (mise_iter=2, memory_limit_gb=64)")
     ap.add_argument("--density-trim", type=float, default=0.0,
                     help="open3d: drop vertices below this quantile of Poisson's density (0.05 = 5%%)")
     a = ap.parse_args()

@@ -21,7 +21,7 @@ from .errors import TooFewPointsError
 from .frames import Frame
 from .large.blend import key_frame, mesh_block, weld
 from .large.executors import Executor, make_executor
-from .large.memory import MemoryPlan, available_bytes, plan_memory
+from .large.memory import MemoryPlan, available_bytes, footprint_on, plan_memory
 from .large.partition import ChunkedCloud, ChunkGrid
 from .large.tasks import ChunkField, tasks
 from .mesh import Mesh, vertex_normals
@@ -218,7 +218,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         plan = plan_memory(cloud.points, res.voxel_size, opts.depth, limit, cloud.frame.diagonal,
                            mise_iter=mise_iter,
                            chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,
-                           concurrent=concurrent, worker_processes=worker_processes)
+                           concurrent=concurrent, worker_processes=worker_processes, footprint=footprint_on(dev))
     with run.stage("normals"):
         cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
         if normal_stats["normals_estimated"]:

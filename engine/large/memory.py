@@ -9,27 +9,43 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
+from ..solver.threads import compiled_on
 from ..solver.voxels import unique_voxels
 from .partition import ChunkedCloud, ChunkGrid, make_grid
 
-# Peak = BASE + unknowns * BYTES_PER_UNKNOWN + points * BYTES_PER_POINT, with the unknowns of
-# estimate_unknowns.  Fitted to the peak RSS of CLI runs on this machine's CPU (2026-11, MiB peak against
-# the fit without margin): bunny 100k 1071 / 1123, sphere 100k 1018 / 1130, bunny 1M 3863 / 3930,
-# city 300k 1518 / 1510, city 2M 5601 / 5910 (fit: 800 MiB + 800 B per unknown + 500 B per point).
-# The per-unknown and per-point terms carry a 1.5x margin.
-BYTES_PER_UNKNOWN = 1200  # CSR, stencil, column table, solver vectors, meshing
-BYTES_PER_POINT = 750  # tap weights and indices in assembly chunks, targets, trimming and colour queries
-BASE_BYTES = 800 << 20  # the interpreter, torch and the input; also each worker process of a pool
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a job's peak memory grows with, on one solver path: a base, and bytes per unknown and per point
+    (the unknowns of :func:`estimate_unknowns`, at one refinement round) and per face past that round."""
+
+    base: int  # the interpreter, torch (and numba) and the input; also each worker process of a pool
+    per_unknown: int  # the matrix, its structure, the solver's vectors, meshing's cells and the mesh
+    per_point: int  # sorted and cell-split copies of the points, targets, trimming and colour queries
+    per_face: int  # each face that refinement rounds past the first add, with its temporaries
+
+
+# The compiled CPU path (numba assembly of the matrix's upper triangle straight into CSR, swept solve), fitted by
+# bench/memory.py (peak RSS of fresh processes, default options, whole jobs; this machine's CPU, 2026-12-04): over
+# the 16 runs at one refinement round or none, 405 MiB + 444 B per estimated unknown + 241 B per point, within 7% of
+# every run (MiB measured: bunny 10k 416, 100k 591, 300k 915, 1M 2018, 4M 6782; bunny 100k and 1M with 0.5% noise
+# 497, 678; bunny and torus scans 553, 557; city 300k and 2M 843, 3249; sphere and blob 100k 572-614).  Past one
+# round (sphere and blob 100k, rounds 2 and 3: 1009-1031 and 2857-2895 MiB) each estimated face added 198-225 B.
+# The variable terms carry a 1.5x margin (faces 1.35x), the base 100 MiB (in the run above, with 280 B per point:
+# every run peaked at 0.66-0.82 of the estimate).
+COMPILED = Footprint(base=512 << 20, per_unknown=670, per_point=360, per_face=300)
+# The torch path (the reference, and CUDA, on the device's memory), fitted to CLI runs (2026-11): bunny 100k 1071 /
+# 1123, sphere 100k 1018 / 1130, bunny 1M 3863 / 3930, city 300k 1518 / 1510, city 2M 5601 / 5910 MiB (800 MiB +
+# 800 B per unknown + 500 B per point, then a 1.5x margin on both); 340 B per face past one round, with a 1.3x margin.
+# Still above it on the CPU (2026-12-04): bunny 100k 1025 MiB against 1269 estimated, 300k 1606 / 2240, city 300k
+# 1727 / 1992.
+REFERENCE = Footprint(base=800 << 20, per_unknown=1200, per_point=750, per_face=450)
 MAX_AXIS_VOXELS = 1 << 20
 # What a chunked run keeps in the engine's own process besides the chunks being solved: the cleaned
 # cloud, its sorted copy in voxel units, every chunk's compact field, and the welded output mesh
-# (about 4 triangles per point at the default refinement) with its temporaries.
+# (about 4 triangles per point at the default refinement) with its temporaries.  Simplifying the welded mesh
+# needs more (engine/surface/simplify.py checks that itself and skips what would not fit).
 MAIN_BYTES_PER_POINT = 900
-# Refinement rounds (mise_iter) quadruple the mesh each; the terms above were fitted at one round.  Measured
-# peak RSS (2026-12, sphere and blob of 100k points, auto detail, rounds 0/1/2/3): 1116/1170/1402/4106 MiB
-# and 1017/1008/1340/4056 MiB for 0.14/0.57/2.3/9.1M faces, about 340 B per face past one round; unrefined
-# faces are about 0.47 per unknown and 1.4 per point.  With a 1.3x margin:
-BYTES_PER_FACE = 450
 FACES_PER_UNKNOWN = 0.5  # at no refinement
 FACES_PER_POINT = 1.5  # at no refinement, for the mesh a chunked run gathers in the engine's own process
 SAMPLED_CHUNKS = 3  # the most populated chunks whose memory is estimated when choosing a chunk size
@@ -73,16 +89,24 @@ def estimate_unknowns(points: torch.Tensor, voxel_size: float, depth: int) -> in
     return int(total)
 
 
-def refinement_bytes(unrefined_faces: float, mise_iter: int) -> int:
+def footprint_on(device: torch.device) -> Footprint:
+    """The footprint of the path a job takes on ``device``: compiled on the CPU, torch elsewhere."""
+    return COMPILED if compiled_on(device, None) else REFERENCE
+
+
+def refinement_bytes(unrefined_faces: float, mise_iter: int, footprint: Footprint) -> int:
     """What refinement rounds past the first add to a job's peak: the finer mesh and its temporaries."""
-    return int(unrefined_faces * max(0, 4**mise_iter - 4) * BYTES_PER_FACE)
+    return int(unrefined_faces * max(0, 4**mise_iter - 4) * footprint.per_face)
 
 
-def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, base: int = BASE_BYTES, mise_iter: int = 1) -> int:
-    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``."""
+def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, footprint: Footprint, base: int | None = None,
+              mise_iter: int = 1) -> int:
+    """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``
+    (default: the footprint's)."""
     unknowns = estimate_unknowns(points, voxel_size, depth)
-    return int(base + unknowns * BYTES_PER_UNKNOWN + points.shape[0] * BYTES_PER_POINT
-               + refinement_bytes(unknowns * FACES_PER_UNKNOWN, mise_iter))
+    return int((footprint.base if base is None else base) + unknowns * footprint.per_unknown
+               + points.shape[0] * footprint.per_point
+               + refinement_bytes(unknowns * FACES_PER_UNKNOWN, mise_iter, footprint))
 
 
 @dataclass
@@ -97,7 +121,8 @@ class MemoryPlan:
 
 def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: int, diagonal: float, *,
                 mise_iter: int = 1, chunk_size: float | None = None, overlap_ratio: float = 0.1,
-                auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False) -> MemoryPlan:
+                auto_chunk: bool = True, concurrent: int = 1, worker_processes: bool = False,
+                footprint: Footprint = COMPILED) -> MemoryPlan:
     """Decide before allocating anything: solve whole, or in chunks small enough for ``limit_bytes``.
 
     ``points`` canonical (diagonal 1), ``voxel_size`` canonical; ``diagonal`` maps to
@@ -107,7 +132,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
     itself keeps (``concurrent`` chunks at once, each in a process of its own
     with ``worker_processes``); otherwise, or when even the smallest chunks do
     not fit, :class:`MemoryLimitError` names the setting to change.  ``mise_iter``
-    refinement rounds grow the mesh, and the estimate with it.
+    refinement rounds grow the mesh, and the estimate with it.  ``footprint``: the solver path's
+    (:func:`footprint_on` the device).
     """
     h_world = voxel_size * diagonal
     hint = "Use a larger voxel size or a lower detail level, or raise the memory limit."
@@ -116,7 +142,7 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
             f"voxel size {h_world:.4g} would need over {MAX_AXIS_VOXELS} voxels along the cloud's diagonal.", hint)
     pts = torch.from_numpy(points)
     if chunk_size is None:
-        whole = job_bytes(pts, voxel_size, depth, mise_iter=mise_iter)
+        whole = job_bytes(pts, voxel_size, depth, footprint, mise_iter=mise_iter)
         if whole <= limit_bytes:
             return MemoryPlan(whole, None)
         if not auto_chunk:
@@ -125,10 +151,10 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
                 f"more than the limit of {limit_bytes / 2**30:.1f} GiB.",
                 "Turn on automatic chunking or set a chunk size, use a larger voxel size, a lower detail level "
                 f"{'or fewer refinement rounds (mise_iter) ' if mise_iter > 1 else ''}or raise the memory limit.")
-    main = (BASE_BYTES + points.shape[0] * MAIN_BYTES_PER_POINT
-            + refinement_bytes(points.shape[0] * FACES_PER_POINT, mise_iter))
+    main = (footprint.base + points.shape[0] * MAIN_BYTES_PER_POINT
+            + refinement_bytes(points.shape[0] * FACES_PER_POINT, mise_iter, footprint))
     budget = (limit_bytes - main) // max(1, concurrent)
-    base = BASE_BYTES if worker_processes else 0
+    base = footprint.base if worker_processes else 0
     if budget <= base:
         raise MemoryLimitError(
             f"{points.shape[0]:,} points need about {main / 2**30:.1f} GiB in the engine besides the chunks, "
@@ -142,7 +168,7 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = 2.0 ** math.floor(math.log2(max(extent, 1.0)))
     while True:
         grid = make_grid(extent, depth, size, overlap_ratio)
-        peak = largest_chunk_bytes(x, grid, voxel_size, depth, base, mise_iter)
+        peak = largest_chunk_bytes(x, grid, voxel_size, depth, footprint, base, mise_iter)
         smallest = grid.size == make_grid(extent, depth, 1.0, overlap_ratio).size
         if peak <= budget:
             return MemoryPlan(main + peak * max(1, concurrent), grid, peak, automatic)
@@ -157,8 +183,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
         size = grid.size / 2.0
 
 
-def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, base: int,
-                        mise_iter: int = 1) -> int:
+def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth: int, footprint: Footprint,
+                        base: int, mise_iter: int = 1) -> int:
     """Peak bytes of the largest of the ``SAMPLED_CHUNKS`` most populated chunks (x in voxel units).
 
     ``base``: what the chunk's process adds besides the chunk (0 in the engine's own process).
@@ -169,5 +195,5 @@ def largest_chunk_bytes(x: np.ndarray, grid: ChunkGrid, voxel_size: float, depth
     for i in np.argsort(counts)[::-1][:SAMPLED_CHUNKS]:
         rows = cc.rows(cc.cells[i], grid.margin)
         pts = torch.from_numpy((x[rows] * voxel_size).astype(np.float32))
-        peak = max(peak, job_bytes(pts, voxel_size, depth, base, mise_iter))
+        peak = max(peak, job_bytes(pts, voxel_size, depth, footprint, base, mise_iter))
     return peak

@@ -116,7 +116,7 @@ def test_automatic_chunking_does_not_drop_watertight() -> None:
     p, n, c = shapes.city(200_000, size=60.0)
     stages: set[str] = set()
     with pytest.raises(MemoryLimitError, match="Watertight mode needs the scene solved in one piece") as info:
-        reconstruct(p, n, c, device="cpu", memory_limit_gb=1.5, watertight=True,
+        reconstruct(p, n, c, device="cpu", memory_limit_gb=0.8, watertight=True,
                     progress=lambda stage, fraction, text: stages.add(stage))
     assert "would be split into chunks" in info.value.message
     assert "Raise the memory limit" in info.value.hint
