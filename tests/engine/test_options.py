@@ -12,7 +12,7 @@ import pytest
 
 from engine import options, reconstruct
 from engine.errors import MemoryLimitError
-from engine.large.memory import plan_memory
+from engine.large.memory import COMPILED, REFERENCE, footprint_on, plan_memory
 from engine.options import SPECS, OptionError, Options
 from engine.service.client import EngineClient, InvalidRequest
 from tests import shapes
@@ -132,6 +132,20 @@ def test_cli_flags_are_the_table_s() -> None:
     help_text = p.format_help()
     for spec in SPECS.values():
         assert spec.flag in help_text
+
+
+def test_memory_guard_plans_each_solver_path_by_its_own_footprint() -> None:
+    """The CPU's compiled path holds about half of what the torch path (CUDA's) does per unknown: a job the CPU
+    solves whole may be chunked on a device with the same free memory."""
+    import torch
+
+    p, _ = shapes.sphere(100_000)
+    canon = (p / np.linalg.norm(p.max(0) - p.min(0))).astype(np.float32)
+    assert footprint_on(torch.device("cpu")) is COMPILED and footprint_on(torch.device("cuda")) is REFERENCE
+    cpu = plan_memory(canon, 0.004, 3, 1 << 30, 1.0, footprint=COMPILED)
+    gpu = plan_memory(canon, 0.004, 3, 1 << 30, 1.0, footprint=REFERENCE)
+    assert cpu.grid is None and cpu.estimate < 1 << 30
+    assert gpu.grid is not None and gpu.estimate > cpu.estimate
 
 
 def test_memory_guard_counts_refinement_rounds() -> None:
