@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..solver.threads import thread_count
 from .collapse import MIN_FACES, collapse, collapse_in_pieces, piece_count
 
 # Quadric error bound per collapse, in finest voxels (as a distance).  Measured on the sphere (20k points,
@@ -35,9 +36,16 @@ from .collapse import MIN_FACES, collapse, collapse_in_pieces, piece_count
 # faces at 0.0064; mise 0 with 0.03: 16k at 0.0076).  0.03 keeps the clean sphere's Chamfer below Open3D
 # Poisson depth 8's (0.018e-3 of the diagonal; 0.0032 voxel is about 0.015e-3), 0.1 would not.
 SIMPLIFY_TOLERANCE = 0.03
-# The collapse's peak memory per input face, with a margin: 236 bytes measured on the 100k clean bunny's 557k faces
-# (two slabs on threads, the scaled copy of the input included; pyfqmr, before, took 465).
-BYTES_PER_FACE = 300
+# The collapse's peak memory per input face: the copies of the mesh that cutting it in slabs makes, and each slab's
+# collapse, of which as many run at once as there are kernel threads.  Peak RSS added, per input face, collapsing the
+# welded mesh of the 2M-point city in 8 chunks (8.65M faces, 2 threads; 2026-12-04): 207 B in 2 slabs, 145 in 4,
+# 118 in 8, 104 in 16 (83 B + 124 B x 2 / slabs fits them within 4%), 138 whole on one thread; the 100k clean bunny's
+# 557k faces in 2 slabs 236 B.  With a margin:
+COPY_BYTES_PER_FACE = 110
+SLAB_BYTES_PER_FACE = 190
+BYTES_PER_FACE = COPY_BYTES_PER_FACE + SLAB_BYTES_PER_FACE  # two slabs on two threads, or one whole
+MAX_SLABS = 64  # under a tight memory limit, the most slabs a mesh is cut in to make each thread's share fit
+MIN_SLAB_VOXELS = 16.0  # and each slab at least this wide (the bands collapsed again around the cuts stay apart)
 
 
 def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_faces: int | None,
@@ -47,24 +55,32 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
     The bound is ``SIMPLIFY_TOLERANCE`` finest voxels; a ``max_faces`` budget below
     what the bound leaves is met by further collapses (cheapest first), within 10%.
     A mesh whose collapse would need more than ``memory_limit`` leaves (less what the
-    process holds now, where /proc says) is left as it is, and ``simplify_skipped`` in
-    the stats says so (a chunked scene of millions of faces under a tight limit: the
-    solve fits it chunk by chunk, the collapse of the welded whole would not).
+    process holds now, where /proc says) is cut in more, narrower slabs, a thread's
+    share at a time (:func:`slabs_within`; a chunked scene of millions of faces under a
+    tight limit: the solve fits it chunk by chunk, the collapse of the welded whole
+    might not); when even those would not fit it is left as it is, and
+    ``simplify_skipped`` in the stats says so.
     """
     before = int(faces.shape[0])
     stats: dict[str, Any] = {"faces_before_simplify": before, "simplify_tolerance_voxels": SIMPLIFY_TOLERANCE}
     if before <= MIN_FACES:
         return vertices, faces, stats
-    if memory_limit is not None and before * BYTES_PER_FACE > memory_limit - _resident_bytes():
-        stats["simplify_skipped"] = (f"{before:,} faces would need about {before * BYTES_PER_FACE / 2**30:.1f} GiB "
-                                     f"to simplify, more than the memory limit of {memory_limit / 2**30:.1f} GiB "
-                                     "leaves; raise the memory limit or use a larger voxel size")
-        return vertices, faces, stats
+    pieces = piece_count(before)
+    if memory_limit is not None:
+        room = memory_limit - _resident_bytes()
+        span = float(np.ptp(vertices, axis=0).max()) / voxel_size
+        pieces = slabs_within(before, pieces, room, max(1, min(MAX_SLABS, int(span / MIN_SLAB_VOXELS))))
+        if pieces == 0:
+            stats["simplify_skipped"] = (
+                f"{before:,} faces would need about {before * BYTES_PER_FACE / 2**30:.1f} GiB to simplify (in "
+                f"slabs at least {before * COPY_BYTES_PER_FACE / 2**30:.1f} GiB), more than the memory limit of "
+                f"{memory_limit / 2**30:.1f} GiB leaves; raise the memory limit or use a larger voxel size")
+            return vertices, faces, stats
     origin = vertices.mean(axis=0)
     scaled = (np.asarray(vertices, np.float64) - origin) / voxel_size  # errors in voxels^2
     f0 = np.asarray(faces, np.int64)
     bound = SIMPLIFY_TOLERANCE ** 2
-    pieces = stats["simplify_pieces"] = piece_count(before)
+    stats["simplify_pieces"] = pieces
     if pieces > 1:  # the bound in slabs on threads, then the budget (if any) on the whole
         v, f = collapse(*collapse_in_pieces(scaled, f0, bound, pieces), None, max_faces, move_border=True)
     else:
@@ -74,6 +90,24 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
                                   "faces over or join sheets of thin parts")
     out_v = (v * voxel_size + origin).astype(vertices.dtype)
     return out_v, f.astype(faces.dtype), stats
+
+
+def slabs_within(faces: int, pieces: int, room: float, most: int) -> int:
+    """The slabs to collapse ``faces`` in: ``pieces`` when that fits ``room`` bytes, else the fewest of up to
+    ``most`` (doubling) whose threads' shares fit beside the copies; 0 when none does.
+
+    More slabs than threads run a thread's share at a time, so each slab's collapse needs less; the copies of
+    the mesh stay (:data:`COPY_BYTES_PER_FACE`).
+    """
+    def need(slabs: int) -> float:
+        if slabs <= 1:
+            return faces * BYTES_PER_FACE
+        return faces * (COPY_BYTES_PER_FACE + SLAB_BYTES_PER_FACE * min(slabs, thread_count()) / slabs)
+
+    candidates = [pieces]
+    while candidates[-1] * 2 <= most:
+        candidates.append(max(2, candidates[-1] * 2))
+    return next((slabs for slabs in candidates if need(slabs) <= room), 0)
 
 
 def _resident_bytes() -> int:

@@ -167,6 +167,30 @@ def test_thin_parts_do_not_pinch_under_a_tight_budget() -> None:
     assert "simplify_skipped" not in mesh.stats
 
 
+def test_a_tight_memory_limit_cuts_the_collapse_in_narrower_slabs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Room for less than two slabs at once: more, narrower slabs (a thread's share at a time) give one closed mesh
+    as light as the whole collapse's; room for not even the copies: skipped."""
+    import engine.surface.simplify as simplify_module
+    from engine.surface.simplify import BYTES_PER_FACE, COPY_BYTES_PER_FACE, slabs_within
+
+    assert slabs_within(1000, 2, 1000 * BYTES_PER_FACE, 64) == 2, "what fits stays as it was"
+    assert slabs_within(1000, 2, 1000 * BYTES_PER_FACE - 1, 64) > 2
+    assert slabs_within(1000, 2, 1000 * BYTES_PER_FACE - 1, 2) == 0, "no narrower slab allowed"
+    assert slabs_within(1000, 2, 1000 * COPY_BYTES_PER_FACE, 1 << 20) == 0, "the copies alone do not fit"
+    v0, f0 = _ellipsoid(scale=2.5)
+    monkeypatch.setattr(simplify_module, "_resident_bytes", lambda: 0)
+    monkeypatch.setattr(simplify_module, "MIN_SLAB_VOXELS", 4.0)
+    room = f0.shape[0] * BYTES_PER_FACE - 1
+    v1, f1, stats = simplify_module.simplify(v0, f0, 1.0, None, memory_limit=room)
+    assert "simplify_skipped" not in stats and stats["simplify_pieces"] > 2
+    assert _closed(f1, v1.shape[0])
+    whole = simplify_module.simplify(v0, f0, 1.0, None)[1]
+    assert abs(f1.shape[0] - whole.shape[0]) <= 0.1 * whole.shape[0], (f1.shape[0], whole.shape[0])
+    assert _one_sided(_surface_samples(v1, f1), _surface_samples(v0, f0, 64)) < 0.15
+    skipped = simplify_module.simplify(v0, f0, 1.0, None, memory_limit=f0.shape[0] * COPY_BYTES_PER_FACE)[2]
+    assert "memory limit" in skipped["simplify_skipped"]
+
+
 def test_a_collapse_over_the_memory_limit_is_skipped_and_said() -> None:
     """Tens of millions of chunked faces must not break the memory limit the solve kept: the mesh stays whole."""
     from engine.surface.simplify import BYTES_PER_FACE, simplify
