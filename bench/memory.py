@@ -46,7 +46,7 @@ def bench_input(shape: str, n: int, case: str, work: Path) -> Path:
     return make_input(shape, n, parse_case(case), work)
 
 
-def test_shape_input(name: str, n: int, work: Path) -> Path:
+def shape_input(name: str, n: int, work: Path) -> Path:
     """tests/shapes.py's ``name`` (city, sphere, blob) with n points as an .npz of points and normals."""
     from tests import shapes as test_shapes
 
@@ -102,10 +102,10 @@ def main() -> None:
     for shape in ("bunny", "torus"):
         jobs.append((f"{shape} scan", bench_input(shape, 100_000, "scan:scanner+outliers", a.work), {}))
     for s in filter(None, a.city.split(",")):
-        jobs.append((f"city {s}", test_shape_input("city", parse_size(s), a.work), {}))
+        jobs.append((f"city {s}", shape_input("city", parse_size(s), a.work), {}))
     for shape in ("sphere", "blob"):
         for rounds in (0, 1, 2, 3):
-            jobs.append((f"{shape} 100k r{rounds}", test_shape_input(shape, 100_000, a.work), {"mise_iter": rounds}))
+            jobs.append((f"{shape} 100k r{rounds}", shape_input(shape, 100_000, a.work), {"mise_iter": rounds}))
     fp = footprint(a.ours_python)
     records = []
     print(f"{'input':22s} {'peak MiB':>9s} {'guard MiB':>9s} {'peak/guard':>10s} {'unknowns':>10s} {'est.':>10s} "
