@@ -106,7 +106,7 @@ def slabs_within(faces: int, pieces: int, room: float, most: int) -> int:
 
     candidates = [pieces]
     while candidates[-1] * 2 <= most:
-        candidates.append(max(2, candidates[-1] * 2))
+        candidates.append(candidates[-1] * 2)
     return next((slabs for slabs in candidates if need(slabs) <= room), 0)
 
 
