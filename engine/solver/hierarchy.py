@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .basis import TAP_OFFSETS, split_points, weights_1d
-from .threads import compiled_on, on_rows, parts, run_parts
+from .threads import chunks, compiled_on, on_rows, run_parts
 from .voxels import VoxelIndex, dilate, unique_voxels
 
 BATCH = 1 << 18  # points per batch of field evaluations and lookups
@@ -72,7 +72,7 @@ class Level:
 
             table = np.empty(tuple(self.neighbours.shape), np.float32)
             run_parts(partial(kernels.gather_taps, self._padded.numpy(), self.neighbours.numpy(), out=table),
-                      parts(0, len(self)))
+                      chunks(0, len(self)))
             self._tap_coeffs = torch.from_numpy(table)
         else:
             self._tap_coeffs = self._padded[self.neighbours]
@@ -91,7 +91,7 @@ class Level:
             gathered = np.empty((cells.shape[0], 27), np.float32)
             run_parts(partial(kernels.cell_taps, np.ascontiguousarray(cells.to(torch.int64).numpy()),
                               index.origin.numpy(), index.bdims.numpy(), index.grid.numpy(), index.table.numpy(),
-                              self._tap_coeffs.numpy(), self._padded.numpy(), out=gathered), parts(0, cells.shape[0]))
+                              self._tap_coeffs.numpy(), self._padded.numpy(), out=gathered), chunks(0, cells.shape[0]))
             return torch.from_numpy(gathered)
         row = self.index.lookup(cells)
         out = self._tap_coeffs[row.clamp_min(0)]

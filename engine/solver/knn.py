@@ -23,7 +23,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .basis import TAP_OFFSETS
-from .threads import parts, run_parts
+from .threads import chunks, run_parts
 from .voxels import VoxelIndex, unique_voxels_inverse
 
 
@@ -123,7 +123,7 @@ def _occupied(points: np.ndarray, queries: np.ndarray, radius: float) -> np.ndar
     grid = np.zeros((int(np.prod(dims)) + 63) // 64, np.uint64)
     kernels.mark_cells(points, origin, 1.0 / cell, dims, grid)
     run_parts(partial(kernels.cells_marked, queries, origin, 1.0 / cell, dims, grid, out=near),
-              parts(0, queries.shape[0]))
+              chunks(0, queries.shape[0]))
     return near
 
 

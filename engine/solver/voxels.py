@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
-from .threads import compiled_on, parts, run_parts
+from .threads import chunks, compiled_on, run_parts
 
 BRICK_BITS = 3
 BRICK = 1 << BRICK_BITS
@@ -121,7 +121,7 @@ class VoxelIndex:
 
         rows = np.empty((len(self), 27), np.int32)
         run_parts(partial(kernels.neighbour_rows, self.ijk.numpy(), self.origin.numpy(), self.bdims.numpy(),
-                          self.grid.numpy(), self.table.numpy(), out=rows), parts(0, len(self)))
+                          self.grid.numpy(), self.table.numpy(), out=rows), chunks(0, len(self)))
         return torch.from_numpy(rows)
 
 

@@ -27,7 +27,7 @@ from functools import partial
 import numpy as np
 from numba import njit
 
-from ..solver.threads import parts, run_parts
+from ..solver.threads import chunks, run_parts
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 
 _TRIANGLES = TRIANGLES.astype(np.int8)  # (256, 5, 3) local edge ids, -1 after the case's last triangle
@@ -154,7 +154,7 @@ def marching_cubes(cells: np.ndarray, size: float, v: np.ndarray) -> tuple[np.nd
     m = cells.shape[0]
     crossed = np.empty(m, np.int64)
     tris = np.empty(m, np.int64)
-    ranges = parts(0, m)
+    ranges = chunks(0, m)
     run_parts(partial(count_cells, v, _EDGES, _TRIANGLES, crossed=crossed, tris=tris), ranges)
     offsets = np.zeros(m + 1, np.int64)
     np.cumsum(crossed, out=offsets[1:])
@@ -177,7 +177,7 @@ def marching_cubes(cells: np.ndarray, size: float, v: np.ndarray) -> tuple[np.nd
     verts = np.empty((count, 3), np.float32)
     lower = np.empty((count, 4), np.int64)
     run_parts(partial(place_vertices, cells, v, float(size), _CORNERS, _EDGES, _EDGE_AXIS, owner, edge_of, first,
-                      verts=verts, lower=lower), parts(0, count))
+                      verts=verts, lower=lower), chunks(0, count))
     return verts, faces, lower
 
 
