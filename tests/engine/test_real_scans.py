@@ -2,8 +2,8 @@
 
 Neither scan has ground truth, so each test judges what holds on any scan:
 time and peak memory of the engine's own process, every piece of the mesh
-supported by enough input points, every face near the points in units of the
-noise the engine measured, and, on the stereo table scene, the table top as one
+supported by enough input points, every face within the engine's trim distance
+of the points (with the measured noise a small part of it), and, on the stereo table scene, the table top as one
 piece.  The bounds are stated below with what they were measured at.
 """
 
@@ -32,6 +32,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "real"
 MIN_SUPPORT = 50  # input points within one voxel of a piece: the engine's fragment rule, checked independently
+# No vertex farther from every point than this many times the trim distance (1.5 voxels + 2 noise, from the voxel
+# and noise the run reports): the collapse may move a vertex a little past it.  Measured at 48e79df: the furthest
+# vertex at 1.00x (table) and 1.05x (LiDAR tile; 1.09x at 17270b5, whose noise measure read roof edges as noise).
+MAX_TRIM_MULTIPLE = 1.2
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,6 @@ class RealScan:
     flags: tuple[str, ...]
     max_seconds: float
     max_gib: float
-    # No vertex farther than this many measured noise levels from a point.  Trimming allows 1.5 voxels + 2 noise,
-    # so the bound follows each scan's voxel/noise ratio: the stereo scene's voxel is 4.6 noise levels (trim at
-    # 9 noise levels), airborne LiDAR is precise but sparse, its voxel 11 noise levels (trim at 19); simplification
-    # may move a vertex a little past the trim.
-    max_noise_multiple: float
 
 
 # Measured on the development machine (2 cores, 24 GB, other work running), 2026-12-01:
@@ -54,8 +53,8 @@ class RealScan:
 SCANS = {
     # The stereo camera sits at the origin; PCL writes that as its default VIEWPOINT, which says nothing,
     # so the user gives it (README: "Sensor positions").
-    "table": RealScan("table_scene_mug_stereo_textured.pcd", ("--sensor", "0", "0", "0"), 480.0, 4.0, 12.0),
-    "autzen": RealScan("autzen_trim.laz", (), 300.0, 4.0, 24.0),
+    "table": RealScan("table_scene_mug_stereo_textured.pcd", ("--sensor", "0", "0", "0"), 480.0, 4.0),
+    "autzen": RealScan("autzen_trim.laz", (), 300.0, 4.0),
 }
 
 
@@ -121,11 +120,14 @@ def test_every_piece_is_supported_by_the_points(run: tuple[RealScan, Run]) -> No
 
 
 def test_every_vertex_lies_near_the_points(run: tuple[RealScan, Run]) -> None:
-    """The mesh stays within a stated multiple of the measured noise from the input (no blobs, no balloons)."""
+    """The mesh stays within the trim distance of the input (no blobs, no balloons), checked independently."""
     scan, r = run
     dist, _ = cKDTree(r.points).query(r.vertices)
-    worst = float(dist.max()) / r.stats["noise"]
-    assert worst <= scan.max_noise_multiple, f"{scan.file}: a vertex {worst:.1f} noise levels from every point"
+    # Noise well under the voxel (measured 0.19 and 0.03 voxels), so that a misread noise cannot widen the bound.
+    assert r.stats["noise"] < 0.5 * r.stats["voxel_size"], f"{scan.file}: noise {r.stats['noise']:.3g}"
+    trim = 1.5 * r.stats["voxel_size"] + 2.0 * r.stats["noise"]
+    worst = float(dist.max()) / trim
+    assert worst <= MAX_TRIM_MULTIPLE, f"{scan.file}: a vertex {worst:.2f} trim distances from every point"
 
 
 def table_top_shares(r: Run) -> np.ndarray:
