@@ -150,7 +150,7 @@ class Options:
         "cells only follow)",
         flag="--mise-iter", kind=int, minimum=0, maximum=3, special=("auto",))
     max_faces: int | None = option(
-        None, "triangles the mesh may have at most (unset: as many as a tolerance of 0.03 voxel needs)",
+        None, "triangles the mesh may have at most (unset: as many as a tolerance of 0.035 voxel needs)",
         flag="--max-faces", kind=int, minimum=4, maximum=1_000_000_000, special=(None,))
     trim: bool = option(True, "cut away surface far from the points (off closes holes)", flag="--no-trim", kind=bool)
     keep_fragments: bool = option(
