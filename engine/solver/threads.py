@@ -38,9 +38,8 @@ def thread_count() -> int:
     return max(1, torch.get_num_threads())
 
 
-def parts(start: int, stop: int, count: int | None = None) -> list[tuple[int, int]]:
-    """start:stop in ``count`` (default :func:`thread_count`) contiguous ranges of about equal length."""
-    count = thread_count() if count is None else count
+def _even_ranges(start: int, stop: int, count: int) -> list[tuple[int, int]]:
+    """start:stop in ``count`` contiguous ranges of about equal length."""
     step = max(1, -(-(stop - start) // count))
     return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
 
@@ -57,7 +56,7 @@ def chunks(start: int, stop: int) -> list[tuple[int, int]]:
     threads = thread_count()
     if threads <= 1:
         return [(start, stop)] if stop > start else []
-    return parts(start, stop, max(threads, min(threads * CHUNKS_PER_THREAD, (stop - start) // MIN_CHUNK)))
+    return _even_ranges(start, stop, max(threads, min(threads * CHUNKS_PER_THREAD, (stop - start) // MIN_CHUNK)))
 
 
 def run_parts(job: Callable[[int, int], None], ranges: list[tuple[int, int]]) -> None:
