@@ -3,8 +3,8 @@
 Neither scan has ground truth, so each test judges what holds on any scan:
 time and peak memory of the engine's own process, every piece of the mesh
 supported by enough input points, every face within the engine's trim distance
-of the points (with the measured noise a small part of it), and, on the stereo table scene, the table top as one
-piece.  The bounds are stated below with what they were measured at.
+of the points (with the measured noise a small part of it), and, on the stereo
+table scene, the table top as one piece.  The bounds are stated below with what they were measured at.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from engine.formats import read_cloud
+from engine.surface.trimming import trim_distance
 from tests.meshfiles import read_mesh
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "real"
 MIN_SUPPORT = 50  # input points within one voxel of a piece: the engine's fragment rule, checked independently
-# No vertex farther from every point than this many times the trim distance (1.5 voxels + 2 noise, from the voxel
+# No vertex farther from every point than this many times the trim distance (1.5 voxels + 2 noise, of the voxel
 # and noise the run reports): the collapse may move a vertex a little past it.  Measured at 48e79df: the furthest
 # vertex at 1.00x (table) and 1.05x (LiDAR tile; 1.09x at 17270b5, whose noise measure read roof edges as noise).
 MAX_TRIM_MULTIPLE = 1.2
@@ -125,7 +126,7 @@ def test_every_vertex_lies_near_the_points(run: tuple[RealScan, Run]) -> None:
     dist, _ = cKDTree(r.points).query(r.vertices)
     # Noise well under the voxel (measured 0.19 and 0.03 voxels), so that a misread noise cannot widen the bound.
     assert r.stats["noise"] < 0.5 * r.stats["voxel_size"], f"{scan.file}: noise {r.stats['noise']:.3g}"
-    trim = 1.5 * r.stats["voxel_size"] + 2.0 * r.stats["noise"]
+    trim = trim_distance(r.stats["voxel_size"], r.stats["noise"])
     worst = float(dist.max()) / trim
     assert worst <= MAX_TRIM_MULTIPLE, f"{scan.file}: a vertex {worst:.2f} trim distances from every point"
 
