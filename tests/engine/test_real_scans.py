@@ -4,7 +4,8 @@ Neither scan has ground truth, so each test judges what holds on any scan:
 time and peak memory of the engine's own process, every piece of the mesh
 supported by enough input points, every face within the engine's trim distance
 of the points (with the measured noise a small part of it), and, on the stereo
-table scene, the table top as one piece.  The bounds are stated below with what they were measured at.
+table scene, the table top as one piece.  The bounds are stated below with what
+they were measured at.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "real"
 MIN_SUPPORT = 50  # input points within one voxel of a piece: the engine's fragment rule, checked independently
 # No vertex farther from every point than this many times the trim distance (1.5 voxels + 2 noise, of the voxel
-# and noise the run reports): the collapse may move a vertex a little past it.  Measured at 48e79df: the furthest
-# vertex at 1.00x (table) and 1.05x (LiDAR tile; 1.09x at 17270b5, whose noise measure read roof edges as noise).
+# and noise the run reports): the collapse may move a vertex a little past it.  The furthest vertex, measured at
+# 9a916ec (the collapse at 0.035 voxel): 1.00x (table), 1.09x (LiDAR tile); at 48e79df 1.00x and 1.05x.
 MAX_TRIM_MULTIPLE = 1.2
 
 

@@ -60,7 +60,7 @@ def test_simplified_mesh_stays_near_the_unsimplified_one_and_closed() -> None:
     assert stats["faces_before_simplify"] == f0.shape[0]
     assert f1.shape[0] < f0.shape[0] / 2, (f0.shape[0], f1.shape[0])
     assert _closed(f1, v1.shape[0])
-    # Hausdorff-like, both ways, through dense surface samples (0.035 voxel bound per collapse, 0.15 stated).
+    # Hausdorff-like, both ways, through dense surface samples (SIMPLIFY_TOLERANCE voxel per collapse, 0.15 stated).
     assert _one_sided(_surface_samples(v1, f1), _surface_samples(v0, f0, 64)) < 0.15
     assert _one_sided(_surface_samples(v0, f0), _surface_samples(v1, f1, 64)) < 0.15
 
