@@ -1,5 +1,6 @@
 """Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation;
-box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`.
+box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`
+and the all-points neighbour search of :func:`engine.solver.knn.cell_knn`.
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
@@ -450,6 +451,102 @@ def cells_marked(queries: np.ndarray, origin: np.ndarray, inv_cell: float, dims:
 
 
 @njit(cache=True, nogil=True)
+def cell_knn(points: np.ndarray, keys: np.ndarray, cell_keys: np.ndarray, cell_start: np.ndarray, dims: np.ndarray,
+             origin: np.ndarray, size: float, reach: int, queries: np.ndarray, lo: int, hi: int, dist: np.ndarray,
+             idx: np.ndarray, exact: np.ndarray) -> None:
+    """Rows lo:hi of a k-nearest search (k = ``dist.shape[1]``) among points sorted by cell, for the points
+    ``queries[lo:hi]`` (rows of ``points``, ascending), nearest first.
+
+    Cells are cubes of edge ``size`` from ``origin``; ``keys`` (N,) each point's cell key
+    (x dims[1] + y) dims[2] + z, ascending; ``cell_keys`` the occupied ones, cell c's points are rows
+    cell_start[c]:cell_start[c + 1].  Candidates are the points of the occupied cells among the
+    (2 reach + 1)^3 around the query's, listed once for the queries of one cell (one binary search per (x, y)
+    column: along z a column's cells are consecutive), nearest cells first; a cell farther than the k-th
+    distance so far is skipped.  ``exact[i]``: the k-th distance is within ``reach`` cell edges, so nothing
+    outside the cells searched can be nearer; where fewer than k candidates exist, the rest is inf and index -1.
+    """
+    k = dist.shape[1]
+    ny, nz = dims[1], dims[2]
+    width = 2 * reach + 1
+    slack = 1e-6 * size  # a point's cell and the cell's faces computed here may disagree by rounding
+    best = np.empty(k)
+    near = np.empty(k, np.int64)
+    around = np.empty(width ** 3, np.int64)  # the occupied cells around the current one, nearest first
+    corner = np.empty((width ** 3, 3))  # each one's lower corner
+    count = 0
+    current = -1
+    for r in range(lo, hi):
+        p = queries[r]
+        key = keys[p]
+        if key != current:
+            current = key
+            z = key % nz
+            y = (key // nz) % ny
+            x = key // (nz * ny)
+            count = 0
+            for ring in range(reach + 1):  # the cell itself, then its faces' neighbours, ...: by Chebyshev ring
+                for dx in range(-reach, reach + 1):
+                    xx = x + dx
+                    if xx < 0 or xx >= dims[0]:
+                        continue
+                    for dy in range(-reach, reach + 1):
+                        yy = y + dy
+                        if yy < 0 or yy >= ny:
+                            continue
+                        flat = max(abs(dx), abs(dy))
+                        if flat > ring:
+                            continue
+                        base = (xx * ny + yy) * nz
+                        first = np.searchsorted(cell_keys, base + max(z - ring, 0))
+                        last = np.searchsorted(cell_keys, base + min(z + ring, nz - 1) + 1)
+                        for c in range(first, last):
+                            zz = cell_keys[c] - base
+                            if max(flat, abs(zz - z)) == ring:
+                                around[count] = c
+                                corner[count, 0] = origin[0] + xx * size
+                                corner[count, 1] = origin[1] + yy * size
+                                corner[count, 2] = origin[2] + zz * size
+                                count += 1
+        px, py, pz = points[p, 0], points[p, 1], points[p, 2]
+        filled = 0
+        worst = np.inf
+        for a in range(count):
+            if filled == k:
+                gx = max(corner[a, 0] - px, px - corner[a, 0] - size, 0.0)
+                gy = max(corner[a, 1] - py, py - corner[a, 1] - size, 0.0)
+                gz = max(corner[a, 2] - pz, pz - corner[a, 2] - size, 0.0)
+                if max(gx - slack, 0.0) ** 2 + max(gy - slack, 0.0) ** 2 + max(gz - slack, 0.0) ** 2 > worst:
+                    continue
+            c = around[a]
+            for q in range(cell_start[c], cell_start[c + 1]):
+                ex, ey, ez = points[q, 0] - px, points[q, 1] - py, points[q, 2] - pz
+                d = ex * ex + ey * ey + ez * ez
+                if filled < k:
+                    j = filled
+                    filled += 1
+                elif d < worst:
+                    j = k - 1
+                else:
+                    continue
+                while j > 0 and best[j - 1] > d:
+                    best[j] = best[j - 1]
+                    near[j] = near[j - 1]
+                    j -= 1
+                best[j] = d
+                near[j] = q
+                if filled == k:
+                    worst = best[k - 1]
+        for j in range(k):
+            if j < filled:
+                dist[r, j] = np.sqrt(best[j])
+                idx[r, j] = near[j]
+            else:
+                dist[r, j] = np.inf
+                idx[r, j] = -1
+        exact[r] = filled == k and np.sqrt(best[k - 1]) <= reach * size - slack
+
+
+@njit(cache=True, nogil=True)
 def neighbour_rows(ijk: np.ndarray, origin: np.ndarray, bdims: np.ndarray, grid: np.ndarray, table: np.ndarray,
                    lo: int, hi: int, out: np.ndarray) -> None:
     """Rows lo:hi of :meth:`engine.solver.voxels.VoxelIndex.neighbour_table`: each voxel's 27 neighbours
@@ -512,6 +609,9 @@ def gather_taps(padded: np.ndarray, nbr: np.ndarray, lo: int, hi: int, out: np.n
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
+    one = np.zeros(1, np.int64)  # the outlier test's search first: cleaning, the first stage, waits for it
+    cell_knn(np.zeros((1, 3)), one, one, np.array([0, 1]), np.ones(3, np.int64), np.zeros(3), 1.0, 1, one, 0, 1,
+             np.empty((1, 1), np.float32), np.empty((1, 1), np.int32), np.empty(1, np.bool_))
     nbr = np.full((1, 27), -1, np.int32)
     nbr[0, 13] = 0
     steps = np.full(125, 13, np.int64)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cloud import MIN_POINTS, Cloud
-from .knn import PointTree
+from .knn import self_knn
 
 OUTLIER_K = 16
 OUTLIER_RATIO = 2.0
@@ -35,32 +35,24 @@ def outlier_mask(points: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
 
     Clouds of at most OUTLIER_K points are left alone.  Where the neighbours'
     figure is zero (duplicated points) nothing is judged: a ratio to zero says
-    nothing about spacing.  ``batch`` rows are searched and judged at a time.
+    nothing about spacing.  ``batch`` rows are judged at a time.
     """
     n = points.shape[0]
     if n <= OUTLIER_K:
         return np.zeros(n, dtype=bool)
-    # Rows in the tree's (spatial) order throughout, and only the verdict put back in the points' order: the
-    # 1M-point bunny's test took 3.6 s with the (N, 17) results scattered back, and np.median, 2.9 s this way;
-    # keeping per batch only each point's mean and its neighbours (int32) instead of the (N, 17) distances and
-    # indices holds 200 MB less at 1M points (time: 3.1-3.5 s against 3.6-4.3 s in one process, within the
-    # noise in fresh ones; the search itself is 1.5-2 s of it).  The neighbours' median is taken a batch at a
-    # time as well: one (N, 16) gather and partition took 0.7-1.1 s there (a fresh 128 MB array, then numpy's
-    # partition along rows), in batches 0.33 s.
-    tree = PointTree(points)
-    order = tree.order
-    own = np.empty(n)  # each point's figure, in the tree's order
-    idx = np.empty((n, OUTLIER_K), np.int32 if n < 2**31 else np.int64)
-    for rows, dist, near in tree.query_self(OUTLIER_K + 1, batch):  # the first neighbour is the point itself
-        own[rows] = dist[:, 1:].mean(axis=1)
-        idx[rows] = near[:, 1:]
-    spread = np.empty(n)
-    spread[order] = own  # and in the points' order, for the neighbours' (idx) lookups
+    # Rows in the search's (spatial) order throughout, and only the verdict put back in the points' order: the
+    # 1M-point bunny's test took 3.6 s with the (N, 17) results scattered back, 2.9 s this way with the k-d
+    # tree's search (1.5-2 s of it), 1.3 s with the compiled one (:func:`~.knn.self_knn` chooses).  The
+    # neighbours' median is taken a batch at a time: one (N, 16) gather and partition took 0.7-1.1 s there (a
+    # fresh 128 MB array, then numpy's partition along rows), in batches 0.33 s.
+    order, dist, idx = self_knn(points, OUTLIER_K + 1)  # the first neighbour is the point itself
+    own = dist[:, 1:].mean(axis=1, dtype=np.float64)  # each point's figure, in the search's order
+    del dist
     lo, hi = (OUTLIER_K - 1) // 2, OUTLIER_K // 2  # the median after one partition at the middle one or two
     mask = np.empty(n, dtype=bool)
     for start in range(0, n, batch):
         rows = slice(start, min(start + batch, n))
-        middle = spread[idx[rows]]
+        middle = own[idx[rows, 1:]]
         middle.partition([lo, hi], axis=1)
         local = 0.5 * (middle[:, lo] + middle[:, hi])
         mask[order[rows]] = (local > 0) & (own[rows] > OUTLIER_RATIO * local)

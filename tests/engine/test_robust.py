@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+import engine.warm as warm
 from engine import reconstruct
-from engine.solver import outliers
+from engine.solver import knn, outliers
 from engine.solver.outliers import outlier_mask
 from tests import shapes
 from tests.meshcheck import components
@@ -45,13 +46,17 @@ def test_the_pre_filter_takes_outliers_and_no_surface(scan: scanner.Scan) -> Non
     assert not bad[scan.labels == SURFACE].any()
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("ratio", [2.0, 1.1])
-def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan, ratio: float,
+def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan, ratio: float, compiled: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Each point's mean distance to its 16 nearest against ``ratio`` times the median of its neighbours' same
-    figure, from all pairwise distances; batches that split the cloud unevenly give the same verdicts.  At 1.1
-    a third of the points sit near the line, so a median off by one rank changes verdicts."""
+    figure, from all pairwise distances; batches that split the cloud unevenly give the same verdicts, with
+    either search (the k-d tree, the compiled one).  At 1.1 a third of the points sit near the line, so a
+    median off by one rank changes verdicts."""
     monkeypatch.setattr(outliers, "OUTLIER_RATIO", ratio)
+    monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 0 if compiled else 1 << 40)
+    monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
     pts = scan.points[::7].astype(np.float64)  # ~2900 points, outliers among them
     d = cdist(pts, pts)  # (2900, 2900): every pair's distance, no search
     near = np.argsort(d, axis=1, kind="stable")[:, 1:outliers.OUTLIER_K + 1]
