@@ -91,3 +91,29 @@ def test_self_knn_gives_the_same_neighbours_either_way(compiled: bool, monkeypat
     np.testing.assert_allclose(dist, ref, rtol=1e-6, atol=1e-9)
     got = np.linalg.norm(points[order][idx] - points[order][:, None, :], axis=2)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_cell_order_is_a_spatial_permutation() -> None:
+    """Every row once, in runs of one cell each (no cell's points split), far from the origin too."""
+    points = _clouds()["far from the origin"]
+    order = knn.cell_order(points, 0.05)
+    assert sorted(order.tolist()) == list(range(len(points)))
+    cells = np.floor((points[order] - points.min(axis=0)) / 0.05).astype(np.int64)
+    runs = np.flatnonzero(np.any(np.diff(cells, axis=0) != 0, axis=1)).shape[0] + 1
+    assert runs == np.unique(cells, axis=0).shape[0]
+    assert knn.cell_order(np.zeros((0, 3)), 1.0).shape == (0,)
+
+
+def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
+    """Neighbours at most ``bound`` away as the unbounded search finds them; none beyond (inf, index N)."""
+    rng = np.random.default_rng(3)
+    points = rng.uniform(0, 1, (2000, 3))
+    queries = np.concatenate([rng.uniform(-0.5, 1.5, (500, 3)), points[:5] + [0.1, 0.0, 0.0]])
+    tree = knn.PointTree(points)
+    full, full_idx = tree.query(queries, 1)
+    bound = 0.1
+    dist, idx = tree.query(queries, 1, bound=bound)
+    inside = full[:, 0] <= bound
+    assert 0 < inside.sum() < len(queries) and inside[-5:].all()
+    assert np.array_equal(dist[inside], full[inside]) and np.array_equal(idx[inside], full_idx[inside])
+    assert np.isinf(dist[~inside]).all() and (idx[~inside] == len(points)).all()
