@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial import cKDTree
 
 from engine import reconstruct
-from engine.options import OptionError
+from engine.options import SPECS, OptionError
 from engine.surface.meshing import candidate_cells, marching_cubes
+from engine.surface.simplify import SIMPLIFY_TOLERANCE
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges
 from tests.shapes import city, hemisphere, sphere
 
@@ -206,3 +209,13 @@ def test_impossible_budget_is_refused_with_the_range() -> None:
     p, n = sphere(500, seed=7)
     with pytest.raises(OptionError, match="max_faces.*from 4"):
         reconstruct(p, n, device="cpu", max_faces=3)
+
+
+def test_the_documented_tolerance_is_the_collapses() -> None:
+    """The ``--max-faces`` help and the README's option table state the collapse's bound as a number (the options
+    module stays free of the solver's imports): it must be SIMPLIFY_TOLERANCE's."""
+    stated = f"{SIMPLIFY_TOLERANCE:g} voxel"
+    assert stated in SPECS["max_faces"].help
+    row = next(line for line in (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+               if line.startswith("| `max_faces`"))
+    assert f"{SIMPLIFY_TOLERANCE:g} finest voxel" in row
