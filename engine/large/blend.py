@@ -72,22 +72,28 @@ class BlendedField:
         the chunks' order and the skipped zero weights are those of :meth:`__call__`, so a corner gets the
         same value here as there (tests/engine/test_chunks.py compares them bit for bit).
         """
-        q = lattice_points(cells, size, n)
-        num = torch.zeros(q.shape[0], dtype=q.dtype, device=q.device)
+        m = n**3
+        num = torch.zeros(cells.shape[0] * m, dtype=torch.float32, device=cells.device)
         den = torch.zeros_like(num)
         for cell, lo, levels in self.parts:
-            w = self.grid.weight(cell, q)
-            use_cell = (w > 0).view(-1, n**3).any(dim=1)
-            if not bool(use_cell.any()):
+            # Weights only where they lie between 0 and 1: the 2M-point city's meshing in 8 chunks spent 6.4 of
+            # 18.5 s computing every chunk's weight on every lattice point (most are 1 or 0 on a whole cell).
+            kind = self.grid.cover(cell, cells, size)
+            rows = (kind > 0).nonzero().squeeze(1)
+            if rows.numel() == 0:
                 continue
-            rows = use_cell.nonzero().squeeze(1)
             shift = torch.round(lo / size).to(torch.int64)  # chunk origins are whole voxels, so whole cells
-            value = evaluate_grid(levels, cells.index_select(0, rows) - shift, size, n).view(-1)
-            flat = (rows[:, None] * n**3 + torch.arange(n**3, device=q.device)).view(-1)
-            wr = w.index_select(0, flat)
-            use = wr > 0
-            num.index_add_(0, flat[use], (wr * value)[use])
-            den.index_add_(0, flat[use], wr[use])
+            value = evaluate_grid(levels, cells.index_select(0, rows) - shift, size, n).view(-1, m)
+            w = torch.ones_like(value)
+            between = (kind.index_select(0, rows) == 2).nonzero().squeeze(1)
+            if between.numel():
+                q = lattice_points(cells.index_select(0, rows.index_select(0, between)), size, n)
+                w[between] = self.grid.weight(cell, q).view(-1, m)
+            flat = (rows[:, None] * m + torch.arange(m, device=cells.device)).view(-1)
+            w = w.view(-1)
+            use = w > 0
+            num.index_add_(0, flat[use], (w * value.view(-1))[use])
+            den.index_add_(0, flat[use], w[use])
         out = torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, 1e3))
         return out.view(-1, n, n, n)
 

@@ -22,6 +22,7 @@ from ..solver.basis import TAP_OFFSETS
 # it: 4 coarsest voxels of margin cover the coarsest basis support (3 voxels) past the band's end.
 MIN_MARGIN_COARSE = 4
 MIN_SIZE_COARSE = 16  # smallest core, in coarsest voxels (64 finest voxels at depth 3)
+COVER_SLACK = 1e-3  # finest voxels: :meth:`ChunkGrid.cover` keeps this clear of the blend band's ends
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,24 @@ class ChunkGrid:
     def bounds(self, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.asarray(cell, dtype=np.int64) * self.size
         return lo, lo + self.size
+
+    def cover(self, cell: np.ndarray, cells: torch.Tensor, size: float) -> torch.Tensor:
+        """How chunk ``cell``'s weight covers each cell (P, 3) of edge ``size`` (cells counted in that edge, global):
+        0 where it is 0 on the whole cell, 1 where it is 1 on the whole cell, 2 between (only there need its
+        lattice's weights be computed).  Decided :data:`COVER_SLACK` clear of the band's ends, so that the
+        lattice points' rounding cannot put one on the other side."""
+        lo, hi = self.bounds(cell)
+        low = cells.to(torch.float64) * size
+        high = low + size
+        lo_t = torch.from_numpy(lo).to(cells.device, torch.float64)
+        hi_t = torch.from_numpy(hi).to(cells.device, torch.float64)
+        reach = self.ramp + COVER_SLACK
+        zero = ((high <= lo_t - reach) | (low >= hi_t + reach)).any(dim=1)
+        one = ((low >= lo_t + reach) & (high <= hi_t - reach)).all(dim=1)
+        kind = torch.full((cells.shape[0],), 2, dtype=torch.int8, device=cells.device)
+        kind[one] = 1
+        kind[zero] = 0
+        return kind
 
     def weight(self, cell: np.ndarray, q: torch.Tensor) -> torch.Tensor:
         """Blend weight (M,) of chunk ``cell`` at q (M, 3) global voxel units: 1 inside, 0 beyond ramp."""

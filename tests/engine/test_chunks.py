@@ -149,6 +149,27 @@ def test_partition_of_unity() -> None:
     assert w.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0, 0.5])
 
 
+@pytest.mark.parametrize("size", [1.0, 0.5, 0.25])
+def test_cover_says_where_a_chunks_weight_is_zero_or_one_on_a_whole_cell(size: float) -> None:
+    """Cells classed 0 or 1 have that weight at every point of their lattice (blended meshing skips computing
+    them); the cells between are the ones across the band, and every class occurs."""
+    from engine.solver.hierarchy import lattice_points
+
+    grid = ChunkGrid(64, 16)
+    chunk = np.array([1, 0, -1])
+    lo, hi = grid.bounds(chunk)
+    span = np.arange(int((lo[0] - 12) / size), int((hi[0] + 12) / size))
+    rng = np.random.default_rng(2)
+    cells = np.stack([rng.choice(span, 4000), rng.choice(span - int(64 / size), 4000),
+                      rng.choice(span - int(128 / size), 4000)], axis=1)
+    cells = torch.from_numpy(cells)
+    kind = grid.cover(chunk, cells, size)
+    w = grid.weight(chunk, lattice_points(cells, size, 3)).view(-1, 27)
+    assert set(kind.tolist()) == {0, 1, 2}
+    assert bool((w[kind == 0] == 0).all()) and bool((w[kind == 1] == 1).all())
+    assert bool(((w[kind == 2] > 0) & (w[kind == 2] < 1)).any(dim=1).float().mean() > 0.5)
+
+
 def test_cores_near_points_get_chunks_too() -> None:
     """A core without points but with points within the margin of its faces is solved and meshed too."""
     from engine.large.partition import ChunkedCloud
