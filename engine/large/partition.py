@@ -141,6 +141,8 @@ class ChunkedCloud:
             if r is not None:
                 parts.append(self.order[r[0]:r[1]])
         rows = np.concatenate(parts)
-        p = self.x[rows]
-        inside = ((p >= lo - grow) & (p < hi + grow)).all(axis=1)
+        inside = np.ones(rows.shape[0], dtype=bool)
+        for axis in range(3):  # an axis at a time: no (N, 3) temporaries, no reduction along rows
+            column = self.x[rows, axis]
+            inside &= (column >= lo[axis] - grow) & (column < hi[axis] + grow)
         return np.sort(rows[inside])
