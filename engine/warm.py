@@ -24,6 +24,11 @@ def warm_kernels() -> None:
         _warming[0].start()
 
 
+def kernels_loading() -> bool:
+    """Whether this process's loading thread is running now (numba's start takes a core's worth of CPU)."""
+    return bool(_warming) and _warming[0].is_alive()
+
+
 def kernels_loaded() -> bool:
     """Whether this process's loading thread has finished (then a kernel's first call costs nothing more)."""
     return bool(_warming) and not _warming[0].is_alive()

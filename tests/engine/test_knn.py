@@ -117,3 +117,22 @@ def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
     assert 0 < inside.sum() < len(queries) and inside[-5:].all()
     assert np.array_equal(dist[inside], full[inside]) and np.array_equal(idx[inside], full_idx[inside])
     assert np.isinf(dist[~inside]).all() and (idx[~inside] == len(points)).all()
+
+
+@pytest.mark.parametrize("loading", [False, True])
+def test_the_tree_leaves_numbas_start_a_thread(loading: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the kernels load in the background the tree searches on one thread fewer (at least one); the
+    neighbours are the same."""
+    monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 1 << 40)
+    monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
+    monkeypatch.setattr(warm, "kernels_loading", lambda: loading)
+    monkeypatch.setattr(knn, "thread_count", lambda: 2)
+    seen: list[int] = []
+    real = knn.PointTree.query
+    monkeypatch.setattr(knn.PointTree, "query", lambda self, q, k, bound=None, workers=-1:
+                        seen.append(workers) or real(self, q, k, bound, workers))
+    points = _clouds()["torus+strays"]
+    order, dist, _ = knn.self_knn(points, 17)
+    assert seen == [1 if loading else -1]
+    ref, _ = cKDTree(points).query(points[order], k=17)
+    np.testing.assert_allclose(dist, ref, rtol=1e-6, atol=1e-9)
