@@ -39,13 +39,14 @@ class PointTree:
     def __init__(self, points: np.ndarray) -> None:
         self.tree = cKDTree(np.asarray(points, dtype=np.float64), balanced_tree=False, compact_nodes=False)
 
-    def query(self, queries: np.ndarray, k: int, bound: float | None = None, workers: int = -1
+    def query(self, queries: np.ndarray, k: int, bound: float | None = None, workers: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """Distances and indices (M, k) of the k nearest points to each query (M, 3); with ``bound``, only those
         at most that far (the rest: distance inf, index the point count), which the tree finds sooner.
-        ``workers`` threads (-1: every core)."""
+        ``workers`` threads (default :func:`search_threads`)."""
         upper = np.inf if bound is None else float(np.nextafter(bound, np.inf))  # the tree's bound is strict
-        dist, idx = self.tree.query(np.asarray(queries, dtype=np.float64), k=k, workers=workers,
+        dist, idx = self.tree.query(np.asarray(queries, dtype=np.float64), k=k,
+                                    workers=search_threads() if workers is None else workers,
                                     distance_upper_bound=upper)
         if k == 1:
             dist, idx = dist[:, None], idx[:, None]
@@ -127,6 +128,16 @@ def _occupied(points: np.ndarray, queries: np.ndarray, radius: float) -> np.ndar
     return near
 
 
+def search_threads() -> int:
+    """Threads for a k-d tree search: every core (-1), but one fewer while numba's kernels load in the background
+    (:mod:`engine.warm`), which takes a core's worth of CPU beside the first stages: on 2 cores the outlier test
+    on one thread then left the 100k torus scan 0.02-0.23 s quicker in 9 of 9 alternating fresh pairs (the other
+    scans and the bunny within the noise, -0.1 to +0.2 s)."""
+    from ..warm import kernels_loading
+
+    return max(1, thread_count() - 1) if kernels_loading() else -1
+
+
 COMPILED_KNN_MIN = 400_000  # points from which :func:`self_knn` takes the compiled search before numba has loaded
 
 
@@ -137,10 +148,8 @@ def self_knn(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     Why both: in a fresh process the compiled search waits for numba's start (0.3-0.5 s, beside the clean
     stage), which the k-d tree does not.  The outlier test on 100k points took 0.15-0.17 s either way, so the
     wait was the clean stage's added 0.15-0.3 s; at 1M the compiled search saves 0.6 s (1.26 against 1.9 s).
-    While numba loads, the tree leaves it one of the threads: the 100k torus scan 0.02-0.23 s quicker in 9 of 9
-    alternating fresh pairs on 2 cores, the other scans and the bunny within the noise (-0.1 to +0.2 s).
     """
-    from ..warm import kernels_loaded, kernels_loading
+    from ..warm import kernels_loaded
 
     if kernels_loaded() or points.shape[0] >= COMPILED_KNN_MIN:
         return cell_knn(points, k)
@@ -148,8 +157,7 @@ def self_knn(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     order = tree.order
     position = np.empty(order.shape[0], np.int64)
     position[order] = np.arange(order.shape[0])
-    workers = max(1, thread_count() - 1) if kernels_loading() else -1
-    dist, idx = tree.query(tree.tree.data[order], min(k, order.shape[0]), workers=workers)
+    dist, idx = tree.query(tree.tree.data[order], min(k, order.shape[0]))
     return order, dist.astype(np.float32), position[idx].astype(np.int32 if order.shape[0] < 2**31 else np.int64)
 
 

@@ -120,19 +120,25 @@ def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
 
 
 @pytest.mark.parametrize("loading", [False, True])
-def test_the_tree_leaves_numbas_start_a_thread(loading: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the kernels load in the background the tree searches on one thread fewer (at least one); the
+def test_tree_searches_leave_numbas_start_a_thread(loading: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the kernels load in the background a k-d tree search takes one thread fewer (at least one); the
     neighbours are the same."""
     monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 1 << 40)
     monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
     monkeypatch.setattr(warm, "kernels_loading", lambda: loading)
-    monkeypatch.setattr(knn, "thread_count", lambda: 2)
+    for threads, want in ((2, 1), (1, 1), (16, 15)):
+        monkeypatch.setattr(knn, "thread_count", lambda threads=threads: threads)
+        assert knn.search_threads() == (want if loading else -1)
     seen: list[int] = []
-    real = knn.PointTree.query
-    monkeypatch.setattr(knn.PointTree, "query", lambda self, q, k, bound=None, workers=-1:
-                        seen.append(workers) or real(self, q, k, bound, workers))
+
+    class Recording(knn.cKDTree):  # type: ignore[misc, name-defined]
+        def query(self, *a: object, **kw: object) -> tuple[np.ndarray, np.ndarray]:
+            seen.append(int(kw["workers"]))  # type: ignore[call-overload]
+            return super().query(*a, **kw)
+
+    monkeypatch.setattr(knn, "cKDTree", Recording)
     points = _clouds()["torus+strays"]
     order, dist, _ = knn.self_knn(points, 17)
-    assert seen == [1 if loading else -1]
+    assert seen == [15 if loading else -1]
     ref, _ = cKDTree(points).query(points[order], k=17)
     np.testing.assert_allclose(dist, ref, rtol=1e-6, atol=1e-9)
