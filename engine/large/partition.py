@@ -46,20 +46,19 @@ class ChunkGrid:
         lo = np.asarray(cell, dtype=np.int64) * self.size
         return lo, lo + self.size
 
-    def cover(self, cell: np.ndarray, cells: torch.Tensor, size: float) -> torch.Tensor:
-        """How chunk ``cell``'s weight covers each cell (P, 3) of edge ``size`` (cells counted in that edge, global):
-        0 where it is 0 on the whole cell, 1 where it is 1 on the whole cell, 2 between (only there need its
-        lattice's weights be computed).  Decided :data:`COVER_SLACK` clear of the band's ends, so that the
-        lattice points' rounding cannot put one on the other side."""
+    def cover(self, cell: np.ndarray, low: torch.Tensor, size: float) -> torch.Tensor:
+        """How chunk ``cell``'s weight covers each cell of edge ``size`` whose lower corners are ``low`` (P, 3)
+        float64, global voxel units: 0 where it is 0 on the whole cell, 1 where it is 1 on the whole cell, 2
+        between (only there need its lattice's weights be computed).  Decided :data:`COVER_SLACK` clear of the
+        band's ends, so that the lattice points' rounding cannot put one on the other side."""
         lo, hi = self.bounds(cell)
-        low = cells.to(torch.float64) * size
         high = low + size
-        lo_t = torch.from_numpy(lo).to(cells.device, torch.float64)
-        hi_t = torch.from_numpy(hi).to(cells.device, torch.float64)
+        lo_t = torch.from_numpy(lo).to(low.device, torch.float64)
+        hi_t = torch.from_numpy(hi).to(low.device, torch.float64)
         reach = self.ramp + COVER_SLACK
         zero = ((high <= lo_t - reach) | (low >= hi_t + reach)).any(dim=1)
         one = ((low >= lo_t + reach) & (high <= hi_t - reach)).all(dim=1)
-        kind = torch.full((cells.shape[0],), 2, dtype=torch.int8, device=cells.device)
+        kind = torch.full((low.shape[0],), 2, dtype=torch.int8, device=low.device)
         kind[one] = 1
         kind[zero] = 0
         return kind

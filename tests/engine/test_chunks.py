@@ -163,7 +163,7 @@ def test_cover_says_where_a_chunks_weight_is_zero_or_one_on_a_whole_cell(size: f
     cells = np.stack([rng.choice(span, 4000), rng.choice(span - int(64 / size), 4000),
                       rng.choice(span - int(128 / size), 4000)], axis=1)
     cells = torch.from_numpy(cells)
-    kind = grid.cover(chunk, cells, size)
+    kind = grid.cover(chunk, cells.to(torch.float64) * size, size)
     w = grid.weight(chunk, lattice_points(cells, size, 3)).view(-1, 27)
     assert set(kind.tolist()) == {0, 1, 2}
     assert bool((w[kind == 0] == 0).all()) and bool((w[kind == 1] == 1).all())
