@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import threading
 
+# Points from which a pass over all points takes its compiled kernel even before numba has loaded (the outlier
+# test's and normal estimation's neighbour search, the normals' spanning tree): below, the wait for numba's start
+# (0.3-0.5 s beside the first stages of a fresh process) would cost more than the kernel saves.
+COMPILED_MIN = 400_000
+
 _warming: list[threading.Thread] = []  # the one loading thread of this process, once started
 
 
@@ -32,6 +37,12 @@ def kernels_loading() -> bool:
 def kernels_loaded() -> bool:
     """Whether this process's loading thread has finished (then a kernel's first call costs nothing more)."""
     return bool(_warming) and not _warming[0].is_alive()
+
+
+def compiled_pays(n: int) -> bool:
+    """Whether a pass over ``n`` points should take its compiled kernel rather than its NumPy / SciPy one: where
+    the kernels have loaded, or from :data:`COMPILED_MIN` points."""
+    return kernels_loaded() or n >= COMPILED_MIN
 
 
 def _load_kernels() -> None:

@@ -1,6 +1,7 @@
 """Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation;
-box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`
-and the all-points neighbour search of :func:`engine.solver.knn.cell_knn`.
+box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`,
+the all-points neighbour search of :func:`engine.solver.knn.cell_knn` and the spanning forest along which normal
+estimation orients (:func:`spanning_signs`).
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
@@ -606,6 +607,59 @@ def gather_taps(padded: np.ndarray, nbr: np.ndarray, lo: int, hi: int, out: np.n
             out[i, k] = padded[nbr[i, k]]
 
 
+@njit(cache=True, nogil=True)
+def _root_parity(parent: np.ndarray, flip: np.ndarray, v: int) -> tuple[int, int]:
+    """v's tree root and v's sign relative to it (1: opposite); the path is pointed at the root on the way."""
+    root = v
+    parity = 0
+    while parent[root] != root:
+        parity ^= flip[root]
+        root = parent[root]
+    own = parity
+    while parent[v] != root:  # v's parity to the root is ``parity``; its parent's is parity ^ flip[v]
+        up = parent[v]
+        step = flip[v]
+        parent[v] = root
+        flip[v] = parity
+        parity ^= step
+        v = up
+    return root, own
+
+
+@njit(cache=True, nogil=True)
+def spanning_signs(order: np.ndarray, nbr: np.ndarray, same: np.ndarray, roots: np.ndarray,
+                   flips: np.ndarray) -> None:
+    """Kruskal's minimum spanning forest of a neighbour graph, and each point's sign along it.
+
+    Edge e (of N g) joins point e // g and ``nbr.flat[e]`` (``nbr`` (N, g)); ``order`` (N g,) lists the edges
+    by increasing cost, ``same`` (N g,) whether an edge's two normals point the same way.  Union-find whose
+    links carry a flip (the sign of a point relative to its parent): an edge that joins two trees links their
+    roots with the flip that makes its ends agree (``same``) or differ.  Out: ``roots`` (N,) each point's tree
+    (a point of it), ``flips`` (N,) 1 where a point's sign is opposite its root's.
+    """
+    n, g = nbr.shape
+    parent = np.arange(n)
+    flip = np.zeros(n, np.uint8)
+    size = np.ones(n, np.int64)
+    for e in order:
+        a = e // g
+        b = nbr[a, e - a * g]
+        if a == b:
+            continue
+        ra, pa = _root_parity(parent, flip, a)
+        rb, pb = _root_parity(parent, flip, b)
+        if ra == rb:
+            continue
+        link = pa ^ pb ^ (0 if same[e] else 1)
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        flip[rb] = link
+        size[ra] += size[rb]
+    for v in range(n):
+        roots[v], flips[v] = _root_parity(parent, flip, v)
+
+
 def warm() -> None:
     """Call each kernel once on empty input, with the argument types of the assembly and the evaluation, so
     that their cached machine code is loaded (compiled, the first time after an install)."""
@@ -654,6 +708,8 @@ def warm() -> None:
                   np.zeros((0, 3), np.float32))
     add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
     gather_taps(np.zeros(1, np.float32), nbr, 0, 1, np.empty((1, 27), np.float32))
+    spanning_signs(np.zeros(0, np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.bool_), np.empty(1, np.int64),
+                   np.empty(1, np.uint8))
     cell_taps(np.zeros((2, 3), np.int64), np.zeros(3, np.int64), box, np.zeros(1, np.int32),
               np.full((1, 512), -1, np.int32), np.zeros((1, 27), np.float32), np.zeros(1, np.float32), 0, 2,
               np.empty((2, 27), np.float32))

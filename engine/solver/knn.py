@@ -138,20 +138,17 @@ def search_threads() -> int:
     return max(1, thread_count() - 1) if kernels_loading() else -1
 
 
-COMPILED_KNN_MIN = 400_000  # points from which :func:`self_knn` takes the compiled search before numba has loaded
-
-
 def self_knn(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`cell_knn`'s results (order, distances, indices as positions in order), by the compiled search
-    where numba's kernels have loaded or the cloud is large, else by the k-d tree in its own order.
+    where it pays (:func:`engine.warm.compiled_pays`), else by the k-d tree in its own order.
 
     Why both: in a fresh process the compiled search waits for numba's start (0.3-0.5 s, beside the clean
     stage), which the k-d tree does not.  The outlier test on 100k points took 0.15-0.17 s either way, so the
     wait was the clean stage's added 0.15-0.3 s; at 1M the compiled search saves 0.6 s (1.26 against 1.9 s).
     """
-    from ..warm import kernels_loaded
+    from ..warm import compiled_pays
 
-    if kernels_loaded() or points.shape[0] >= COMPILED_KNN_MIN:
+    if compiled_pays(points.shape[0]):
         return cell_knn(points, k)
     tree = PointTree(points)
     order = tree.order

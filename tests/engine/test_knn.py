@@ -79,7 +79,7 @@ def test_tiny_clouds() -> None:
 def test_self_knn_gives_the_same_neighbours_either_way(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The k-d tree path (small clouds in a fresh process) and the compiled one: the same distances, and indices
     that are positions in the returned order."""
-    monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 0 if compiled else 1 << 40)
+    monkeypatch.setattr(warm, "COMPILED_MIN", 0 if compiled else 1 << 40)
     monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
     calls: list[int] = []
     real = knn.cell_knn
@@ -123,7 +123,7 @@ def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
 def test_tree_searches_leave_numbas_start_a_thread(loading: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the kernels load in the background a k-d tree search takes one thread fewer (at least one); the
     neighbours are the same."""
-    monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 1 << 40)
+    monkeypatch.setattr(warm, "COMPILED_MIN", 1 << 40)
     monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
     monkeypatch.setattr(warm, "kernels_loading", lambda: loading)
     for threads, want in ((2, 1), (1, 1), (16, 15)):

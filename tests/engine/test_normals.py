@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import engine.warm as warm
 from engine import Cancelled, estimate_normals, reconstruct
 from engine.errors import InputError, ShapeMismatchError
 from engine.mesh import Mesh
+from engine.solver import kernels
 from engine.solver.knn import PointTree, grid_knn
+from engine.solver.normals import Edges, estimate_oriented, neighbours, tree_signs
 from tests import shapes
 from tests.meshcheck import signed_volume, surface_gaps
 
@@ -74,7 +77,6 @@ def test_orientation_does_not_depend_on_position_scale_or_order() -> None:
 
 def test_noisy_scan_fits_planes_wider_than_the_noise() -> None:
     """Noise of 2% of the radius: planes fitted on a subsample span several times the noise."""
-    from engine.solver.normals import estimate_oriented
     from engine.solver.resolution import measure
 
     points, true = shapes.sphere(40_000)
@@ -278,7 +280,6 @@ def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
 def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole estimate with the voxel-hash search (the CUDA path) instead of the k-d tree, run on the CPU."""
     import engine.solver.normals as normals_module
-    from engine.solver.normals import estimate_oriented
 
     points, true = shapes.blob(8000)
     x = torch.from_numpy(points.astype(np.float32))
@@ -288,3 +289,67 @@ def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch
     grid = estimate_oriented(x, sensor=None)
     np.testing.assert_allclose(grid.normals.numpy(), tree.normals.numpy(), atol=1e-5)
     assert agreement(grid.normals.numpy(), true) >= 0.995
+
+
+def _either_way(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
+    """Make every all-points pass take its compiled kernel (``compiled``) or its NumPy / SciPy one."""
+    monkeypatch.setattr(warm, "COMPILED_MIN", 0 if compiled else 1 << 40)
+    monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
+
+
+def _cloud_with_duplicates() -> tuple[np.ndarray, np.ndarray]:
+    """Two separate pieces, some points stacked on others: ties and zero-cost edges."""
+    points, true = two_spheres(8000)
+    return (np.concatenate([points, points[:40]]).astype(np.float32),
+            np.concatenate([true, true[:40]]).astype(np.float32))
+
+
+@pytest.mark.parametrize("case", ["propagation", "sensor", "noisy subsample"])
+def test_compiled_search_and_spanning_tree_give_the_same_normals(case: str, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The compiled neighbour search and spanning forest (big clouds, or once numba has loaded) and the k-d tree
+    with SciPy's spanning tree: the same normals, doubtful points and pieces, and both paths are taken."""
+    points, true = _cloud_with_duplicates()
+    x = torch.from_numpy(points)
+    sensor = torch.tensor([1.5, 0.0, 6.0]) if case == "sensor" else None
+    density, noise = (2000.0, 0.02) if case == "noisy subsample" else (0.0, 0.0)
+    calls: list[str] = []
+    for name in ("spanning_signs", "cell_knn"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    results = []
+    for compiled in (False, True):
+        _either_way(monkeypatch, compiled)
+        calls.clear()
+        results.append(estimate_oriented(x, sensor=sensor, density=density, noise=noise))
+        assert ("cell_knn" in calls) == compiled
+        assert ("spanning_signs" in calls) == (compiled and sensor is None)
+    tree, fast = results
+    assert torch.equal(fast.normals, tree.normals) and torch.equal(fast.doubtful, tree.doubtful)
+    assert (fast.pieces, fast.fraction) == (tree.pieces, tree.fraction)
+    assert (fast.fraction < 0.7) == (case == "noisy subsample")
+    if sensor is None:  # one sensor above both spheres faces their lower halves up, not out
+        assert agreement(fast.normals.numpy(), true) >= 0.995 and fast.pieces == 2
+
+
+def test_spanning_signs_match_scipys_tree_up_to_a_sign_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a neighbour graph with several pieces and random normals, the compiled forest's signs make the same
+    edges agree as SciPy's tree does (signs equal up to one sign per piece), with the same pieces."""
+    points, _ = _cloud_with_duplicates()
+    rng = np.random.default_rng(5)
+    normals = torch.from_numpy(rng.normal(size=points.shape).astype(np.float32))
+    normals /= normals.norm(dim=1, keepdim=True)
+    _, idx = neighbours(torch.from_numpy(points), 9)
+    edges = Edges.build(normals, idx)
+    out = []
+    for compiled in (False, True):
+        _either_way(monkeypatch, compiled)
+        out.append(tree_signs(edges, normals))
+    (s_ref, piece_ref), (s, piece) = out
+    assert piece.max() == piece_ref.max() >= 1
+    pairs = np.unique(np.stack([piece_ref, piece]), axis=1)
+    assert pairs.shape[1] == piece.max() + 1  # one piece for one piece
+    relative = (s * s_ref).numpy()
+    for p in range(int(piece.max()) + 1):
+        assert np.unique(relative[piece == p]).size == 1

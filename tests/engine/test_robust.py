@@ -18,7 +18,7 @@ from scipy.spatial.distance import cdist
 
 import engine.warm as warm
 from engine import reconstruct
-from engine.solver import knn, outliers
+from engine.solver import outliers
 from engine.solver.outliers import outlier_mask
 from tests import shapes
 from tests.meshcheck import components
@@ -55,7 +55,7 @@ def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan,
     either search (the k-d tree, the compiled one).  At 1.1 a third of the points sit near the line, so a
     median off by one rank changes verdicts."""
     monkeypatch.setattr(outliers, "OUTLIER_RATIO", ratio)
-    monkeypatch.setattr(knn, "COMPILED_KNN_MIN", 0 if compiled else 1 << 40)
+    monkeypatch.setattr(warm, "COMPILED_MIN", 0 if compiled else 1 << 40)
     monkeypatch.setattr(warm, "kernels_loaded", lambda: False)
     pts = scan.points[::7].astype(np.float64)  # ~2900 points, outliers among them
     d = cdist(pts, pts)  # (2900, 2900): every pair's distance, no search
