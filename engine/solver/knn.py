@@ -12,11 +12,12 @@ around its own, and a result is accepted only where it is provably exact (the
 k-th distance is at most one cell, so nothing outside the 27 cells can be
 closer).  The rest are searched again with cells twice as large.
 
-:func:`cell_knn` is the same idea compiled (numba), for the outlier test's all-points search on the CPU:
-points sorted by cell, each query scanning the occupied cells around its own, nearest cells first, skipping
-those beyond the k-th distance so far.  On the 1M-point bunny (k = 17, 2 threads) it takes 1.0 s where the
-k-d tree took 1.55-1.9 s in its own order (the kernel itself 0.65 s; 1.6 against 2.0-2.2 s with 0.5% noise).
-:func:`self_knn` chooses between it and the tree.
+:func:`cell_knn` is the same idea compiled (numba), for the all-points searches of the outlier test and of
+normal estimation on the CPU: points sorted by cell, each query scanning the occupied cells around its own,
+nearest cells first, skipping those beyond the k-th distance so far.  On the 1M-point bunny (k = 17, 2 threads)
+it takes 1.0 s where the k-d tree took 1.55-1.9 s in its own order (the kernel itself 0.65 s; 1.6 against
+2.0-2.2 s with 0.5% noise).  :func:`self_knn` and :func:`engine.solver.normals.sorted_neighbours` choose
+between it and the tree (:func:`engine.warm.compiled_pays`).
 """
 
 from __future__ import annotations

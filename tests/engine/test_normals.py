@@ -353,3 +353,15 @@ def test_spanning_signs_match_scipys_tree_up_to_a_sign_per_piece(monkeypatch: py
     relative = (s * s_ref).numpy()
     for p in range(int(piece.max()) + 1):
         assert np.unique(relative[piece == p]).size == 1
+
+
+def test_radix_order_is_numpys_stable_sort() -> None:
+    """The spanning forest's edge order: 32-bit keys with many ties and both extremes, as NumPy's stable argsort;
+    positive float32 costs sort as their bits."""
+    rng = np.random.default_rng(9)
+    keys = np.concatenate([rng.integers(0, 2**32, 50_000, dtype=np.uint64), rng.integers(0, 300, 50_000),
+                           [0, 2**32 - 1, 2**32 - 1, 0]]).astype(np.uint32)
+    keys = keys[rng.permutation(keys.shape[0])]
+    assert np.array_equal(kernels.radix_order(keys), np.argsort(keys, kind="stable"))
+    cost = (1.0 - np.abs(rng.uniform(-1, 1, 20_000)) + 1e-6).astype(np.float32)
+    assert np.array_equal(kernels.radix_order(cost.view(np.uint32)), np.argsort(cost, kind="stable"))
