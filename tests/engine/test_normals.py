@@ -14,7 +14,7 @@ from engine.errors import InputError, ShapeMismatchError
 from engine.mesh import Mesh
 from engine.solver import kernels
 from engine.solver.knn import PointTree, grid_knn
-from engine.solver.normals import Edges, estimate_oriented, neighbours, tree_signs
+from engine.solver.normals import Edges, ascending, estimate_oriented, neighbours, tree_signs
 from tests import shapes
 from tests.meshcheck import signed_volume, surface_gaps
 
@@ -355,13 +355,13 @@ def test_spanning_signs_match_scipys_tree_up_to_a_sign_per_piece(monkeypatch: py
         assert np.unique(relative[piece == p]).size == 1
 
 
-def test_radix_order_is_numpys_stable_sort() -> None:
+def test_ascending_radix_order_is_numpys_stable_sort() -> None:
     """The spanning forest's edge order: 32-bit keys with many ties and both extremes, as NumPy's stable argsort;
     positive float32 costs sort as their bits."""
     rng = np.random.default_rng(9)
     keys = np.concatenate([rng.integers(0, 2**32, 50_000, dtype=np.uint64), rng.integers(0, 300, 50_000),
                            [0, 2**32 - 1, 2**32 - 1, 0]]).astype(np.uint32)
     keys = keys[rng.permutation(keys.shape[0])]
-    assert np.array_equal(kernels.radix_order(keys), np.argsort(keys, kind="stable"))
+    assert np.array_equal(ascending(keys), np.argsort(keys, kind="stable"))
     cost = (1.0 - np.abs(rng.uniform(-1, 1, 20_000)) + 1e-6).astype(np.float32)
-    assert np.array_equal(kernels.radix_order(cost.view(np.uint32)), np.argsort(cost, kind="stable"))
+    assert np.array_equal(ascending(cost.view(np.uint32)), np.argsort(cost, kind="stable"))
