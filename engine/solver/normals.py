@@ -14,12 +14,11 @@ Orientation gives each unoriented normal a sign:
   confidently oriented neighbours vote for, or are doubtful.
 * **By propagation** otherwise: signs are passed along a minimum spanning
   tree of the neighbour graph whose edge cost is low between neighbours with
-  parallel normals (SciPy's, or Kruskal's compiled where that pays), so they follow smooth surface rather than
-  creases; a vote
-  of each point's neighbours then fixes single points the tree got wrong.
-  Each connected piece finally gets its global sign from
-  :func:`outward_signs`: outward for closed or curved pieces, up (+Z) for
-  open, mostly horizontal ones.
+  parallel normals (SciPy's, or Kruskal's compiled where that pays), so they
+  follow smooth surface rather than creases; a vote of each point's
+  neighbours then fixes single points the tree got wrong.  Each connected
+  piece finally gets its global sign from :func:`outward_signs`: outward for
+  closed or curved pieces, up (+Z) for open, mostly horizontal ones.
 
 Points whose orientation stays doubtful (weak or split neighbour vote,
 grazing view with no confident neighbours) get a zero normal: the pipeline
