@@ -244,8 +244,8 @@ def _compiled_tree_signs(edges: Edges, cost: torch.Tensor) -> tuple[torch.Tensor
     flips = np.empty(n, np.uint8)
     kernels.spanning_signs(order, np.ascontiguousarray(edges.idx.numpy()), same, roots, flips)
     signs = torch.from_numpy(np.where(flips == 0, 1.0, -1.0)).to(edges.dot)
-    _, piece = np.unique(roots, return_inverse=True)
-    return signs, piece
+    label = np.cumsum(roots == np.arange(n)) - 1  # pieces numbered in the order of their roots
+    return signs, label[roots]
 
 
 def outward_signs(points: torch.Tensor, normals: torch.Tensor, area: torch.Tensor, piece: torch.Tensor,
