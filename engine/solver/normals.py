@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from ..options import SPECS
 from ..warm import compiled_pays
 from .knn import PointTree, cell_knn, grid_knn
 from .resolution import measure
+from .threads import chunks, run_parts
 
 Report = Callable[[float, str], None]
 
@@ -142,9 +144,18 @@ def pca_normals(points: torch.Tensor, idx: torch.Tensor, check: Callable[[], Non
     ``check`` is called between chunks, for cancellation.
     """
     out = torch.empty((idx.shape[0], 3), dtype=points.dtype, device=points.device)
+    compiled = None
+    if points.device.type == "cpu" and points.dtype == torch.float32 and compiled_pays(idx.shape[0]):
+        from . import kernels  # the same closed form row by row, without the (C, k, 3) gathers
+
+        compiled = partial(kernels.plane_normals, np.ascontiguousarray(points.numpy()),
+                           np.ascontiguousarray(idx.numpy()), out=out.numpy())
     for start in range(0, idx.shape[0], BATCH):
         if check is not None:
             check()
+        if compiled is not None:
+            run_parts(compiled, chunks(start, min(start + BATCH, idx.shape[0])))
+            continue
         nb = points[idx[start:start + BATCH]]  # (C, k, 3); offsets from the mean lose nothing in float32
         nb = nb - nb.mean(dim=1, keepdim=True)
         out[start:start + BATCH] = smallest_eigenvectors((nb.transpose(1, 2) @ nb).double()).to(points.dtype)

@@ -14,7 +14,7 @@ from engine.errors import InputError, ShapeMismatchError
 from engine.mesh import Mesh
 from engine.solver import kernels
 from engine.solver.knn import PointTree, grid_knn
-from engine.solver.normals import Edges, ascending, estimate_oriented, neighbours, tree_signs
+from engine.solver.normals import Edges, ascending, estimate_oriented, neighbours, pca_normals, tree_signs
 from tests import shapes
 from tests.meshcheck import signed_volume, surface_gaps
 
@@ -307,14 +307,15 @@ def _cloud_with_duplicates() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("case", ["propagation", "sensor", "noisy subsample"])
 def test_compiled_search_and_spanning_tree_give_the_same_normals(case: str, monkeypatch: pytest.MonkeyPatch
                                                                   ) -> None:
-    """The compiled neighbour search and spanning forest (big clouds, or once numba has loaded) and the k-d tree
-    with SciPy's spanning tree: the same normals, doubtful points and pieces, and both paths are taken."""
+    """The compiled neighbour search, planes and spanning forest (big clouds, or once numba has loaded) and the
+    k-d tree, torch's planes and SciPy's spanning tree: the same normals (to 1e-5), doubtful points and pieces, and
+    both paths are taken."""
     points, true = _cloud_with_duplicates()
     x = torch.from_numpy(points)
     sensor = torch.tensor([1.5, 0.0, 6.0]) if case == "sensor" else None
     density, noise = (2000.0, 0.02) if case == "noisy subsample" else (0.0, 0.0)
     calls: list[str] = []
-    for name in ("spanning_signs", "cell_knn"):
+    for name in ("spanning_signs", "cell_knn", "plane_normals"):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,
                             lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
@@ -325,8 +326,10 @@ def test_compiled_search_and_spanning_tree_give_the_same_normals(case: str, monk
         results.append(estimate_oriented(x, sensor=sensor, density=density, noise=noise))
         assert ("cell_knn" in calls) == compiled
         assert ("spanning_signs" in calls) == (compiled and sensor is None)
-    tree, fast = results
-    assert torch.equal(fast.normals, tree.normals) and torch.equal(fast.doubtful, tree.doubtful)
+        assert ("plane_normals" in calls) == compiled
+    tree, fast = results  # the planes' covariance summed in float64 by the kernel, in float32 by torch
+    torch.testing.assert_close(fast.normals, tree.normals, atol=1e-5, rtol=0)
+    assert torch.equal(fast.doubtful, tree.doubtful)
     assert (fast.pieces, fast.fraction) == (tree.pieces, tree.fraction)
     assert (fast.fraction < 0.7) == (case == "noisy subsample")
     if sensor is None:  # one sensor above both spheres faces their lower halves up, not out
@@ -365,3 +368,21 @@ def test_ascending_radix_order_is_numpys_stable_sort() -> None:
     assert np.array_equal(ascending(keys), np.argsort(keys, kind="stable"))
     cost = (1.0 - np.abs(rng.uniform(-1, 1, 20_000)) + 1e-6).astype(np.float32)
     assert np.array_equal(ascending(cost.view(np.uint32)), np.argsort(cost, kind="stable"))
+
+
+def test_compiled_planes_are_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plane kernel's normals are torch's closed form's (up to sign, to 1e-5), zero where a point's neighbours
+    are all one position, on a curved cloud with stacked duplicates (in the canonical frame, as the engine calls it).
+    """
+    points, _ = _cloud_with_duplicates()
+    stack = np.repeat(points[:1] + 5.0, 12, axis=0)  # twelve copies of one position: no plane
+    x = torch.from_numpy(np.concatenate([points, stack]).astype(np.float32))
+    _, idx = neighbours(x, 12)
+    out = []
+    for compiled in (False, True):
+        _either_way(monkeypatch, compiled)
+        out.append(pca_normals(x, idx))
+    ref, got = out
+    sign = torch.where((ref * got).sum(dim=1) < 0, -1.0, 1.0)[:, None]
+    torch.testing.assert_close(got * sign, ref, atol=1e-5, rtol=0)
+    assert bool((got[-12:] == 0).all()) and bool((ref[-12:] == 0).all())
