@@ -1,7 +1,7 @@
 """Compiled CPU loops (numba): the system assembly straight into CSR, with no (M, 125) stencil; field evaluation;
 box dilation of voxel sets on a bit grid; the occupied-cell test of :meth:`engine.solver.knn.PointTree.within`,
-the all-points neighbour search of :func:`engine.solver.knn.cell_knn` and the spanning forest along which normal
-estimation orients (:func:`spanning_signs`).
+the all-points neighbour search of :func:`engine.solver.knn.cell_knn`, and normal estimation's planes
+(:func:`plane_normals`) and the spanning forest along which it orients them (:func:`spanning_signs`).
 
 On the CPU, the torch assembly of :mod:`engine.solver.system` spends most of
 its time, and sets the run's peak memory, in passes over (N, 125) and (M, 125)
