@@ -2,10 +2,12 @@
 
 Estimation: the normal of a point is the direction of least spread of its k
 nearest neighbours (the smallest eigenvector of their covariance), in torch on
-the engine's device, or on the CPU where compiled passes pay in a numba kernel
-(:func:`engine.solver.kernels.plane_normals`: the same closed form, row by row).  Neighbours come from :mod:`engine.solver.knn`: on the CPU its compiled
-all-points search where that pays (large clouds, or once numba has loaded: :func:`engine.warm.compiled_pays`),
-else SciPy's k-d tree (queried in spatial order); the voxel-hash search on CUDA.
+the engine's device, or on the CPU where compiled passes pay (large clouds, or
+once numba has loaded: :func:`engine.warm.compiled_pays`) in a numba kernel
+(:func:`engine.solver.kernels.plane_normals`: the same closed form, row by
+row).  Neighbours come from :mod:`engine.solver.knn`: on the CPU its compiled
+all-points search where that pays, else SciPy's k-d tree (queried in spatial
+order); the voxel-hash search on CUDA.
 
 Orientation gives each unoriented normal a sign:
 
