@@ -46,7 +46,7 @@ from ..errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsErro
 from ..frames import Frame
 from ..options import SPECS
 from ..warm import compiled_pays
-from .knn import PointTree, cell_knn, grid_knn
+from .knn import PointTree, grid_knn, self_knn
 from .resolution import measure
 from .threads import chunks, run_parts
 
@@ -377,13 +377,14 @@ def sorted_neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | 
     """A spatial order of the points (N, 3) (N,), and their distances and indices (N, k) of the k nearest among
     themselves, both in that order (indices are positions in it).
 
-    The compiled search where it pays (:func:`engine.warm.compiled_pays`; its own cell order, 1M points, k = 12:
-    0.9-1.0 s against the k-d tree's 1.45-1.7 s), else :func:`neighbours` on the points in Morton order.
+    On the CPU :func:`engine.solver.knn.self_knn`: the compiled search where it pays (1M points, k = 12: 0.9-1.0 s
+    against the k-d tree's 1.45-1.7 s), else the k-d tree, each in its own order; one search, so cancellation is
+    checked before and after it.  Elsewhere :func:`neighbours` on the points in Morton order.
     """
-    if points.device.type == "cpu" and compiled_pays(points.shape[0]):
+    if points.device.type == "cpu":
         if check is not None:
             check()
-        rows, near, pos = cell_knn(points.double().numpy(), k)  # one kernel call: checked before and after
+        rows, near, pos = self_knn(points.double().numpy(), k)
         if check is not None:
             check()
         return torch.from_numpy(rows), torch.from_numpy(near).to(points.dtype), torch.from_numpy(pos.astype(np.int64))

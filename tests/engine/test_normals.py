@@ -14,7 +14,15 @@ from engine.errors import InputError, ShapeMismatchError
 from engine.mesh import Mesh
 from engine.solver import kernels
 from engine.solver.knn import PointTree, grid_knn
-from engine.solver.normals import Edges, ascending, estimate_oriented, neighbours, pca_normals, tree_signs
+from engine.solver.normals import (
+    Edges,
+    ascending,
+    estimate_oriented,
+    morton_order,
+    pca_normals,
+    sorted_neighbours,
+    tree_signs,
+)
 from tests import shapes
 from tests.meshcheck import signed_volume, surface_gaps
 
@@ -284,6 +292,12 @@ def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch
     points, true = shapes.blob(8000)
     x = torch.from_numpy(points.astype(np.float32))
     tree = estimate_oriented(x, sensor=None)
+    def hash_self_knn(p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        order = morton_order(torch.from_numpy(p))
+        dist, idx = grid_knn(torch.from_numpy(p)[order], k)
+        return order.numpy(), dist.numpy().astype(np.float32), idx.numpy()
+
+    monkeypatch.setattr(normals_module, "self_knn", hash_self_knn)
     monkeypatch.setattr(normals_module, "neighbours",
                         lambda p, k, check=None, queries=None: grid_knn(p, k, check, queries))
     grid = estimate_oriented(x, sensor=None)
@@ -343,7 +357,7 @@ def test_spanning_signs_match_scipys_tree_up_to_a_sign_per_piece(monkeypatch: py
     rng = np.random.default_rng(5)
     normals = torch.from_numpy(rng.normal(size=points.shape).astype(np.float32))
     normals /= normals.norm(dim=1, keepdim=True)
-    _, idx = neighbours(torch.from_numpy(points), 9)
+    _, _, idx = sorted_neighbours(torch.from_numpy(points), 9)  # normals are random: their order does not matter
     edges = Edges.build(normals, idx)
     out = []
     for compiled in (False, True):
@@ -377,7 +391,8 @@ def test_compiled_planes_are_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
     points, _ = _cloud_with_duplicates()
     stack = np.repeat(points[:1] + 5.0, 12, axis=0)  # twelve copies of one position: no plane
     x = torch.from_numpy(np.concatenate([points, stack]).astype(np.float32))
-    _, idx = neighbours(x, 12)
+    order, _, idx = sorted_neighbours(x, 12)
+    x = x[order]
     out = []
     for compiled in (False, True):
         _either_way(monkeypatch, compiled)
