@@ -16,8 +16,8 @@ closer).  The rest are searched again with cells twice as large.
 normal estimation on the CPU: points sorted by cell, each query scanning the occupied cells around its own,
 nearest cells first, skipping those beyond the k-th distance so far.  On the 1M-point bunny (k = 17, 2 threads)
 it takes 1.0 s where the k-d tree took 1.55-1.9 s in its own order (the kernel itself 0.65 s; 1.6 against
-2.0-2.2 s with 0.5% noise).  :func:`self_knn` and :func:`engine.solver.normals.sorted_neighbours` choose
-between it and the tree (:func:`engine.warm.compiled_pays`).
+2.0-2.2 s with 0.5% noise).  :func:`self_knn` chooses between it and the tree
+(:func:`engine.warm.compiled_pays`), for both.
 """
 
 from __future__ import annotations
