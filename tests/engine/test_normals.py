@@ -401,3 +401,25 @@ def test_compiled_planes_are_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
     sign = torch.where((ref * got).sum(dim=1) < 0, -1.0, 1.0)[:, None]
     torch.testing.assert_close(got * sign, ref, atol=1e-5, rtol=0)
     assert bool((got[-12:] == 0).all()) and bool((ref[-12:] == 0).all())
+
+
+@pytest.mark.parametrize("sensors", [False, True])
+def test_transfer_in_batches_is_the_whole_transfer(sensors: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Normals carried from the subsample to every point batch by batch (in Morton order) are those of one batch,
+    with per-point sensors too (each batch takes its own rows)."""
+    import engine.solver.normals as normals_module
+
+    points, true = shapes.sphere(20_000)
+    noisy = (points + np.random.default_rng(2).normal(scale=0.02, size=points.shape)).astype(np.float32)
+    x = torch.from_numpy(noisy)
+    sensor = torch.from_numpy((points * 3.0).astype(np.float32)) if sensors else None  # each seen from outside
+    _either_way(monkeypatch, True)  # one path for both runs, whenever numba finishes loading
+    out = []
+    for batch in (1 << 30, 1000):
+        monkeypatch.setattr(normals_module, "TRANSFER_BATCH", batch)
+        out.append(estimate_oriented(x, sensor=sensor, density=2000.0, noise=0.02))
+    whole, batched = out
+    assert batched.fraction < 0.7
+    assert torch.equal(batched.normals, whole.normals) and torch.equal(batched.doubtful, whole.doubtful)
+    assert batched.grazing == whole.grazing
+    assert agreement(batched.normals.numpy(), true) >= 0.99
