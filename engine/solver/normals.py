@@ -95,26 +95,6 @@ def check_k(k: int | None) -> int:
     return int(SPECS["normal_k"].check(int(k) if isinstance(k, np.integer) else k))
 
 
-def neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | None = None,
-               queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances and indices (M, k) of the k nearest points (N, 3) to each query (default: the points).
-
-    On the CPU SciPy's k-d tree, queried in the tree's own (spatial) order,
-    beat the voxel-hash search of :func:`engine.solver.knn.grid_knn` 5-9x (bunny, 2
-    cores, k = 12: 0.20 s against 1.8 s at 100k points, 2.5 s against 12.5 s
-    at 1M); the hash search is vectorised torch and runs on CUDA.
-    """
-    if points.device.type != "cpu":
-        return grid_knn(points, k, check, queries)
-    p = points.double().numpy()
-    tree = PointTree(p)
-    q = p if queries is None else queries.double().numpy()
-    # spatial order: 5x faster queries than random order at 1M points
-    order = None if queries is None else morton_order(queries).numpy()
-    dist, idx = tree.query_in_order(q, k, order, check, BATCH)
-    return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
-
-
 def smallest_eigenvectors(cov: torch.Tensor) -> torch.Tensor:
     """Unit eigenvectors (M, 3) of the smallest eigenvalue of symmetric 3 x 3 matrices (M, 3, 3), float64.
 
@@ -379,7 +359,9 @@ def sorted_neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | 
 
     On the CPU :func:`engine.solver.knn.self_knn`: the compiled search where it pays (1M points, k = 12: 0.9-1.0 s
     against the k-d tree's 1.45-1.7 s), else the k-d tree, each in its own order; one search, so cancellation is
-    checked before and after it.  Elsewhere :func:`neighbours` on the points in Morton order.
+    checked before and after it.  Elsewhere the voxel-hash search (:func:`engine.solver.knn.grid_knn`, vectorised
+    torch for CUDA; on the CPU the k-d tree beat it 5-9x: bunny, k = 12, 0.20 against 1.8 s at 100k points) on the
+    points in Morton order.
     """
     if points.device.type == "cpu":
         if check is not None:
@@ -389,7 +371,7 @@ def sorted_neighbours(points: torch.Tensor, k: int, check: Callable[[], None] | 
             check()
         return torch.from_numpy(rows), torch.from_numpy(near).to(points.dtype), torch.from_numpy(pos.astype(np.int64))
     order = morton_order(points)
-    dist, idx = neighbours(points[order], k, check)
+    dist, idx = grid_knn(points[order], k, check)
     return order, dist, idx
 
 
@@ -397,7 +379,6 @@ def _fit_and_orient(points: torch.Tensor, k: int, sensor: torch.Tensor | None, r
     """Estimate and orient the normals of all the points (N, 3) from their own k neighbours."""
     report(0.05, f"neighbours (k={k})")
     order, dist, idx = sorted_neighbours(points, k, lambda: report(0.05, f"neighbours (k={k})"))
-    order = order.to(points.device)
     points = points[order]
     if sensor is not None and sensor.ndim == 2:
         sensor = sensor[order]
@@ -425,6 +406,11 @@ def _transfer(points: torch.Tensor, base: torch.Tensor, est: NormalEstimate, sen
               report: Report) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Normals of all points (N, 3) from planes through their k nearest ``base`` points; doubtful mask; grazing count.
 
+    Each normal faces its sensor when one is given and the view is not
+    grazing; otherwise it takes the sign the oriented base normals around it
+    vote for (doubtful base normals are zero and do not vote), and is doubtful
+    when that vote is split or empty (:func:`_oriented_planes`).
+
     On the CPU the points go in Morton order, :data:`TRANSFER_BATCH` at a time, each batch's search and planes
     done before the next: whole (N, k) results were 1 GB of fresh memory at 1M points (k = 32, SciPy's float64
     distances and int64 indices, then their copies in the points' order), whose first touch took most of the step
@@ -436,7 +422,7 @@ def _transfer(points: torch.Tensor, base: torch.Tensor, est: NormalEstimate, sen
         report(0.85, "normals of all points")
 
     if points.device.type != "cpu":
-        _, idx = neighbours(base, est.k, check, queries=points)
+        _, idx = grid_knn(base, est.k, check, points)
         return _oriented_planes(points, base, est, sensor, idx)
     tree = PointTree(base.double().numpy())
     order = morton_order(points)

@@ -225,19 +225,6 @@ def test_bad_options() -> None:
         estimate_normals(points, sensor=[0.0, np.nan, 1.0])
 
 
-def test_tree_queries_taken_in_any_order_answer_in_the_queries_order() -> None:
-    """PointTree.query_in_order (the tree's own order by default, batched, checked) gives query's answers."""
-    rng = np.random.default_rng(3)
-    p = rng.normal(size=(5000, 3))
-    tree = PointTree(p)
-    dist, idx = tree.query(p, 8)
-    calls: list[int] = []
-    for order in (None, rng.permutation(5000)):
-        d, i = tree.query_in_order(p, 8, order, check=lambda: calls.append(1), batch=1000)
-        assert np.array_equal(d, dist) and np.array_equal(i, idx)
-    assert len(calls) == 10  # five batches each
-
-
 def test_tree_within_is_the_nearest_distance_at_most_the_radius() -> None:
     """PointTree.within (a search bounded by the radius) marks exactly the queries whose nearest point is at most
     the radius away, a point at exactly the radius included."""
@@ -298,8 +285,6 @@ def test_cuda_search_path_gives_the_same_normals(monkeypatch: pytest.MonkeyPatch
         return order.numpy(), dist.numpy().astype(np.float32), idx.numpy()
 
     monkeypatch.setattr(normals_module, "self_knn", hash_self_knn)
-    monkeypatch.setattr(normals_module, "neighbours",
-                        lambda p, k, check=None, queries=None: grid_knn(p, k, check, queries))
     grid = estimate_oriented(x, sensor=None)
     np.testing.assert_allclose(grid.normals.numpy(), tree.normals.numpy(), atol=1e-5)
     assert agreement(grid.normals.numpy(), true) >= 0.995
