@@ -44,7 +44,7 @@ from .surface.colors import interpolate_colors
 from .surface.fragments import drop_fragments
 from .surface.meshing import candidate_cells, marching_cubes
 from .surface.simplify import simplify
-from .surface.trimming import compact, trim_distance, trim_far
+from .surface.trimming import compact, points_within, trim_distance, trim_far
 from .surface.watertight import close_level, closed_piece, outside_beyond, refuse_chunks
 from .warm import warm_kernels
 
@@ -205,7 +205,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         cloud = prepare_cloud(points, None if opts.estimate_normals else normals, colors)
         if opts.estimate_normals:
             cloud.normals_source = "forced"
-        cloud, outliers = drop_outliers(cloud)
+        cloud, outliers = drop_outliers(cloud, dev)
         sensor = None if sensor is None else sensor_rows(sensor, int(np.asarray(points).shape[0]))
     with run.stage("resolution"):
         views = find_views(sensor[cloud.kept]) if sensor is not None and sensor.ndim == 2 else None
@@ -429,12 +429,15 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         del meshed, field, grid, start, cells, corner_values, verts_t, faces_t
         levels.clear()
     with run.stage("trim"):
-        tree = PointTree(cloud.points)  # only trimming and colours need it, not fit_field's callers
+        # only trimming (on the CPU) and colours need the tree, not fit_field's callers; a GPU tests nearness itself
+        on_cpu = f.device.type == "cpu"
+        tree = PointTree(cloud.points) if on_cpu or cloud.colors is not None else None
         if opts.watertight:
             verts, faces, closed = closed_piece(verts, faces, cloud.points, f.voxel_size)
             f.stats.update(closed)
         elif opts.trim:
-            verts, faces, _ = trim_far(verts, faces, tree, trim_distance(f.voxel_size, f.noise))
+            within = tree.within if on_cpu and tree is not None else points_within(cloud.points, f.device)
+            verts, faces, _ = trim_far(verts, faces, within, trim_distance(f.voxel_size, f.noise))
         else:
             verts, faces, _ = compact(verts, faces)
         verts, faces, _, pieces = drop_fragments(verts, faces, cloud.points, f.voxel_size, keep=opts.keep_fragments)
@@ -442,7 +445,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         verts, faces, simplified = simplify(verts, faces, f.voxel_size, opts.max_faces,
                                             prep.stats["memory_limit_bytes"])
     with run.stage("colors"):
-        vcolors = interpolate_colors(verts, tree, cloud.colors) if cloud.colors is not None else None
+        vcolors = None if tree is None or cloud.colors is None else interpolate_colors(verts, tree, cloud.colors)
     return verts, faces, vcolors, {**f.stats, **pieces.stats(), **simplified}
 
 

@@ -152,7 +152,7 @@ def mesh_block(cc: ChunkedCloud, fields: dict[tuple[int, int, int], ChunkField],
     rows = cc.rows(cell, min(grid.size, max(grid.margin, math.ceil(frame.to_voxels(trim_distance)) + 2)))
     tree = PointTree(cloud_points[rows])
     if trim:
-        verts, faces, kept = trim_far(verts, faces, tree, trim_distance)
+        verts, faces, kept = trim_far(verts, faces, tree.within, trim_distance)
     else:
         verts, faces, kept = compact(verts, faces)
     keys = keys[kept]

@@ -22,12 +22,17 @@ other; the pieces they make are removed after meshing
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..cloud import MIN_POINTS, Cloud
-from .knn import self_knn
+from .knn import grid_knn, self_knn
 
 OUTLIER_K = 16
 OUTLIER_RATIO = 2.0
+# GPU memory the test on a CUDA device takes per point, with a margin: torch's peak over the test of the 1M-point
+# bunny on the H200 was 2,626 MiB (2.75 kB a point: the cell search's (N, 27) tables of every query's cells, its
+# chunks, the (N, 17) results and their copies in the points' order).
+DEVICE_BYTES_PER_POINT = 3200
 
 
 def outlier_mask(points: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
@@ -59,12 +64,45 @@ def outlier_mask(points: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
     return mask
 
 
-def drop_outliers(cloud: Cloud) -> tuple[Cloud, int]:
+def outlier_mask_torch(points: torch.Tensor, batch: int = 1 << 20) -> torch.Tensor:
+    """:func:`outlier_mask` in torch on the points' device (the CUDA path): :func:`~.knn.grid_knn`'s search, the
+    neighbours' median ``batch`` rows at a time.  The same verdicts up to the float32 rounding of distances."""
+    n = points.shape[0]
+    if n <= OUTLIER_K:
+        return torch.zeros(n, dtype=torch.bool, device=points.device)
+    dist, idx = grid_knn(points, OUTLIER_K + 1)  # the first neighbour is the point itself
+    own = dist[:, 1:].double().mean(dim=1)
+    del dist
+    lo, hi = (OUTLIER_K - 1) // 2, OUTLIER_K // 2
+    mask = torch.empty(n, dtype=torch.bool, device=points.device)
+    for start in range(0, n, batch):
+        rows = slice(start, min(start + batch, n))
+        middle = own[idx[rows, 1:]].sort(dim=1).values
+        local = 0.5 * (middle[:, lo] + middle[:, hi])
+        mask[rows] = (local > 0) & (own[rows] > OUTLIER_RATIO * local)
+    return mask
+
+
+def searched_on(device: torch.device, n: int) -> bool:
+    """Whether the test of ``n`` points runs on ``device`` (a CUDA device with room for it) rather than the CPU."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return n * DEVICE_BYTES_PER_POINT < free // 2
+
+
+def drop_outliers(cloud: Cloud, device: torch.device | None = None) -> tuple[Cloud, int]:
     """The cloud without its outliers (:func:`outlier_mask`), and how many went; unchanged if too few would stay.
 
-    The canonical frame stays the one the whole input set: only positions matter to it.
+    On a CUDA ``device`` with room for it the test runs there (:func:`outlier_mask_torch`): at 1M points the
+    CPU's took 1.35 s of a GPU run's 6.5 s on the H200 machine.  The canonical frame stays the one the whole
+    input set: only positions matter to it.
     """
-    bad = outlier_mask(cloud.points)
+    n = cloud.points.shape[0]
+    if device is not None and searched_on(device, n):
+        bad = outlier_mask_torch(torch.from_numpy(cloud.points).to(device, torch.float32)).cpu().numpy()
+    else:
+        bad = outlier_mask(cloud.points)
     removed = int(bad.sum())
     if removed == 0 or cloud.points.shape[0] - removed < MIN_POINTS:
         return cloud, 0

@@ -10,9 +10,16 @@ a 1.5-voxel trim alone punched small holes where samples were sparse.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
-from ..solver.knn import PointTree
+import numpy as np
+import torch
+
+from ..solver.knn import grid_within
+
+# Mask (M,) of the queries (M, 3) with an input point at most the radius away: PointTree.within on the CPU,
+# :func:`points_within` on a GPU.
+Within = Callable[[np.ndarray, float], np.ndarray]
 
 TRIM_VOXELS = 1.5
 TRIM_NOISE = 2.0
@@ -23,10 +30,23 @@ def trim_distance(voxel_size: float, noise: float) -> float:
     return TRIM_VOXELS * voxel_size + TRIM_NOISE * noise
 
 
-def trim_far(vertices: np.ndarray, faces: np.ndarray, tree: PointTree, max_distance: float
+def points_within(points: np.ndarray, device: torch.device) -> Within:
+    """The nearness test of the points on ``device`` (:func:`~engine.solver.knn.grid_within`): on a GPU the 2.8M
+    vertices of the 1M-point bunny's mesh are tested there instead of in the CPU's k-d tree."""
+    on_device = torch.from_numpy(np.asarray(points, np.float32)).to(device)
+
+    def within(queries: np.ndarray, radius: float) -> np.ndarray:
+        q = torch.from_numpy(np.asarray(queries, np.float32)).to(device)
+        return grid_within(on_device, q, radius).cpu().numpy()
+
+    return within
+
+
+def trim_far(vertices: np.ndarray, faces: np.ndarray, within: Within, max_distance: float
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drop faces with a vertex beyond ``max_distance``; returns vertices, faces and the kept vertex rows."""
-    far = ~tree.within(vertices, max_distance)
+    """Drop faces with a vertex beyond ``max_distance`` of the points (``within``, their nearness test); returns
+    vertices, faces and the kept vertex rows."""
+    far = ~within(vertices, max_distance)
     faces = faces[~far[faces].any(axis=1)]
     return compact(vertices, faces)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial import cKDTree
 
 import engine.solver.knn as knn
@@ -117,6 +118,25 @@ def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
     assert 0 < inside.sum() < len(queries) and inside[-5:].all()
     assert np.array_equal(dist[inside], full[inside]) and np.array_equal(idx[inside], full_idx[inside])
     assert np.isinf(dist[~inside]).all() and (idx[~inside] == len(points)).all()
+
+
+def test_the_cell_test_of_nearness_is_the_trees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``grid_within`` (trimming's test on a GPU, here in torch on the CPU) marks the queries the k-d tree's
+    ``within`` marks: far ones, near ones, ones in batches, none without points or radius."""
+    monkeypatch.setattr(knn, "WITHIN_BATCH", 97)
+    rng = np.random.default_rng(5)
+    points = shapes.sphere(3000, seed=4)[0].astype(np.float32)
+    queries = np.concatenate([rng.uniform(-1.5, 1.5, (700, 3)), points[:300] * 1.03]).astype(np.float32)
+    tree = knn.PointTree(points)
+    for radius in (0.02, 0.05, 0.3):
+        expected = tree.within(queries, radius)
+        got = knn.grid_within(torch.from_numpy(points), torch.from_numpy(queries), radius).numpy()
+        assert 0 < expected.sum() < len(queries)
+        # the tree decides in float64, the cells in the points' float32: only a query at the radius may differ
+        d = tree.query(queries, 1)[0][:, 0]
+        assert np.array_equal(got[np.abs(d - radius) > 1e-6], expected[np.abs(d - radius) > 1e-6])
+    assert not knn.grid_within(torch.zeros((0, 3)), torch.from_numpy(queries), 0.1).any()
+    assert not knn.grid_within(torch.from_numpy(points), torch.from_numpy(queries), 0.0).any()
 
 
 @pytest.mark.parametrize("loading", [False, True])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from engine import reconstruct
 from engine.solver.knn import PointTree
-from engine.surface.trimming import trim_distance
+from engine.surface.trimming import points_within, trim_distance, trim_far
 from tests import shapes
 from tests.meshcheck import boundary_edges, components
 
@@ -34,6 +35,19 @@ def test_without_trimming_the_surface_extends_past_the_data() -> None:
     h = mesh.stats["voxel_size"]
     dist, _ = PointTree(p).query(mesh.vertices64, 1)
     assert dist.max() > 1.5 * h
+
+
+def test_the_gpus_nearness_test_trims_what_the_tree_trims() -> None:
+    """Trimming on a GPU tests nearness by cells (``points_within``), here in torch on the CPU: the untrimmed
+    hemisphere trimmed by it keeps the faces the k-d tree keeps."""
+    p, n = shapes.hemisphere(8000)
+    mesh = reconstruct(p, n, device="cpu", trim=False)
+    limit = trim_distance(mesh.stats["voxel_size"], mesh.stats["noise"])
+    v, f = mesh.vertices64, mesh.faces
+    tree_v, tree_f, tree_rows = trim_far(v, f, PointTree(p).within, limit)
+    cell_v, cell_f, cell_rows = trim_far(v, f, points_within(p, torch.device("cpu")), limit)
+    assert 0 < len(tree_f) < len(f)
+    assert np.array_equal(cell_f, tree_f) and np.array_equal(cell_rows, tree_rows) and np.array_equal(cell_v, tree_v)
 
 
 def test_coarse_levels_span_gaps_only_where_the_surface_may_leave_the_band() -> None:

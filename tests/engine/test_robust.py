@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import cdist
 
 import engine.warm as warm
 from engine import reconstruct
 from engine.solver import outliers
-from engine.solver.outliers import outlier_mask
+from engine.solver.outliers import outlier_mask, outlier_mask_torch
 from tests import shapes
 from tests.meshcheck import components
 
@@ -66,6 +67,9 @@ def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan,
     assert 5 < expected.sum() < (0.1 if ratio == 2.0 else 0.5) * len(pts)
     for batch in (1 << 16, 1000, 333):
         assert np.array_equal(outlier_mask(pts, batch=batch), expected)
+        # the CUDA path's torch test, here on the CPU: the same verdicts from float32 points
+        on_device = outlier_mask_torch(torch.from_numpy(pts.astype(np.float32)), batch=batch).numpy()
+        assert np.array_equal(on_device, expected)
 
 
 def test_a_scan_with_stray_points_gives_one_piece(scan: scanner.Scan, default: Any) -> None:
