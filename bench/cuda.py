@@ -15,6 +15,8 @@ numpy out, so the device is synchronised); the stages are the engine's own ``sta
 torch's peak allocation over the call.  Each input's fastest run's mesh is written as ``DIR/mesh_KEY.npz``.
 ``--cli`` adds one fresh ``python -m engine reconstruct`` per listed input (import, CUDA start and file I/O
 included).  ``score`` prints a Markdown table with the CPU figures of a bench JSON (bench/quality.py) beside.
+``stages INPUT --out FILE.json`` times, on the GPU machine, what a CUDA run does on the CPU each way (the outlier
+test, trimming's nearness test: CPU against GPU, same verdicts) and the collapse of the run's mesh at 1-16 threads.
 """
 from __future__ import annotations
 
@@ -155,6 +157,62 @@ def run(a: argparse.Namespace) -> int:
     return 0 if all(r.get("ok", True) for r in result["runs"].values()) else 1
 
 
+def stages(a: argparse.Namespace) -> int:
+    """The CPU-side stages of a CUDA run, each way, and the collapse's scaling with threads, on one input."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    import engine.pipeline as pipeline
+    import engine.surface.collapse as collapse
+    from engine.solver.knn import PointTree
+    from engine.solver.outliers import outlier_mask, outlier_mask_torch
+    from engine.surface.trimming import points_within
+
+    def timed(fn: Any, reps: int = 2) -> tuple[list[float], Any]:
+        times, result = [], None
+        for _ in range(reps):
+            start = time.perf_counter()
+            result = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(round(time.perf_counter() - start, 3))
+        return times, result
+
+    seen: dict[str, Any] = {}  # the run's inputs to the collapse and the trimming, taken on the way
+    simplify, trim_far = pipeline.simplify, pipeline.trim_far
+    pipeline.simplify = lambda v, f, voxel, *rest: (seen.setdefault("simplify", (v.copy(), f.copy(), voxel)),
+                                                    simplify(v, f, voxel, *rest))[1]
+    pipeline.trim_far = lambda v, f, within, d: (seen.setdefault("trim", (v.copy(), d)), trim_far(v, f, within, d))[1]
+    _, path = load_input(a.input, Path(a.work))
+    data = np.load(path)
+    mesh = pipeline.reconstruct(data["points"], data["normals"] if "normals" in data.files else None, device=a.device)
+    wait_for_kernels()
+    out: dict[str, Any] = {"meta": machine(), "run_seconds": mesh.stats["seconds"]}
+    points = np.ascontiguousarray(data["points"], np.float32)
+    device = torch.device(a.device)
+    out["outliers_cpu"], cpu_mask = timed(lambda: outlier_mask(points))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    on_device = torch.from_numpy(points).to(device)
+    out["outliers_device"], dev_mask = timed(lambda: outlier_mask_torch(on_device).cpu().numpy())
+    if torch.cuda.is_available():
+        out["outliers_device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    out["outliers_cpu_device_differ"] = [int(cpu_mask.sum()), int(dev_mask.sum()), int((cpu_mask != dev_mask).sum())]
+    vertices, radius = seen["trim"]
+    out["within_cpu"], cpu_near = timed(lambda: PointTree(points).within(vertices, radius))
+    out["within_device"], dev_near = timed(lambda: points_within(points, device)(vertices, radius))
+    out["within_differ"] = int((cpu_near != dev_near).sum())
+    for threads, pieces in ((16, 8), (16, 16), (8, 8), (4, 4), (1, 1)):
+        if threads <= (os.cpu_count() or 1):
+            torch.set_num_threads(threads)
+            collapse.MAX_PIECES = pieces
+            times, (_, faces, _) = timed(lambda: simplify(*seen["simplify"], None))
+            out[f"collapse_threads{threads}_slabs{pieces}"] = [*times, int(faces.shape[0])]
+    print(json.dumps(out, indent=1))
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    return 0
+
+
 def cpu_figures(paths: list[str]) -> dict[str, dict[str, Any]]:
     """Ours' and Open3D depth 8's records per input key from bench/quality.py JSON files (last file wins)."""
     found: dict[str, dict[str, Any]] = {}
@@ -220,12 +278,17 @@ def main() -> int:
     r.add_argument("--repeat", type=int, default=3)
     r.add_argument("--deadline", type=float, default=1e9, help="seconds after which no further input starts")
     r.add_argument("--cli", default="", help="inputs also run once as a fresh CLI process")
+    t = sub.add_parser("stages", help="the CPU-side stages each way and the collapse's threads, on the GPU machine")
+    t.add_argument("input", help="a SHAPE/SIZE/CASE key or an .npz file")
+    t.add_argument("--work", default=str(HERE / "_work"))
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--out", required=True, help="the JSON file to write")
     s = sub.add_parser("score", help="score a run's meshes here (benchenv)")
     s.add_argument("result", help="the run's cuda.json")
     s.add_argument("--work", default=str(HERE / "_work"))
     s.add_argument("--cpu", nargs="*", default=[], help="bench/quality.py JSON files with the CPU figures")
     a = ap.parse_args()
-    return run(a) if a.mode == "run" else score(a)
+    return {"run": run, "stages": stages, "score": score}[a.mode](a)
 
 
 if __name__ == "__main__":
