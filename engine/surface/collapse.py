@@ -67,17 +67,23 @@ def collapse_in_pieces(v: np.ndarray, f: np.ndarray, bound: float, pieces: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`collapse` to ``bound`` (no budget) of ``pieces`` slabs at once, each on a thread."""
     axis = int(np.argmax(v.max(axis=0) - v.min(axis=0)))
-    centre = v[f, axis].mean(axis=1)
+    centre = _centres(v, f, axis)
     cuts = np.quantile(centre, np.arange(1, pieces) / pieces)
-    groups = [f[g] for g in _split(np.searchsorted(cuts, centre), pieces)]
-    v1, f1 = _collapse_groups(v, groups, bound, axis)
+    v1, f1 = _collapse_groups(v, f, _split(np.searchsorted(cuts, centre), pieces), bound, axis)
     # the strips along the cuts, where the pinned borders kept every face: a band of BAND voxels each
     # side of each cut (slabs are far wider, so bands do not meet), with the rest as it is
-    centre = v1[f1, axis].mean(axis=1)
+    centre = _centres(v1, f1, axis)
     near = np.abs(centre[:, None] - cuts[None, :]) <= BAND
     band = np.where(near.any(axis=1), np.argmax(near, axis=1), len(cuts))
     parts = _split(band, len(cuts) + 1)
-    return _collapse_groups(v1, [f1[g] for g in parts[:-1]], bound, axis, rest=f1[parts[-1]])
+    return _collapse_groups(v1, f1, parts[:-1], bound, axis, rest=parts[-1])
+
+
+def _centres(v: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
+    """Each face's mean ``axis`` coordinate (the same sum and division as ``v[f, axis].mean(axis=1)``, without
+    its (F, 3) copy)."""
+    column = v[:, axis]
+    return (column[f[:, 0]] + column[f[:, 1]] + column[f[:, 2]]) / 3.0
 
 
 def _split(label: np.ndarray, count: int) -> list[np.ndarray]:
@@ -86,33 +92,42 @@ def _split(label: np.ndarray, count: int) -> list[np.ndarray]:
     return np.split(order, np.searchsorted(label[order], np.arange(1, count)))
 
 
-def _collapse_groups(v: np.ndarray, groups: list[np.ndarray], bound: float, axis: int,
+def _collapse_groups(v: np.ndarray, f: np.ndarray, groups: list[np.ndarray], bound: float, axis: int,
                      rest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Collapse each face group (indices into ``v``) on a thread of its own with its border pinned; weld them
-    and ``rest``."""
-    everything = [*groups, *([] if rest is None else [rest])]
-    uses = np.zeros(v.shape[0], np.int8)
-    for g in everything:
-        used = np.zeros(v.shape[0], bool)
-        used[g] = True
-        uses += used
-    anchors = np.nonzero(uses > 1)[0]  # vertices of two groups: on a cut, pinned, so bit-equal after the collapse
-    parts: list[tuple[np.ndarray, np.ndarray]] = [_submesh(v, g) for g in groups]
+    """Collapse each group of faces (rows of ``f``) on a thread of its own with its border pinned; weld them
+    and the faces ``rest`` (as they are).
+
+    Each thread also takes its group's faces, the vertices they use and its submesh, and ``rest``'s submesh
+    is a job of its own: done before the threads start, these passes over the whole mesh were a quarter of the
+    1M-point bunny's collapse in slabs on two threads, and the collapse stopped gaining past four threads on a
+    16-core machine (bench/README.md, session 27).
+    """
+    rows = [*groups, *([] if rest is None else [rest])]
+    used: list[np.ndarray] = [np.empty(0, bool)] * len(rows)
+    parts: list[tuple[np.ndarray, np.ndarray]] = [(v, f)] * len(rows)
 
     def job(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            parts[i] = collapse(*parts[i], bound, None, False)
+            faces = f[rows[i]]
+            used[i] = np.zeros(v.shape[0], bool)
+            used[i][faces] = True
+            parts[i] = _submesh(v, faces, used[i])
+            if i < len(groups):
+                parts[i] = collapse(*parts[i], bound, None, False)
 
-    run_parts(job, [(i, i + 1) for i in range(len(groups))])
-    if rest is not None:
-        parts.append(_submesh(v, rest))
+    run_parts(job, [(i, i + 1) for i in range(len(rows))])
+    uses = np.zeros(v.shape[0], np.int8)
+    for mask in used:
+        uses += mask
+    anchors = np.nonzero(uses > 1)[0]  # vertices of two groups: on a cut, pinned, so bit-equal after the collapse
     return _weld(parts, v[anchors], axis)
 
 
-def _submesh(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The vertices ``f`` uses and ``f`` renumbered to them."""
-    used = np.zeros(v.shape[0], bool)
-    used[f] = True
+def _submesh(v: np.ndarray, f: np.ndarray, used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The vertices ``f`` uses (``used``, their mask, when known) and ``f`` renumbered to them."""
+    if used is None:
+        used = np.zeros(v.shape[0], bool)
+        used[f] = True
     index = np.cumsum(used) - 1
     return v[used], index[f]
 
