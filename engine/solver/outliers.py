@@ -29,10 +29,12 @@ from .knn import grid_knn, self_knn
 
 OUTLIER_K = 16
 OUTLIER_RATIO = 2.0
-# GPU memory the test on a CUDA device takes per point, with a margin: torch's peak over the test of the 1M-point
-# bunny on the H200 was 2,626 MiB (2.75 kB a point: the cell search's (N, 27) tables of every query's cells, its
-# chunks, the (N, 17) results and their copies in the points' order).
-DEVICE_BYTES_PER_POINT = 3200
+# GPU memory the test on a CUDA device takes per point, with a margin.  Torch's peak over the test of the 1M-point
+# bunny on the H200 was 2,626 MiB, most of it the cell search's tables of every query's 27 cells; since those are
+# made a batch of queries at a time (knn.QUERY_BATCH) the same code on the CPU peaks at 1,232 MiB above its start
+# against 2,430 before (1.3 kB a point: the (N, 17) results and their copies in the points' order, one batch's
+# tables); not yet measured on a GPU.
+DEVICE_BYTES_PER_POINT = 1600
 
 
 def outlier_mask(points: np.ndarray, batch: int = 1 << 16) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_a_bounded_query_finds_what_lies_within_the_bound() -> None:
 def test_the_cell_test_of_nearness_is_the_trees(monkeypatch: pytest.MonkeyPatch) -> None:
     """``grid_within`` (trimming's test on a GPU, here in torch on the CPU) marks the queries the k-d tree's
     ``within`` marks: far ones, near ones, ones in batches, none without points or radius."""
-    monkeypatch.setattr(knn, "WITHIN_BATCH", 97)
+    monkeypatch.setattr(knn, "QUERY_BATCH", 97)
     rng = np.random.default_rng(5)
     points = shapes.sphere(3000, seed=4)[0].astype(np.float32)
     queries = np.concatenate([rng.uniform(-1.5, 1.5, (700, 3)), points[:300] * 1.03]).astype(np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine.solver.knn as knn_module
 import engine.warm as warm
 from engine import Cancelled, estimate_normals, reconstruct
 from engine.errors import InputError, ShapeMismatchError
@@ -258,9 +259,12 @@ def test_tree_within_by_occupied_cells_is_exact(monkeypatch: pytest.MonkeyPatch,
     assert len(calls) == 4 and calls[2] > 15000  # at the widest radius the cells decided most queries
 
 
+@pytest.mark.parametrize("batch", [1 << 18, 97])
 @pytest.mark.parametrize("queries", [False, True])
-def test_voxel_hash_neighbours_are_exact(queries: bool) -> None:
-    """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too."""
+def test_voxel_hash_neighbours_are_exact(queries: bool, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path's search, run on the CPU: the same neighbours as the k-d tree, duplicates and outliers too,
+    whether the queries' cell tables are made all at once or a few queries at a time."""
+    monkeypatch.setattr(knn_module, "QUERY_BATCH", batch)
     rng = np.random.default_rng(4)
     points, _ = shapes.torus(5000)
     points = np.concatenate([points, points[:50], rng.uniform(-5, 5, size=(20, 3))]).astype(np.float32)
