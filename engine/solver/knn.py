@@ -293,6 +293,13 @@ def _search(points: torch.Tensor, queries: torch.Tensor, k: int, size: float,
     return dist, idx
 
 
+def points_per_cell(points: torch.Tensor, size: float) -> float:
+    """The points (N, 3) per occupied cube of edge ``size``: what each query of the cell search scans, / 27."""
+    if points.shape[0] == 0:
+        return 0.0
+    return points.shape[0] / unique_voxels_inverse(torch.floor(points / size).to(torch.int64))[0].shape[0]
+
+
 def grid_within(points: torch.Tensor, queries: torch.Tensor, radius: float) -> torch.Tensor:
     """Mask (M,) of the queries (M, 3) with one of the points (N, 3) at most ``radius`` away, on the points'
     device: :meth:`PointTree.within` for a GPU (trimming's test there).

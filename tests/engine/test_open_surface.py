@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+import engine.surface.trimming as trimming
 from engine import reconstruct
-from engine.solver.knn import PointTree
+from engine.solver.knn import PointTree, grid_within
 from engine.surface.trimming import points_within, trim_distance, trim_far
 from tests import shapes
 from tests.meshcheck import boundary_edges, components
@@ -48,6 +50,22 @@ def test_the_gpus_nearness_test_trims_what_the_tree_trims() -> None:
     cell_v, cell_f, cell_rows = trim_far(v, f, points_within(p, torch.device("cpu")), limit)
     assert 0 < len(tree_f) < len(f)
     assert np.array_equal(cell_f, tree_f) and np.array_equal(cell_rows, tree_rows) and np.array_equal(cell_v, tree_v)
+
+
+def test_a_distance_wide_against_the_spacing_goes_to_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cells of the trim distance hold more than WITHIN_FILL_MAX points each, the GPU's test hands over to
+    the k-d tree (each query would scan them all); the same mask either way."""
+    p, _ = shapes.hemisphere(8000)
+    queries = np.random.default_rng(2).uniform(-1.2, 1.2, (3000, 3))
+    tested = trimming.points_within(p, torch.device("cpu"))
+    searched: list[float] = []
+    monkeypatch.setattr(trimming, "grid_within", lambda pts, q, r: searched.append(r) or grid_within(pts, q, r))
+    near = tested(queries, 0.05)  # 3 points a cell: the cells decide
+    wide = tested(queries, 1.0)  # 2,000 points a cell: the tree decides
+    assert searched == [0.05]
+    tree = PointTree(p)
+    assert np.array_equal(near, tree.within(queries, 0.05)) and np.array_equal(wide, tree.within(queries, 1.0))
+    assert 0 < wide.sum() < len(queries)
 
 
 def test_coarse_levels_span_gaps_only_where_the_surface_may_leave_the_band() -> None:
