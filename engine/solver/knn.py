@@ -2,15 +2,15 @@
 
 SciPy's cKDTree is a well-kept, multi-threaded k-d tree; the engine uses it for
 the few queries that are not on the solver's hot path (density and noise
-probes on a subsample, vertex colours, trimming distances), so it runs on the
+probes on a subsample, vertex colours, trimming distances on the CPU), so it runs on the
 CPU whatever the compute device is.  Its build on 1M points takes ~0.3 s here.
 
-:func:`grid_knn` is the all-points search normal estimation needs on any
-device: points are bucketed in cubic cells (a :class:`~engine.solver.voxels.VoxelIndex`
-over the occupied cells, points sorted by cell), each query scans the 27 cells
-around its own, and a result is accepted only where it is provably exact (the
-k-th distance is at most one cell, so nothing outside the 27 cells can be
-closer).  The rest are searched again with cells twice as large.
+:func:`grid_knn` is the all-points search of the CUDA path (normal estimation, the outlier test), and
+:func:`grid_within` its nearness test (trimming there): points are bucketed in cubic cells (a
+:class:`~engine.solver.voxels.VoxelIndex` over the occupied cells, points sorted by cell), each query scans
+the 27 cells around its own, and a result is accepted only where it is provably exact (the k-th distance is at
+most one cell, so nothing outside the 27 cells can be closer).  The rest are searched again with cells twice
+as large.
 
 :func:`cell_knn` is the same idea compiled (numba), for the all-points searches of the outlier test and of
 normal estimation on the CPU: points sorted by cell, each query scanning the occupied cells around its own,

@@ -6,7 +6,8 @@ pixels at depth edges.  Left in, each becomes a small blob of surface (about
 density measurements.  A point is an outlier when its mean distance to its
 ``OUTLIER_K`` nearest neighbours exceeds ``OUTLIER_RATIO`` times the median of
 the same figure over those neighbours: a test against the *local* spacing, so
-sparse but real regions (far ranges, grazing angles) keep their points.
+sparse but real regions (far ranges, grazing angles) keep their points.  On a
+CUDA device the same test runs in torch on the GPU (:func:`outlier_mask_torch`).
 
 Why local and 2x (bench/README.md, "Robust defaults"; 100k-point scans of
 bench/scanner.py, share removed): the global rule "mean distance above mean +
