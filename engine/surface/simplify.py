@@ -16,8 +16,8 @@ The collapse (:mod:`engine.surface.quadrics`, numba) keeps open boundaries
 exactly where they were, refuses collapses that would fold a face over, and
 checks the link condition, so closed manifold meshes stay closed and manifold
 and no edge ever joins more than two faces (tests/engine/test_simplify.py).
-A mesh of at least 150k faces per kernel thread is collapsed in as many slabs,
-one per thread (:mod:`engine.surface.collapse`; ``simplify_pieces`` in the stats).
+A mesh of at least 150k faces per kernel thread is collapsed in slabs, two per
+thread (:mod:`engine.surface.collapse`; ``simplify_pieces`` in the stats).
 """
 
 from __future__ import annotations

@@ -111,12 +111,16 @@ def test_simplify_in_pieces_says_so_and_meets_a_budget_on_the_whole(monkeypatch:
 
 
 def test_piece_count_gives_each_core_its_share_of_faces() -> None:
-    from engine.surface.collapse import PIECE_FACES, piece_count
+    from engine.surface.collapse import MAX_PIECES, PIECE_FACES, piece_count
 
     assert piece_count(PIECE_FACES - 1, cores=8) == 1
-    assert piece_count(3 * PIECE_FACES, cores=2) == 2
     assert piece_count(3 * PIECE_FACES, cores=8) == 3
     assert piece_count(100 * PIECE_FACES, cores=1) == 1
+    # every thread busy: two slabs each (of at least half PIECE_FACES), at most MAX_PIECES
+    assert piece_count(3 * PIECE_FACES, cores=2) == 4
+    assert piece_count(2 * PIECE_FACES - 1, cores=2) == 1
+    assert piece_count(100 * PIECE_FACES, cores=16) == MAX_PIECES
+    assert piece_count(100 * PIECE_FACES, cores=6) == MAX_PIECES
 
 
 @pytest.mark.parametrize("budget", [3000, 800])
