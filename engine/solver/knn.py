@@ -218,6 +218,13 @@ CELL_FILL = 3.0
 CANDIDATE_BUDGET = 1 << 22  # distances computed per chunk of queries (48 MiB of float32 offsets)
 
 
+def points_per_cell(points: torch.Tensor, size: float) -> float:
+    """The points (N, 3) per occupied cube of edge ``size``: what each query of the cell search scans, / 27."""
+    if points.shape[0] == 0:
+        return 0.0
+    return points.shape[0] / unique_voxels_inverse(torch.floor(points / size).to(torch.int64))[0].shape[0]
+
+
 def _cell_size(points: torch.Tensor, k: int) -> float:
     """A cell edge at which occupied cells hold about k / CELL_FILL points, by two rescalings.
 
@@ -229,10 +236,7 @@ def _cell_size(points: torch.Tensor, k: int) -> float:
     extent = float((points.max(dim=0).values - points.min(dim=0).values).norm())
     size = max(extent, 1e-30) * float(np.sqrt(k / CELL_FILL / max(n, 1)))
     for _ in range(3):
-        cells = torch.floor(points / size).to(torch.int64)
-        occupied = unique_voxels_inverse(cells)[0].shape[0]
-        fill = n / occupied
-        size *= float(np.clip(np.sqrt(k / CELL_FILL / fill), 0.25, 4.0))
+        size *= float(np.clip(np.sqrt(k / CELL_FILL / points_per_cell(points, size)), 0.25, 4.0))
     return size
 
 
@@ -291,13 +295,6 @@ def _search(points: torch.Tensor, queries: torch.Tensor, k: int, size: float,
             dist[first + chunk] = best
             idx[first + chunk] = torch.gather(cand, 1, arg)
     return dist, idx
-
-
-def points_per_cell(points: torch.Tensor, size: float) -> float:
-    """The points (N, 3) per occupied cube of edge ``size``: what each query of the cell search scans, / 27."""
-    if points.shape[0] == 0:
-        return 0.0
-    return points.shape[0] / unique_voxels_inverse(torch.floor(points / size).to(torch.int64))[0].shape[0]
 
 
 def grid_within(points: torch.Tensor, queries: torch.Tensor, radius: float) -> torch.Tensor:
