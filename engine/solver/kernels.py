@@ -609,16 +609,20 @@ def gather_taps(padded: np.ndarray, nbr: np.ndarray, lo: int, hi: int, out: np.n
 
 @njit(cache=True, nogil=True)
 def _smallest_eigenvector(cxx: float, cxy: float, cxz: float, cyy: float, cyz: float, czz: float
-                          ) -> tuple[float, float, float]:
+                          ) -> tuple[float, float, float, float]:
     """The unit eigenvector of the smallest eigenvalue of a symmetric 3 x 3 matrix, by the closed form of
-    :func:`engine.solver.normals.smallest_eigenvectors` (zero where the matrix is zero)."""
+    :func:`engine.solver.normals.smallest_eigenvectors` (zero where the matrix is zero), and the middle eigenvalue
+    over the largest (:func:`engine.solver.normals.line_ratios`)."""
     q = (cxx + cyy + czz) / 3.0
     a, d, f = cxx - q, cyy - q, czz - q
     p = max(np.sqrt((a * a + d * d + f * f + 2.0 * (cxy * cxy + cxz * cxz + cyz * cyz)) / 6.0), 1e-300)
     a, b, c, d, e, f = a / p, cxy / p, cxz / p, d / p, cyz / p, f / p
     det = a * (d * f - e * e) - b * (b * f - e * c) + c * (b * e - d * c)
     r = min(max(det / 2.0, -1.0), 1.0)
-    lam = q + 2.0 * p * np.cos(np.arccos(r) / 3.0 + 2.0 * np.pi / 3.0)
+    phi = np.arccos(r) / 3.0
+    lam = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    largest = q + 2.0 * p * np.cos(phi)
+    line = max(q + 2.0 * p * np.cos(phi + 4.0 * np.pi / 3.0), 0.0) / largest if q > 0.0 else 1.0
     x0, y0, z0 = cxx - lam, cxy, cxz  # the rows of cov - lam I
     x1, y1, z1 = cxy, cyy - lam, cyz
     x2, y2, z2 = cxz, cyz, czz - lam
@@ -633,13 +637,15 @@ def _smallest_eigenvector(cxx: float, cxy: float, cxz: float, cyy: float, cyz: f
     if size > best:
         bx, by, bz, best = ux, uy, uz, size
     length = max(np.sqrt(best), 1e-300)
-    return bx / length, by / length, bz / length
+    return bx / length, by / length, bz / length, line
 
 
 @njit(cache=True, nogil=True)
-def plane_normals(points: np.ndarray, idx: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+def plane_normals(points: np.ndarray, idx: np.ndarray, lo: int, hi: int, out: np.ndarray, line: np.ndarray
+                  ) -> None:
     """Rows lo:hi of ``out`` (N, 3): the unit normal of the plane through each row's neighbours
-    ``points[idx[i]]`` (``idx`` (N, k)), the direction of their least spread (covariance in float64)."""
+    ``points[idx[i]]`` (``idx`` (N, k)), the direction of their least spread (covariance in float64); of ``line``
+    (N,) their middle spread over their largest (left alone where ``line`` is empty)."""
     k = idx.shape[1]
     for i in range(lo, hi):
         mx = my = mz = 0.0
@@ -659,7 +665,9 @@ def plane_normals(points: np.ndarray, idx: np.ndarray, lo: int, hi: int, out: np
             cyy += dy * dy
             cyz += dy * dz
             czz += dz * dz
-        out[i, 0], out[i, 1], out[i, 2] = _smallest_eigenvector(cxx, cxy, cxz, cyy, cyz, czz)
+        out[i, 0], out[i, 1], out[i, 2], ratio = _smallest_eigenvector(cxx, cxy, cxz, cyy, cyz, czz)
+        if line.shape[0] > 0:
+            line[i] = ratio
 
 
 @njit(cache=True, nogil=True)
@@ -793,7 +801,8 @@ def warm() -> None:
                   np.zeros((0, 3), np.float32))
     add_grid(np.zeros((0, 27), np.float32), np.zeros((0, 3, 2), np.float32), np.zeros((0, 2, 2, 2), np.float32))
     gather_taps(np.zeros(1, np.float32), nbr, 0, 1, np.empty((1, 27), np.float32))
-    plane_normals(np.zeros((1, 3), np.float32), np.zeros((1, 1), np.int64), 0, 1, np.empty((1, 3), np.float32))
+    plane_normals(np.zeros((1, 3), np.float32), np.zeros((1, 1), np.int64), 0, 1, np.empty((1, 3), np.float32),
+                  np.empty(1, np.float32))
     radix_order(np.zeros(1, np.uint32), np.empty(1, np.int32), np.empty(1, np.int32))
     spanning_signs(np.zeros(0, np.int32), np.zeros((1, 1), np.int64), np.zeros(1, np.bool_), np.empty(1, np.int64),
                    np.empty(1, np.uint8))

@@ -19,6 +19,7 @@ from engine.solver.normals import (
     Edges,
     ascending,
     estimate_oriented,
+    line_ratios,
     morton_order,
     pca_normals,
     sorted_neighbours,
@@ -382,14 +383,51 @@ def test_compiled_planes_are_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.from_numpy(np.concatenate([points, stack]).astype(np.float32))
     order, _, idx = sorted_neighbours(x, 12)
     x = x[order]
-    out = []
+    out, lines = [], []
     for compiled in (False, True):
         _either_way(monkeypatch, compiled)
-        out.append(pca_normals(x, idx))
+        lines.append(torch.empty(x.shape[0]))
+        out.append(pca_normals(x, idx, line=lines[-1]))
     ref, got = out
     sign = torch.where((ref * got).sum(dim=1) < 0, -1.0, 1.0)[:, None]
     torch.testing.assert_close(got * sign, ref, atol=1e-5, rtol=0)
     assert bool((got[-12:] == 0).all()) and bool((ref[-12:] == 0).all())
+    torch.testing.assert_close(lines[1], lines[0], atol=1e-5, rtol=0)  # and the same line ratios
+    assert bool((lines[0][-12:] == 1).all()) and float(lines[0][:-12].min()) > 0.0
+
+
+def test_line_ratios_are_the_eigenvalues() -> None:
+    """The middle over the largest eigenvalue, from the closed form: eigvalsh's on random covariances, about 0 for
+    points on a line, about 1 for points spread evenly in a plane, 1 for a zero matrix."""
+    rng = np.random.default_rng(8)
+    a = torch.from_numpy(rng.normal(size=(500, 3, 3)))
+    cov = a @ a.transpose(1, 2)
+    ev = torch.linalg.eigvalsh(cov)
+    torch.testing.assert_close(line_ratios(cov), ev[:, 1] / ev[:, 2], atol=1e-9, rtol=1e-6)
+    t = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    on_line = torch.stack((t, 2 * t, 0.001 * t.flip(0) ** 2), dim=1)
+    disc = torch.from_numpy(rng.normal(size=(400, 3)) * [1.0, 1.0, 0.0])
+    for pts, lo, hi in ((on_line, 0.0, 1e-3), (disc, 0.8, 1.0)):
+        c = pts - pts.mean(dim=0)
+        assert lo <= float(line_ratios((c.T @ c)[None])[0]) <= hi
+    assert float(line_ratios(torch.zeros(1, 3, 3, dtype=torch.float64))[0]) == 1.0
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_line_of_points_between_two_objects_turns_neither_inside_out(compiled: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forty noisy points in a line from one sphere to another (a wire, a chain of strays): their normals can
+    point any way across the line, so they pass no sign between the spheres, which stay two pieces, each
+    outward (the line's sign decided one sphere's before: it came out inside out)."""
+    _either_way(monkeypatch, compiled)
+    a, na = shapes.sphere(20_000, seed=1)
+    b, nb = shapes.sphere(20_000, seed=2)
+    rng = np.random.default_rng(0)
+    line = np.linspace(1.0, 2.0, 40)[:, None] * [[1.0, 0.0, 0.0]] + rng.normal(scale=0.02, size=(40, 3))
+    points = np.concatenate([a, b + [3.0, 0.0, 0.0], line]).astype(np.float32)
+    est, stats = estimate_normals(points, device="cpu")
+    assert agreement(est[:20_000], na) >= 0.999 and agreement(est[20_000:40_000], nb) >= 0.999
+    assert stats["normals_pieces"] == 2
 
 
 @pytest.mark.parametrize("sensors", [False, True])
