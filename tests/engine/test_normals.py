@@ -430,6 +430,21 @@ def test_a_line_of_points_between_two_objects_turns_neither_inside_out(compiled:
     assert stats["normals_pieces"] == 2
 
 
+def test_a_wire_between_two_spheres_leaves_both_meshes_closed_outward() -> None:
+    """The same scene reconstructed from its points alone: each sphere's mesh encloses positive volume (outward
+    faces; one of them was an inside-out shell before the points on a line stopped passing signs)."""
+    a, _ = shapes.sphere(20_000, seed=1)
+    b, _ = shapes.sphere(20_000, seed=2)
+    rng = np.random.default_rng(0)
+    line = np.linspace(1.0, 2.0, 40)[:, None] * [[1.0, 0.0, 0.0]] + rng.normal(scale=0.02, size=(40, 3))
+    mesh = reconstruct(np.concatenate([a, b + [3.0, 0.0, 0.0], line]).astype(np.float32), device="cpu")
+    v, f = mesh.vertices64, mesh.faces
+    for side in (v[:, 0] < 1.5, v[:, 0] > 1.5):  # each sphere's faces
+        faces = f[side[f].all(axis=1)]
+        assert len(faces) > 1000
+        assert abs(signed_volume(v, faces) - 4 / 3 * np.pi) < 0.05 * 4 / 3 * np.pi
+
+
 @pytest.mark.parametrize("sensors", [False, True])
 def test_transfer_in_batches_is_the_whole_transfer(sensors: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Normals carried from the subsample to every point batch by batch (in Morton order) are those of one batch,
