@@ -104,7 +104,7 @@ def check_k(k: int | None) -> int:
     return int(SPECS["normal_k"].check(int(k) if isinstance(k, np.integer) else k))
 
 
-def smallest_eigenvectors(cov: torch.Tensor) -> torch.Tensor:
+def smallest_eigenvectors(cov: torch.Tensor, angles: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Unit eigenvectors (M, 3) of the smallest eigenvalue of symmetric 3 x 3 matrices (M, 3, 3), float64.
 
     Closed form: the eigenvalue from the trigonometric solution of the
@@ -113,7 +113,7 @@ def smallest_eigenvectors(cov: torch.Tensor) -> torch.Tensor:
     batched ``torch.linalg.eigh``; it is as accurate wherever the normal is
     defined at all (the smallest eigenvalue is simple).
     """
-    q, p, phi = _eigen_angles(cov)
+    q, p, phi = _eigen_angles(cov) if angles is None else angles
     lam = q + 2 * p * torch.cos(phi + 2 * np.pi / 3)
     rows = cov - lam[:, None, None] * torch.eye(3, dtype=cov.dtype, device=cov.device)
     cands = torch.stack((torch.linalg.cross(rows[:, 0], rows[:, 1]), torch.linalg.cross(rows[:, 0], rows[:, 2]),
@@ -137,10 +137,11 @@ def _eigen_angles(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return q, p, torch.acos((det / 2).clamp(-1.0, 1.0)) / 3
 
 
-def line_ratios(cov: torch.Tensor) -> torch.Tensor:
+def line_ratios(cov: torch.Tensor, angles: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """The middle eigenvalue over the largest (M,) of covariances (M, 3, 3): near 0 where the points lie on a line
-    (:data:`LINE_RATIO`), near 1 where they spread evenly in a plane; 1 where the matrix is zero."""
-    q, p, phi = _eigen_angles(cov)
+    (:data:`LINE_RATIO`), near 1 where they spread evenly in a plane; 1 where the matrix is zero.  ``angles``:
+    :func:`_eigen_angles` of ``cov`` when the caller has them (:func:`smallest_eigenvectors` takes them too)."""
+    q, p, phi = _eigen_angles(cov) if angles is None else angles
     largest = q + 2 * p * torch.cos(phi)
     middle = (q + 2 * p * torch.cos(phi + 4 * np.pi / 3)).clamp_min(0.0)
     return torch.where(q > 0, middle / largest.clamp_min(1e-300), 1.0)  # q: a third of the trace
@@ -170,9 +171,10 @@ def pca_normals(points: torch.Tensor, idx: torch.Tensor, check: Callable[[], Non
         nb = points[idx[start:start + BATCH]]  # (C, k, 3); offsets from the mean lose nothing in float32
         nb = nb - nb.mean(dim=1, keepdim=True)
         cov = (nb.transpose(1, 2) @ nb).double()
-        out[start:start + BATCH] = smallest_eigenvectors(cov).to(points.dtype)
+        angles = _eigen_angles(cov)  # the cubic's solution, once for the normal and the line ratio
+        out[start:start + BATCH] = smallest_eigenvectors(cov, angles).to(points.dtype)
         if line is not None:
-            line[start:start + BATCH] = line_ratios(cov).to(line.dtype)
+            line[start:start + BATCH] = line_ratios(cov, angles).to(line.dtype)
     return out
 
 
