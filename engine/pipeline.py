@@ -151,7 +151,6 @@ class Prepared:
     mise_iter: int  # refinement rounds, "auto" resolved (refinement_rounds)
     trust: np.ndarray | None = None  # (N,) mean 1: each point's weight in the fit (incidence_trust), None: all 1
     sensed: bool = False  # sensor positions known (one or per point)
-    adaptive: bool = False  # "auto" resolved to a round below the voxel: the whole scene refines where it bends
 
     @property
     def voxel_size(self) -> float:
@@ -264,8 +263,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
         assert cloud.normals is not None and sensor is not None
         trust, stats["points_grazing"] = incidence_trust(cloud.points, cloud.normals,
                                                          cloud.frame.to_canonical(sensor[cloud.kept]))
-    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust, sensed=sensor is not None,
-                    adaptive=opts.mise_iter == "auto" and mise_iter == AUTO_MISE_ITER)
+    return Prepared(cloud, res, weights, dev, plan, stats, mise_iter, trust, sensed=sensor is not None)
 
 
 def learned_factors(prepared: Prepared, opts: Options, x: torch.Tensor, nrm: torch.Tensor, run: Run
@@ -422,7 +420,9 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         # untrimmed surface may run wherever the coarsest level reaches.
         start = levels[0] if band_only(opts) else levels[-1]
         meshed = outside_beyond(start, field) if opts.watertight else field
-        adaptive = prep.adaptive and not opts.watertight  # (a closed surface meshes its outside whole: uniform)
+        # "auto" that took the round below the voxel refines where the surface bends instead; a closed surface's
+        # outside is meshed on the cells' lattice, so it keeps the round
+        adaptive = opts.mise_iter == "auto" and prep.mise_iter == AUTO_MISE_ITER and not opts.watertight
         rounds = 0 if adaptive else prep.mise_iter
         cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + rounds, meshed,
                                                      None if opts.watertight else grid)
