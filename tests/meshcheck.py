@@ -64,3 +64,19 @@ def surface_gaps(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarr
         return np.abs(((x - q[0][i]) * nq[i]).sum(axis=1))
 
     return one_way(a, b, only_a), one_way(b, a, only_b)
+
+
+def folded_edges(vertices: np.ndarray, faces: np.ndarray, least_area: float = 1e-3) -> int:
+    """Edges whose two faces face apart (normals with a negative dot): a fold a render shows as a dark speck.
+    Faces under ``least_area`` of the median area are left out: a needle's normal is rounding, and it covers no
+    pixel."""
+    v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    area = np.linalg.norm(n, axis=1)
+    ends = np.sort(np.stack([f, np.roll(f, -1, axis=1)], axis=2), axis=2).reshape(-1, 2)
+    key = ends[:, 0] * v.shape[0] + ends[:, 1]  # int64: the square of a million vertices overflows int32
+    order = np.argsort(key, kind="stable")
+    shared = np.flatnonzero(key[order][1:] == key[order][:-1])  # the two faces beside each edge, once sorted
+    a, b = order[shared] // 3, order[shared + 1] // 3
+    seen = np.minimum(area[a], area[b]) >= least_area * np.median(area)
+    return int(((n[a] * n[b]).sum(axis=1) < 0)[seen].sum())

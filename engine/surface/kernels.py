@@ -206,6 +206,131 @@ def vertex_roots(vertex_count: int, faces: np.ndarray) -> np.ndarray:
     return parent
 
 
+@njit(cache=True, nogil=True)
+def number_edges(faces: np.ndarray, vertex_count: int, edge_of: np.ndarray, ends: np.ndarray) -> int:
+    """Each face's edges numbered (``edge_of`` (F, 3): edge k runs from corner k to corner k + 1), each edge once,
+    in the order of its lower vertex; ``ends`` (E, 2) their vertices, lower first.  Returns E.
+
+    The edges are bucketed by their lower vertex (a counting sort) and matched within each bucket, which holds
+    the few edges around one vertex: one pass over the faces, no sort of all edges."""
+    count = np.zeros(vertex_count + 1, np.int64)
+    for f in range(faces.shape[0]):
+        for k in range(3):
+            a, b = faces[f, k], faces[f, (k + 1) % 3]
+            count[min(a, b) + 1] += 1
+    for v in range(vertex_count):
+        count[v + 1] += count[v]
+    fill = count[:-1].copy()
+    other = np.empty(3 * faces.shape[0], np.int64)
+    slot = np.empty(3 * faces.shape[0], np.int64)
+    for f in range(faces.shape[0]):
+        for k in range(3):
+            a, b = faces[f, k], faces[f, (k + 1) % 3]
+            lo = min(a, b)
+            i = fill[lo]
+            fill[lo] += 1
+            other[i] = max(a, b)
+            slot[i] = 3 * f + k
+    edges = 0
+    for v in range(vertex_count):
+        for i in range(count[v], count[v + 1]):
+            e = -1
+            for j in range(count[v], i):
+                if other[j] == other[i]:
+                    e = edge_of[slot[j] // 3, slot[j] % 3]
+                    break
+            if e < 0:
+                e = edges
+                ends[e, 0] = v
+                ends[e, 1] = other[i]
+                edges += 1
+            edge_of[slot[i] // 3, slot[i] % 3] = e
+    return edges
+
+
+@njit(cache=True, nogil=True)
+def _dist2(verts: np.ndarray, a: int, b: int) -> float:
+    d = 0.0
+    for k in range(3):
+        t = verts[a, k] - verts[b, k]
+        d += t * t
+    return d
+
+
+@njit(cache=True, nogil=True)
+def _leaning(verts: np.ndarray, a: int, b: int, c: int, p: np.ndarray, cosine: float) -> bool:
+    """Whether triangle (a, b, c) of ``verts`` faces away from the direction ``p`` (3,): the cosine of the angle
+    between its normal and ``p`` under ``cosine`` (a triangle of no area is not leaning)."""
+    dot = 0.0
+    nn = 0.0
+    pp = 0.0
+    for k in range(3):
+        k1, k2 = (k + 1) % 3, (k + 2) % 3
+        u1, u2 = verts[b, k1] - verts[a, k1], verts[b, k2] - verts[a, k2]
+        w1, w2 = verts[c, k1] - verts[a, k1], verts[c, k2] - verts[a, k2]
+        n = u1 * w2 - u2 * w1
+        dot += n * p[k]
+        nn += n * n
+        pp += p[k] * p[k]
+    return nn > 0.0 and dot < cosine * np.sqrt(nn * pp)
+
+
+@njit(cache=True, nogil=True)
+def split_faces(faces: np.ndarray, edge_of: np.ndarray, middle: np.ndarray, verts: np.ndarray, slope: np.ndarray,
+                cosine: float, offsets: np.ndarray, rows: np.ndarray, lo: int, hi: int, out: np.ndarray,
+                folded: np.ndarray) -> None:
+    """Faces ``rows[lo:hi]`` cut at their split edges' middle vertices (``middle[e]``, -1 where edge e stays
+    whole) into ``out`` from ``offsets[f]``: one triangle for no split edge, two for one, three for two (the quad
+    cut along its shorter diagonal in ``verts``), four for three; each with the face's orientation.
+
+    ``folded[f]`` is set where a piece leans from the outward direction, the field's gradient (``slope``, per
+    vertex) summed over the face's corners, by an angle whose cosine is under ``cosine``: the steps onto the
+    zero level can stand a sliver of marching cubes (corners a hair apart, or nearly in a line) up or turn it
+    over, and its neighbours then fold against it."""
+    outward = np.empty(3)
+    for i in range(lo, hi):
+        f = rows[i]
+        split = 0
+        for k in range(3):
+            if middle[edge_of[f, k]] >= 0:
+                split += 1
+        # turn the face so that the pattern starts at corner r: one split on edge r (r -> r + 1), two with edge
+        # r + 2 whole, three (or none) at r = 0
+        r = 0
+        for k in range(3):
+            m = middle[edge_of[f, k]] >= 0
+            if (split == 1 and m) or (split == 2 and not m):
+                r = k if split == 1 else (k + 1) % 3
+        a, b, c = faces[f, r], faces[f, (r + 1) % 3], faces[f, (r + 2) % 3]
+        m0 = middle[edge_of[f, r]]
+        m1 = middle[edge_of[f, (r + 1) % 3]]
+        m2 = middle[edge_of[f, (r + 2) % 3]]
+        o = offsets[f]
+        if split == 0:
+            out[o, 0], out[o, 1], out[o, 2] = a, b, c
+        elif split == 1:
+            out[o, 0], out[o, 1], out[o, 2] = a, m0, c
+            out[o + 1, 0], out[o + 1, 1], out[o + 1, 2] = m0, b, c
+        elif split == 2:
+            out[o, 0], out[o, 1], out[o, 2] = m0, b, m1
+            if _dist2(verts, a, m1) <= _dist2(verts, m0, c):
+                out[o + 1, 0], out[o + 1, 1], out[o + 1, 2] = a, m0, m1
+                out[o + 2, 0], out[o + 2, 1], out[o + 2, 2] = a, m1, c
+            else:
+                out[o + 1, 0], out[o + 1, 1], out[o + 1, 2] = a, m0, c
+                out[o + 2, 0], out[o + 2, 1], out[o + 2, 2] = m0, m1, c
+        else:
+            out[o, 0], out[o, 1], out[o, 2] = a, m0, m2
+            out[o + 1, 0], out[o + 1, 1], out[o + 1, 2] = m0, b, m1
+            out[o + 2, 0], out[o + 2, 1], out[o + 2, 2] = m2, m1, c
+            out[o + 3, 0], out[o + 3, 1], out[o + 3, 2] = m0, m1, m2
+        for k in range(3):
+            outward[k] = slope[a, k] + slope[b, k] + slope[c, k]
+        for t in range(o, o + split + 1):
+            if _leaning(verts, out[t, 0], out[t, 1], out[t, 2], outward, cosine):
+                folded[f] = True
+
+
 def warm() -> None:
     """Load (compile, the first time after an install) each kernel, with the argument types of a real run."""
     values = np.array([[-1, 1, 1, 1, 1, 1, 1, 1]], np.float32)
@@ -213,3 +338,11 @@ def warm() -> None:
     cell_case(values, 0)  # compiled into the kernels that call it; called here so that it is not left cold
     vertex_roots(3, np.array([[0, 1, 2]], np.int64))
     _root(np.zeros(1, np.int64), 0)
+    tri = np.array([[0, 1, 2]], np.int64)
+    edge_of = np.empty((1, 3), np.int64)
+    ends = np.empty((3, 2), np.int64)
+    number_edges(tri, 3, edge_of, ends)
+    split_faces(tri, edge_of, np.full(3, -1, np.int64), np.zeros((3, 3)), np.zeros((3, 3)), 0.0,
+                np.zeros(2, np.int64), np.zeros(1, np.int64), 0, 1, np.empty((1, 3), np.int64), np.zeros(1, np.bool_))
+    _dist2(np.zeros((3, 3)), 0, 1)
+    _leaning(np.zeros((3, 3)), 0, 1, 2, np.zeros(3), 0.0)

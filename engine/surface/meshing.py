@@ -17,7 +17,8 @@ shared through global edge keys, gives an indexed mesh that is closed and
 manifold wherever the cells surround the surface. (Dual
 marching cubes over leaf cells of mixed sizes would give fewer triangles in
 smooth regions; uniform final cells keep the mesh crack-free with much simpler
-code.)
+code, and :mod:`engine.surface.refine` refines the mesh of the finest voxel
+where the surface bends instead of a whole round below it.)
 
 Speed (issue 12): cells no larger than the finest voxel lie inside one cell of
 every level, so their corners, and the 3^3 lattice of a kept cell's eight

@@ -7,7 +7,9 @@ faces with a threshold that grows to the caller's bound (the cheapest
 collapses first), as long as more faces than ``target`` remain.
 
 A collapse is refused when it would fold a face over (its normal turning by
-more than about 78 degrees), make a sliver (two edges from the moved vertex
+more than about 78 degrees), fold two neighbouring faces against each other
+(a face of the merged vertex and its neighbour across any of its edges, their
+normals with a negative dot), make a sliver (two edges from the moved vertex
 within 2.6 degrees), or break the surface's topology: the two ends may share
 no neighbours but the corners of the faces on the edge (the link condition),
 so no edge ever joins more than two faces.  Border vertices (on an edge of one
@@ -29,6 +31,7 @@ from numba import njit
 
 FOLD_COSINE = 0.2  # a face whose new normal has a cosine below this with its old one folds over
 SLIVER_COSINE = 0.999  # two edges of a moved face this parallel make a sliver
+FAN_LIMIT = 64  # faces around a merged vertex: a collapse that would make more is refused
 _NEXT = (1, 2, 0)  # the corner after each corner of a face
 _PREV = (2, 0, 1)
 _U = np.uint32  # ref ranges as unsigned: indexing with them needs no wraparound test (engine.solver.kernels)
@@ -160,6 +163,60 @@ def _folds(v: np.ndarray, f: np.ndarray, ref_face: np.ndarray, ref_corner: np.nd
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _creases(v: np.ndarray, f: np.ndarray, ref_face: np.ndarray, ref_corner: np.ndarray, first: np.ndarray,
+             count: np.ndarray, dead: np.ndarray, a: int, b: int, x: float, y: float, z: float, fan: np.ndarray,
+             fan_normal: np.ndarray) -> bool:
+    """Whether merging a and b at (x, y, z) folds two neighbouring faces against each other (their normals with a
+    negative dot): two faces of the merged vertex's fan, or one of them and the face beyond its outer edge.
+
+    :func:`_folds` judges each face against its own old normal, which lets two slivers side by side turn opposite
+    ways (each by less than its limit) and fold against each other.  ``fan`` (n, 3) and ``fan_normal`` (n, 3)
+    are scratch; a fan of more than n faces is refused."""
+    m = 0
+    for i, other in ((a, b), (b, a)):
+        for r in range(_U(first[i]), _U(first[i] + count[i])):
+            t = ref_face[r]
+            if dead[t]:
+                continue
+            corner = ref_corner[r]
+            j, k = f[t, _NEXT[corner]], f[t, _PREV[corner]]
+            if j == other or k == other:
+                continue  # on the edge: goes away
+            if m == fan.shape[0]:
+                return True
+            fan[m, 0], fan[m, 1], fan[m, 2] = t, j, k
+            ux, uy, uz = v[j, 0] - x, v[j, 1] - y, v[j, 2] - z
+            wx, wy, wz = v[k, 0] - x, v[k, 1] - y, v[k, 2] - z
+            fan_normal[m, 0] = uy * wz - uz * wy
+            fan_normal[m, 1] = uz * wx - ux * wz
+            fan_normal[m, 2] = ux * wy - uy * wx
+            m += 1
+    for s in range(m):
+        j, k = fan[s, 1], fan[s, 2]
+        for u in range(m):  # across the edge (merged, k): the fan's face that leaves the merged vertex towards k
+            if fan[u, 1] == k:
+                if (fan_normal[s, 0] * fan_normal[u, 0] + fan_normal[s, 1] * fan_normal[u, 1]
+                        + fan_normal[s, 2] * fan_normal[u, 2]) < 0.0:
+                    return True
+                break
+        for r in range(_U(first[j]), _U(first[j] + count[j])):  # across the edge (j, k): a face beyond the fan
+            t = ref_face[r]
+            if dead[t] or t == fan[s, 0]:
+                continue
+            corner = ref_corner[r]
+            if f[t, _PREV[corner]] != k:
+                continue
+            i, q = f[t, _PREV[corner]], f[t, _NEXT[corner]]  # t is (j, q, k)
+            ox, oy, oz = v[q, 0] - v[j, 0], v[q, 1] - v[j, 1], v[q, 2] - v[j, 2]
+            px, py, pz = v[i, 0] - v[j, 0], v[i, 1] - v[j, 1], v[i, 2] - v[j, 2]
+            if (fan_normal[s, 0] * (oy * pz - oz * py) + fan_normal[s, 1] * (oz * px - ox * pz)
+                    + fan_normal[s, 2] * (ox * py - oy * px)) < 0.0:
+                return True
+            break
+    return False
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _link(f: np.ndarray, ref_face: np.ndarray, first: np.ndarray, count: np.ndarray, dead: np.ndarray, a: int,
           b: int, stamp: np.ndarray, tick: int) -> int:
     """The faces on edge a-b (one or two) where its collapse keeps the surface's topology, else 0: the ends
@@ -232,6 +289,8 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
     _borders(f, ref_face, ref_corner, first, count, stamp, near.view(np.int64), border)  # stamp, near: scratch
     stamp[:] = 0
     _edge_costs(q, v, f, border, move_border, cost)
+    fan = np.empty((FAN_LIMIT, 3), np.int64)
+    fan_normal = np.empty((FAN_LIMIT, 3))
     tick = 0
     alive = nf
     for p in range(passes):
@@ -257,7 +316,8 @@ def _collapse(v: np.ndarray, f: np.ndarray, q: np.ndarray, dead: np.ndarray, dir
                 if on_edge == 0 or (both and on_edge != 1):
                     continue  # two border vertices merge only along their border edge
                 if _folds(v, f, ref_face, ref_corner, first[a], count[a], dead, b, x, y, z) or \
-                        _folds(v, f, ref_face, ref_corner, first[b], count[b], dead, a, x, y, z):
+                        _folds(v, f, ref_face, ref_corner, first[b], count[b], dead, a, x, y, z) or \
+                        _creases(v, f, ref_face, ref_corner, first, count, dead, a, b, x, y, z, fan, fan_normal):
                     continue
                 if end + count[a] + count[b] > capacity:
                     break  # no room for the merged vertex's faces: the next pass starts afresh

@@ -83,14 +83,19 @@ def _torus_scan(points: int = 20_000):
     return mesh, scanner.scan(mesh, params, seed=3)
 
 
-def _distance_to(mesh: tuple[np.ndarray, np.ndarray], points: np.ndarray) -> float:
-    """Mean distance of points to the torus (major 1, minor 0.35) the mesh approximates."""
-    rho = np.linalg.norm(points[:, :2], axis=1)
-    return float(np.abs(np.hypot(rho - 1.0, points[:, 2]) - 0.35).mean())
+def _distance_to_torus(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Mean distance of the mesh's surface to the torus (major 1, minor 0.35) the scanned mesh approximates: at
+    random points on the faces, by area.  (Its vertices alone miss the faces between them: with the meshing's
+    refinement where the surface bends they read learned / none 1.109, the surface 1.027.)"""
+    v = np.asarray(vertices, dtype=np.float64)
+    at = (v[faces] * np.random.default_rng(0).dirichlet([1.0, 1.0, 1.0], size=faces.shape[0])[:, :, None]).sum(1)
+    area = np.linalg.norm(np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]]), axis=1)
+    rho = np.linalg.norm(at[:, :2], axis=1)
+    return float((np.abs(np.hypot(rho - 1.0, at[:, 2]) - 0.35) * area).sum() / area.sum())
 
 
 def test_learned_and_none_both_mesh_a_scan() -> None:
-    mesh, s = _torus_scan()
+    _, s = _torus_scan()
     stages: dict[str, set[str]] = {"none": set(), "learned": set()}
     out = {prior: reconstruct(s.points, s.normals, sensor=s.sensors, device="cpu", prior=prior,
                               progress=lambda stage, *_, prior=prior: stages[prior].add(stage))
@@ -103,7 +108,7 @@ def test_learned_and_none_both_mesh_a_scan() -> None:
     errors = {}
     for prior, m in out.items():
         assert m.stats["pieces"] == 1
-        errors[prior] = _distance_to(mesh, np.asarray(m.vertices))
+        errors[prior] = _distance_to_torus(m.vertices, m.faces)
         assert errors[prior] < 0.004  # 0.16% of the diagonal
     assert errors["learned"] < 1.1 * errors["none"]
     assert not np.array_equal(np.asarray(out["learned"].vertices), np.asarray(out["none"].vertices))

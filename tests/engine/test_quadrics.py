@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.surface import quadrics
 from engine.surface.quadrics import collapse_mesh
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges
 
@@ -91,3 +92,34 @@ def test_too_many_vertices_for_int32_indices_are_refused_not_wrapped() -> None:
     v = np.lib.stride_tricks.as_strided(np.zeros(3), shape=(2**31, 3), strides=(0, 8))  # no memory behind it
     with pytest.raises(ValueError, match="int32"):
         collapse_mesh(v, np.array([[0, 1, 2]]), 1e-9, 7.0, 1, 4, False)
+
+
+def test_a_merge_that_folds_a_face_against_its_neighbour_is_refused() -> None:
+    """A flat hexagonal fan (normals +z) beside a steep face beyond one of its outer edges (80 degrees from +z):
+    merging the centre with a ring vertex at a point below the centre turns each fan face by only 22 degrees, which
+    the test of each face against its own old normal allows, but folds the face on that edge against the steep
+    one (their normals then 102 degrees apart).  The crease test refuses it; above the centre it does not."""
+    ring = np.array([[np.cos(t), np.sin(t), 0.0] for t in np.arange(6) * np.pi / 3])
+    edge_middle = 0.5 * (ring[1] + ring[2])
+    steep = edge_middle * 1.05 + [0.0, 0.0, -1.05 * np.linalg.norm(edge_middle) * np.tan(np.radians(80))]
+    v = np.concatenate([[[0.0, 0.0, 0.0]], ring, [steep]])  # centre 0, ring 1-6, steep corner 7
+    f = np.array([[0, 1 + i, 1 + (i + 1) % 6] for i in range(6)] + [[3, 2, 7]], np.uint32)
+    outer = np.cross(v[2] - v[3], v[7] - v[3])
+    assert 0.0 < outer[2] / np.linalg.norm(outer) < 0.2  # the steep face leans 80-90 degrees from +z
+    dead = np.zeros(f.shape[0], np.bool_)
+    ref_face, ref_corner = np.empty(64, np.uint32), np.empty(64, np.uint8)
+    first, count = np.zeros(v.shape[0], np.int64), np.zeros(v.shape[0], np.int64)
+    quadrics._build_refs(f, dead, ref_face, ref_corner, first, count)
+    fan, fan_normal = np.empty((quadrics.FAN_LIMIT, 3), np.int64), np.empty((quadrics.FAN_LIMIT, 3))
+    centre, far = 0, 5  # the ring vertex opposite the steep face's edge
+
+    def verdicts(z: float) -> tuple[bool, bool]:
+        """(the per-face turn test's, the crease test's) verdict on merging centre and far at (0, 0, z)."""
+        turned = quadrics._folds(v, f, ref_face, ref_corner, first[centre], count[centre], dead, far, 0.0, 0.0, z) \
+            or quadrics._folds(v, f, ref_face, ref_corner, first[far], count[far], dead, centre, 0.0, 0.0, z)
+        return turned, quadrics._creases(v, f, ref_face, ref_corner, first, count, dead, centre, far, 0.0, 0.0, z,
+                                         fan, fan_normal)
+
+    assert verdicts(-0.35) == (False, True)
+    assert verdicts(0.35) == (False, False)
+    assert verdicts(0.0) == (False, False)

@@ -166,8 +166,9 @@ def test_thin_parts_do_not_pinch_under_a_tight_budget() -> None:
     then) checked flips only; the link condition keeps the mesh manifold with the same open border, far below
     the meshed count."""
     p, n, _ = city(60_000, size=40.0)
-    default = reconstruct(p, n, device="cpu")
-    mesh = reconstruct(p, n, device="cpu", max_faces=5000)
+    # a uniform round below the voxel, as when written: the adaptive refinement meshes the flat city 3x lighter
+    default = reconstruct(p, n, device="cpu", mise_iter=1)
+    mesh = reconstruct(p, n, device="cpu", max_faces=5000, mise_iter=1)
     assert non_manifold_edges(mesh.faces) == 0
     assert boundary_edges(mesh.faces) == boundary_edges(default.faces) > 0
     assert mesh.faces.shape[0] < 0.05 * mesh.stats["faces_before_simplify"]
