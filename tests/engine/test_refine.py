@@ -137,6 +137,19 @@ def test_automatic_refinement_of_a_clean_cloud_is_adaptive_and_no_worse_than_a_u
     assert error(voxel) > 1.5 * error(adaptive), (error(voxel), error(adaptive))
 
 
+
+def test_a_noisy_cloud_keeps_the_uniform_round() -> None:
+    """Where the measured noise is at least REFINE_NOISE voxel it, not the meshing, sets the error: "auto" keeps
+    the round below the voxel."""
+    from engine.pipeline import REFINE_NOISE
+
+    rng = np.random.default_rng(5)
+    n = rng.normal(size=(30_000, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    mesh = reconstruct(0.5 * n + rng.normal(scale=0.01, size=n.shape), n, device="cpu")
+    assert mesh.stats["noise"] >= REFINE_NOISE * mesh.stats["voxel_size"]
+    assert mesh.stats["refinement"] == "uniform" and mesh.stats["mise_iter"] == 1
+
 def test_a_piece_turned_over_is_told_and_middles_on_their_edges_keep_the_orientation() -> None:
     """A sliver (three corners nearly in a line, outward +z) whose long edge's middle lies across its width: the
     kernel tells the piece turned over; with the middles on their edges, where :func:`refine_where_bent` puts them
