@@ -431,10 +431,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
         # the error (REFINE_NOISE); a closed surface's outside is meshed on the cells' lattice, so it keeps the round
         adaptive = (opts.mise_iter == "auto" and prep.mise_iter == AUTO_MISE_ITER and not opts.watertight
                     and prep.res.noise < REFINE_NOISE * prep.voxel_size)
-        rounds = 0 if adaptive else prep.mise_iter
-        cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + rounds, meshed,
-                                                     None if opts.watertight else grid)
-        verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
+        refined = None
         if adaptive:
             def bent(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 run.check()
@@ -442,11 +439,17 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
                 assert slope is not None
                 return value.double().cpu().numpy(), slope.double().cpu().numpy()
 
-            voxels, faces, halved = refine_where_bent(verts_t.double().cpu().numpy(), faces_t.cpu().numpy(), bent,
-                                                      size)
+            cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth, meshed, grid)
+            verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
+            refined = refine_where_bent(verts_t.double().cpu().numpy(), faces_t.cpu().numpy(), bent, size)
+        if refined is not None:
+            voxels, faces, halved = refined
             verts = frame.from_voxels(voxels)
             f.stats.update(mise_iter=0, refinement="adaptive", edges_halved=halved)
-        else:
+        else:  # the uniform rounds, also where the field is rough at the voxel's scale (refine.ROUGH_SHARE)
+            cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed,
+                                                         None if opts.watertight else grid)
+            verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)
             verts = frame.from_voxels(verts_t.double()).cpu().numpy()
             faces = faces_t.cpu().numpy()
             f.stats["refinement"] = "uniform"

@@ -11,7 +11,7 @@ import torch
 from engine import reconstruct
 from engine.surface import kernels
 from engine.surface.meshing import candidate_cells, marching_cubes
-from engine.surface.refine import LEAN_COSINE, refine_where_bent
+from engine.surface.refine import LEAN_COSINE, refine_where_bent, rough_share
 from tests.meshcheck import (
     boundary_edges,
     components,
@@ -149,6 +149,26 @@ def test_a_noisy_cloud_keeps_the_uniform_round() -> None:
     mesh = reconstruct(0.5 * n + rng.normal(scale=0.01, size=n.shape), n, device="cpu")
     assert mesh.stats["noise"] >= REFINE_NOISE * mesh.stats["voxel_size"]
     assert mesh.stats["refinement"] == "uniform" and mesh.stats["mise_iter"] == 1
+
+
+def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None:
+    """The sphere with bumps of 0.6 cell and a wavelength of about two cells (a tree's leaves in a LiDAR tile):
+    its faces lean from the gradient (14% where the smooth sphere has none) and the refinement declines, so that
+    the caller meshes a uniform round; the smooth sphere is refined."""
+    def bumpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = x - CENTRE
+        r = np.linalg.norm(d, axis=1)
+        s, c = np.sin(3.0 * x), np.cos(3.0 * x)
+        bump = np.stack([c[:, 0] * s[:, 1] * s[:, 2], s[:, 0] * c[:, 1] * s[:, 2], s[:, 0] * s[:, 1] * c[:, 2]], 1)
+        return r - RADIUS + 0.6 * s.prod(axis=1), d / r[:, None] + 1.8 * bump
+
+    v, f, cell = mc_mesh(bumpy)
+    assert cell == 1.0
+    assert rough_share(v, f, bumpy(v)[1]) > 0.1
+    assert refine_where_bent(v, f, bumpy, cell) is None
+    v, f, cell = mc_mesh(sphere)
+    assert rough_share(v, f, sphere(v)[1]) == 0.0
+    assert refine_where_bent(v, f, sphere, cell) is not None
 
 def test_a_piece_turned_over_is_told_and_middles_on_their_edges_keep_the_orientation() -> None:
     """A sliver (three corners nearly in a line, outward +z) whose long edge's middle lies across its width: the
