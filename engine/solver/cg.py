@@ -46,12 +46,12 @@ def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
     index, values = coo.indices(), coo.values()
     below = index[0] != index[1]
     whole = torch.sparse_coo_tensor(torch.cat((index, index[:, below].flip(0)), 1),
-                                    torch.cat((values, values[below])), upper.shape).coalesce()
+                                    torch.cat((values, values[below])), upper.shape, check_invariants=False).coalesce()
     csr = whole.to_sparse_csr()
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                       csr.values(), size=upper.shape)
+                                       csr.values(), size=upper.shape, check_invariants=False)
 
 
 def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, inv_diag: torch.Tensor,

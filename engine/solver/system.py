@@ -407,7 +407,7 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
             values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))
+        return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m), check_invariants=False)
 
 
 def _sparse_stencils() -> tuple[np.ndarray, np.ndarray]:
@@ -496,10 +496,12 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
     diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE - lowest, values)).mean())
     kernels.add_diagonal(crow, ranks, CENTRE - lowest, 1e-4 * diag_mean, values)
     diagonal = torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE - lowest, values))
+    # check_invariants named: left unset, torch warns that the checks are "implicitly disabled", and the filter
+    # below is process-wide, so another thread's catch_warnings can lift it (the 1M bunny's stderr showed it once)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(torch.from_numpy(crow).to(torch.int32), torch.from_numpy(cols),
-                                         torch.from_numpy(values), size=(m, m))
+                                         torch.from_numpy(values), size=(m, m), check_invariants=False)
     return LevelSystem(matrix=matrix, rhs=torch.from_numpy(rhs), diagonal=diagonal, upper=triangle)
 
 
