@@ -130,7 +130,7 @@ def _to_csr(level: Level, stencil: torch.Tensor) -> torch.Tensor:
         values[lo:hi] = stencil[start:start + ROW_BATCH].reshape(-1).index_select(0, flat)
     with warnings.catch_warnings():  # "CSR support is in beta": our use is plain SpMV, checked by tests
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m))
+        return torch.sparse_csr_tensor(crow.to(torch.int32), cols, values, size=(m, m), check_invariants=False)
 
 
 def _rhs(level: Level, x: torch.Tensor, target_value: torch.Tensor, target_grad: torch.Tensor,
