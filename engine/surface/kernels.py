@@ -276,6 +276,25 @@ def _leaning(verts: np.ndarray, a: int, b: int, c: int, p: np.ndarray, cosine: f
 
 
 @njit(cache=True, nogil=True)
+def leaning_share(verts: np.ndarray, faces: np.ndarray, slope: np.ndarray, cosine: float) -> float:
+    """The share of the faces (of some area) that lean from the field's gradient (``slope``, per vertex) summed
+    over their corners by an angle whose cosine is under ``cosine`` (:func:`_leaning`)."""
+    outward = np.empty(3)
+    leaning = 0
+    judged = 0
+    for f in range(faces.shape[0]):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        if _dist2(verts, a, b) == 0.0 or _dist2(verts, b, c) == 0.0 or _dist2(verts, c, a) == 0.0:
+            continue
+        for k in range(3):
+            outward[k] = slope[a, k] + slope[b, k] + slope[c, k]
+        judged += 1
+        if _leaning(verts, a, b, c, outward, cosine):
+            leaning += 1
+    return leaning / judged if judged > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
 def split_faces(faces: np.ndarray, edge_of: np.ndarray, middle: np.ndarray, verts: np.ndarray, slope: np.ndarray,
                 cosine: float, offsets: np.ndarray, rows: np.ndarray, lo: int, hi: int, out: np.ndarray,
                 folded: np.ndarray) -> None:
@@ -346,3 +365,4 @@ def warm() -> None:
                 np.zeros(2, np.int64), np.zeros(1, np.int64), 0, 1, np.empty((1, 3), np.int64), np.zeros(1, np.bool_))
     _dist2(np.zeros((3, 3)), 0, 1)
     _leaning(np.zeros((3, 3)), 0, 1, 2, np.zeros(3), 0.0)
+    leaning_share(np.zeros((3, 3)), tri, np.zeros((3, 3)), 0.0)

@@ -206,9 +206,9 @@ def _creases(v: np.ndarray, f: np.ndarray, ref_face: np.ndarray, ref_corner: np.
             corner = ref_corner[r]
             if f[t, _PREV[corner]] != k:
                 continue
-            i, q = f[t, _PREV[corner]], f[t, _NEXT[corner]]  # t is (j, q, k)
+            q = f[t, _NEXT[corner]]  # t is (j, q, k)
             ox, oy, oz = v[q, 0] - v[j, 0], v[q, 1] - v[j, 1], v[q, 2] - v[j, 2]
-            px, py, pz = v[i, 0] - v[j, 0], v[i, 1] - v[j, 1], v[i, 2] - v[j, 2]
+            px, py, pz = v[k, 0] - v[j, 0], v[k, 1] - v[j, 1], v[k, 2] - v[j, 2]
             if (fan_normal[s, 0] * (oy * pz - oz * py) + fan_normal[s, 1] * (oz * px - ox * pz)
                     + fan_normal[s, 2] * (ox * py - oy * px)) < 0.0:
                 return True

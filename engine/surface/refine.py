@@ -48,7 +48,6 @@ MAX_UNFOLDS = 3  # rounds of putting leaning faces back as marching cubes placed
 # that tile 5.2%; the 100k bunny clean, 0.25%, 0.5% and 1% noise, tilted normals, the sphere, torus and trefoil
 # 0-0.05%.
 ROUGH_SHARE = 0.01
-ROUGH_SAMPLE = 200_000  # faces judged for the share: its error at 1% is then about 0.02%
 
 # points (M, 3) float64, finest-voxel units -> the field there (M,) and its gradient (M, 3), float64
 FieldWithGradient = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -73,21 +72,6 @@ def onto_surface(points: np.ndarray, field: FieldWithGradient, limit: float
     return moved, off, slope
 
 
-def rough_share(verts: np.ndarray, faces: np.ndarray, slope: np.ndarray) -> float:
-    """The share of the faces (of some area) whose normal leans over 37 degrees (LEAN_COSINE) from the field's
-    gradient summed over their corners: how rough the field is at the scale of the cells.  Judged on at most
-    :data:`ROUGH_SAMPLE` faces taken at a stride (marching cubes lists them cell by cell, so the stride spreads
-    them over the surface): all 2.8M of the 1M-point bunny's took 0.28 s."""
-    faces = faces[::max(1, faces.shape[0] // ROUGH_SAMPLE)]
-    outward = slope[faces].sum(axis=1)
-    normal = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    size = row_norms(normal) * row_norms(outward)
-    some = size > 0.0
-    if not some.any():
-        return 0.0
-    return float((np.einsum("ij,ij->i", normal, outward)[some] < LEAN_COSINE * size[some]).mean())
-
-
 def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGradient, cell: float,
                       tolerance: float = SPLIT_TOLERANCE) -> tuple[np.ndarray, np.ndarray, int] | None:
     """The marching-cubes mesh (vertices (V, 3), finest-voxel units; faces (F, 3)) of cells of edge ``cell``
@@ -99,7 +83,7 @@ def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGrad
     verts, _, slope = onto_surface(placed, field, STEP_LIMIT * cell)
     if faces.shape[0] == 0:
         return verts, faces, 0
-    if rough_share(placed, faces, slope) > ROUGH_SHARE:
+    if kernels.leaning_share(placed, faces, slope, LEAN_COSINE) > ROUGH_SHARE:
         return None
     edge_of = np.empty(faces.shape, np.int64)
     ends = np.empty((3 * faces.shape[0], 2), np.int64)

@@ -11,7 +11,7 @@ import torch
 from engine import reconstruct
 from engine.surface import kernels
 from engine.surface.meshing import candidate_cells, marching_cubes
-from engine.surface.refine import LEAN_COSINE, refine_where_bent, rough_share
+from engine.surface.refine import LEAN_COSINE, refine_where_bent
 from tests.meshcheck import (
     boundary_edges,
     components,
@@ -164,10 +164,10 @@ def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None
 
     v, f, cell = mc_mesh(bumpy)
     assert cell == 1.0
-    assert rough_share(v, f, bumpy(v)[1]) > 0.1
+    assert kernels.leaning_share(v, f, bumpy(v)[1], LEAN_COSINE) > 0.1
     assert refine_where_bent(v, f, bumpy, cell) is None
     v, f, cell = mc_mesh(sphere)
-    assert rough_share(v, f, sphere(v)[1]) == 0.0
+    assert kernels.leaning_share(v, f, sphere(v)[1], LEAN_COSINE) == 0.0
     assert refine_where_bent(v, f, sphere, cell) is not None
 
 def test_a_piece_turned_over_is_told_and_middles_on_their_edges_keep_the_orientation() -> None:
