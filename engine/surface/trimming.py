@@ -81,9 +81,10 @@ def _pinholes(far: np.ndarray, faces: np.ndarray) -> np.ndarray:
         for d in ((c + 1) % 3, (c + 2) % 3):
             np.minimum.at(lo, f[sel, d], f[sel, c])
             np.maximum.at(hi, f[sel, d], f[sel, c])
+    per_face = on_face.sum(axis=1)
     alone = far.copy()
-    alone[f[on_face.sum(axis=1) >= 2]] = False  # beside another far vertex
-    single = on_face.sum(axis=1) == 1
+    alone[f[per_face >= 2]] = False  # beside another far vertex
+    single = per_face == 1
     fs, own = f[single], on_face[single]
     x = fs[own]  # each such face's far vertex
     ring_clear = (own | ((lo[fs] == x[:, None]) & (hi[fs] == x[:, None]))).all(axis=1)
