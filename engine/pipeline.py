@@ -446,7 +446,7 @@ def reconstruct_whole(prep: Prepared, opts: Options, run: Run) -> MeshArrays:
             voxels, faces, halved = refined
             verts = frame.from_voxels(voxels)
             f.stats.update(mise_iter=0, refinement="adaptive", edges_halved=halved)
-        else:  # the uniform rounds, also where the field is rough at the voxel's scale (refine.ROUGH_SHARE)
+        else:  # the uniform rounds, also where the field is rough or folds at the voxel's scale (refine.py)
             cells, size, corner_values = candidate_cells(start.ijk, start.size, start.depth + prep.mise_iter, meshed,
                                                          None if opts.watertight else grid)
             verts_t, faces_t, _ = marching_cubes(cells, size, corner_values)

@@ -295,6 +295,37 @@ def leaning_share(verts: np.ndarray, faces: np.ndarray, slope: np.ndarray, cosin
 
 
 @njit(cache=True, nogil=True)
+def folded_edges(verts: np.ndarray, faces: np.ndarray, edge_of: np.ndarray, edge_count: int, least: float) -> int:
+    """Edges (numbered by :func:`number_edges` in ``edge_of``) whose two faces face apart: normals with a negative
+    dot, a fold a render shows as a dark speck.  Faces of area (twice it, as the cross product's length) under
+    ``least`` are left out: a needle's normal is rounding.  tests/meshcheck.py's ``folded_edges`` is the
+    reference."""
+    normals = np.empty((faces.shape[0], 3))
+    first = np.full(edge_count, -1, np.int64)
+    folds = 0
+    for f in range(faces.shape[0]):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        nn = 0.0
+        for k in range(3):
+            k1, k2 = (k + 1) % 3, (k + 2) % 3
+            n = ((verts[b, k1] - verts[a, k1]) * (verts[c, k2] - verts[a, k2])
+                 - (verts[b, k2] - verts[a, k2]) * (verts[c, k1] - verts[a, k1]))
+            normals[f, k] = n
+            nn += n * n
+        if nn < least * least:
+            continue
+        for j in range(3):
+            e = edge_of[f, j]
+            g = first[e]
+            if g < 0:
+                first[e] = f
+            elif (normals[f, 0] * normals[g, 0] + normals[f, 1] * normals[g, 1]
+                  + normals[f, 2] * normals[g, 2]) < 0.0:
+                folds += 1
+    return folds
+
+
+@njit(cache=True, nogil=True)
 def split_faces(faces: np.ndarray, edge_of: np.ndarray, middle: np.ndarray, verts: np.ndarray, slope: np.ndarray,
                 cosine: float, offsets: np.ndarray, rows: np.ndarray, lo: int, hi: int, out: np.ndarray,
                 folded: np.ndarray) -> None:
@@ -366,3 +397,4 @@ def warm() -> None:
     _dist2(np.zeros((3, 3)), 0, 1)
     _leaning(np.zeros((3, 3)), 0, 1, 2, np.zeros(3), 0.0)
     leaning_share(np.zeros((3, 3)), tri, np.zeros((3, 3)), 0.0)
+    folded_edges(np.zeros((3, 3)), tri, edge_of, 3, 0.0)

@@ -170,6 +170,48 @@ def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None
     assert kernels.leaning_share(v, f, sphere(v)[1], LEAN_COSINE) == 0.0
     assert refine_where_bent(v, f, sphere, cell) is not None
 
+def plane_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An n x n grid of unit cells on z = 0, two triangles each, facing +z."""
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    verts = np.stack([i.ravel(), j.ravel(), np.zeros(n * n)], axis=1).astype(np.float64)
+    a = (i[:-1, :-1] * n + j[:-1, :-1]).ravel()
+    faces = np.concatenate([np.stack([a, a + n, a + n + 1], 1), np.stack([a, a + n + 1, a + 1], 1)])
+    return verts, faces.astype(np.int64)
+
+
+def test_folded_edges_are_counted_as_the_reference_counts_them() -> None:
+    """The kernel's count of edges whose faces face apart equals tests/meshcheck.py's, needles left out alike."""
+    verts, faces = plane_grid(20)
+    rng = np.random.default_rng(3)
+    verts[:, :2] += rng.uniform(-0.45, 0.45, (verts.shape[0], 2))  # some faces turned over in the plane
+    verts[:, 2] = rng.uniform(-0.2, 0.2, verts.shape[0])
+    verts[25] = verts[26] + [1e-4, 0.0, 0.0]  # needles beside vertex 26
+    edge_of = np.empty(faces.shape, np.int64)
+    ends = np.empty((3 * faces.shape[0], 2), np.int64)
+    count = kernels.number_edges(faces, verts.shape[0], edge_of, ends)
+    cross = np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]),
+                           axis=1)
+    expected = folded_edges(verts, faces)
+    assert expected > 10
+    assert kernels.folded_edges(verts, faces, edge_of, count, 1e-3 * float(np.median(cross))) == expected
+    assert kernels.folded_edges(verts, faces, edge_of, count, 0.0) >= expected
+
+
+def test_a_mesh_that_folds_at_the_cells_scale_is_left_to_the_uniform_round() -> None:
+    """A flat mesh with one vertex pushed past its neighbour turns faces over (normals against their neighbours'):
+    the surface bends within a cell there, and the refinement declines (the caller meshes a uniform round); the
+    same mesh unfolded is refined."""
+    def flat(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[:, 2].copy(), np.tile([0.0, 0.0, 1.0], (x.shape[0], 1))
+
+    verts, faces = plane_grid(30)
+    assert folded_edges(verts, faces) == 0 and refine_where_bent(verts, faces, flat, 1.0) is not None
+    verts[15 * 30 + 15, 0] += 1.6  # past the next vertex along x
+    assert folded_edges(verts, faces) > 0
+    assert kernels.leaning_share(verts, faces, flat(verts)[1], LEAN_COSINE) < 0.01  # not the roughness gate
+    assert refine_where_bent(verts, faces, flat, 1.0) is None
+
+
 def test_a_piece_turned_over_is_told_and_middles_on_their_edges_keep_the_orientation() -> None:
     """A sliver (three corners nearly in a line, outward +z) whose long edge's middle lies across its width: the
     kernel tells the piece turned over; with the middles on their edges, where :func:`refine_where_bent` puts them
