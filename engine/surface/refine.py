@@ -16,9 +16,9 @@ is refined only where it needs it:
    back where marching cubes placed them and the middles of their edges onto the straight edges: the steps can
    stand a sliver of marching cubes up or turn it over, and its neighbours then fold against it.
 
-Where the field is rough at the voxel's scale (:data:`ROUGH_SHARE`), or the voxel's mesh folds (the surface
-bends within a cell), the refinement is not made: the caller keeps the uniform round, which samples the bumps
-finer and smoother.
+Where the field is rough at the voxel's scale (:data:`ROUGH_SHARE`), the voxel's mesh folds (the surface bends
+within a cell), or it cuts creases (:data:`CREASE_TAIL`), the refinement is not made: the caller keeps the uniform
+round, which samples the bumps, bends and creases finer.
 
 Why this tolerance (100k points, Chamfer-L1 x1e-3 after simplification, one thread; against one uniform round):
 0.0015 voxel gave bunny 0.0453 (0.0461), bunny with 0.5% noise 0.3671 (0.3712), torus 0.0155 (0.0153), sphere
@@ -55,6 +55,20 @@ ROUGH_SHARE = 0.01
 # for the round; Chamfer-L1 x1e-3 0.354 against 0.321, normal consistency 0.9893 against 0.9927.  None on the 30k to
 # 1M bunnies, the 100k sphere and torus, tilted normals.  Faces under NEEDLE_AREA of a cell's face are left out.
 NEEDLE_AREA = 1e-4
+# Creases and corners (a box's edges), which the fit rounds within a cell: marching cubes at the voxel cuts them with
+# faces whose centre, where the corner is, no edge middle samples, and the refinement left them cut (area samples of
+# bench/scanner.py's box, Chamfer-L1 x1e-3 against the uniform round: 10k points 0.428 against 0.298, 30k 0.1133
+# against 0.1033, 100k 0.0324 against 0.0302, 300k 0.0112 against 0.0103).  What tells them: among the edges whose
+# middle lies over BENT_SAG voxel off the zero level, a heavy share over CREASE_SAG, where a smooth bend's sags fall
+# off quickly.  Shares measured (over 0.2 of over 0.05): the box 0.10-0.41 at 5k-300k points; the clean bunny 0.030
+# at 30k, 0.013 at 100k, 0.005 at 1M, tilted normals 0.010; the dumbbell 0.026 at 5k; the sphere, torus and rounded
+# box 0.  Over CREASE_TAIL of them, and over CREASE_MIN edges, the caller meshes a uniform round.  (Tried: a vertex
+# at the centre of each such face, moved onto the zero level: the box at 10k 0.358, 100k 0.0307, but the new pieces
+# folded against their neighbours, 4,766 folded edges at 30k.)
+BENT_SAG = 0.05
+CREASE_SAG = 0.2
+CREASE_TAIL = 0.06
+CREASE_MIN = 20
 
 # points (M, 3) float64, finest-voxel units -> the field there (M,) and its gradient (M, 3), float64
 FieldWithGradient = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -84,8 +98,9 @@ def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGrad
     """The marching-cubes mesh (vertices (V, 3), finest-voxel units; faces (F, 3)) of cells of edge ``cell``
     with its vertices on the zero level and its edges halved where their middle lies over ``tolerance`` off it;
     and how many edges were halved.  None where the field is rough at the cells' scale (over :data:`ROUGH_SHARE`
-    of the faces lean from its gradient) or bends within a cell (the mesh folds): the caller meshes a uniform
-    round instead."""
+    of the faces lean from its gradient), bends within a cell (the mesh folds) or has creases (of the edges whose
+    middle lies over :data:`BENT_SAG` off, over :data:`CREASE_TAIL` lie over :data:`CREASE_SAG` off): the caller
+    meshes a uniform round instead."""
     faces = np.ascontiguousarray(faces, dtype=np.int64)
     placed = np.asarray(verts, dtype=np.float64)
     verts, _, slope = onto_surface(placed, field, STEP_LIMIT * cell)
@@ -100,6 +115,9 @@ def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGrad
         return None
     middles, off, middle_slope = onto_surface(0.5 * (verts[ends[:, 0]] + verts[ends[:, 1]]), field,
                                               STEP_LIMIT * cell)
+    crease = int((off > CREASE_SAG).sum())
+    if crease > max(CREASE_MIN, CREASE_TAIL * int((off > BENT_SAG).sum())):
+        return None
     split = off > tolerance
     count = int(split.sum())
     middle = np.full(ends.shape[0], -1, np.int64)

@@ -4,9 +4,12 @@ uniform round below the voxel and no larger error."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from engine import reconstruct
 from engine.surface import kernels
@@ -210,6 +213,40 @@ def test_a_mesh_that_folds_at_the_cells_scale_is_left_to_the_uniform_round() -> 
     assert folded_edges(verts, faces) > 0
     assert kernels.leaning_share(verts, faces, flat(verts)[1], LEAN_COSINE) < 0.01  # not the roughness gate
     assert refine_where_bent(verts, faces, flat, 1.0) is None
+
+
+def test_a_box_with_its_creases_keeps_the_uniform_round_which_cuts_them_less(monkeypatch) -> None:
+    """A box's edges and corners, rounded by the fit within a cell: marching cubes at the voxel cuts them with faces
+    whose centre no edge middle samples, so many of the edges that sag sag far (a heavy tail), and "auto" keeps
+    the uniform round, whose mesh passes nearer the true corners than the refinement's (measured when written:
+    0.0143 against 0.0194, the voxel being 0.029)."""
+    import engine.surface.refine as refine
+
+    half = np.array([1.0, 0.7, 0.5])
+    rng = np.random.default_rng(5)
+    areas = np.array([half[1] * half[2], half[0] * half[2], half[0] * half[1]])
+    side = rng.choice(6, size=30_000, p=np.tile(areas, 2) / (2 * areas.sum()))
+    axis, sign = side % 3, np.where(side < 3, 1.0, -1.0)
+    p = rng.uniform(-half, half, size=(side.shape[0], 3))
+    p[np.arange(p.shape[0]), axis] = sign * half[axis]
+    n = np.zeros_like(p)
+    n[np.arange(p.shape[0]), axis] = sign
+
+    def corner_gap(mesh) -> float:
+        """Mean distance from the box's 8 corners to the mesh (to a million random points on its faces)."""
+        v, f = mesh.vertices.astype(np.float64), mesh.faces
+        area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+        pick = rng.choice(f.shape[0], size=1_000_000, p=area / area.sum())
+        at = (v[f[pick]] * rng.dirichlet([1.0, 1.0, 1.0], size=pick.shape[0])[:, :, None]).sum(axis=1)
+        corners = np.array(list(itertools.product((-1.0, 1.0), repeat=3))) * half
+        return float(cKDTree(at).query(corners)[0].mean())
+
+    kept = reconstruct(p, n, device="cpu")
+    assert kept.stats["refinement"] == "uniform" and kept.stats["mise_iter"] == 1
+    monkeypatch.setattr(refine, "CREASE_TAIL", 1e9)
+    refined = reconstruct(p, n, device="cpu")
+    assert refined.stats["refinement"] == "adaptive"
+    assert corner_gap(kept) < 0.85 * corner_gap(refined), (corner_gap(kept), corner_gap(refined))
 
 
 def test_a_piece_turned_over_is_told_and_middles_on_their_edges_keep_the_orientation() -> None:
