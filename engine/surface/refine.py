@@ -94,30 +94,30 @@ def onto_surface(points: np.ndarray, field: FieldWithGradient, limit: float
 
 
 def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGradient, cell: float,
-                      tolerance: float = SPLIT_TOLERANCE) -> tuple[np.ndarray, np.ndarray, int] | None:
+                      tolerance: float = SPLIT_TOLERANCE) -> tuple[np.ndarray, np.ndarray, int] | str:
     """The marching-cubes mesh (vertices (V, 3), finest-voxel units; faces (F, 3)) of cells of edge ``cell``
     with its vertices on the zero level and its edges halved where their middle lies over ``tolerance`` off it;
-    and how many edges were halved.  None where the field is rough at the cells' scale (over :data:`ROUGH_SHARE`
-    of the faces lean from its gradient), bends within a cell (the mesh folds) or has creases (of the edges whose
-    middle lies over :data:`BENT_SAG` off, over :data:`CREASE_TAIL` lie over :data:`CREASE_SAG` off): the caller
-    meshes a uniform round instead."""
+    and how many edges were halved.  Where the refinement declines, why, for the caller to mesh a uniform round
+    instead: "rough" (over :data:`ROUGH_SHARE` of the faces lean from the field's gradient), "folds" (the mesh
+    folds: the surface bends within a cell) or "creases" (of the edges whose middle lies over :data:`BENT_SAG`
+    off, over :data:`CREASE_TAIL` lie over :data:`CREASE_SAG` off)."""
     faces = np.ascontiguousarray(faces, dtype=np.int64)
     placed = np.asarray(verts, dtype=np.float64)
     verts, _, slope = onto_surface(placed, field, STEP_LIMIT * cell)
     if faces.shape[0] == 0:
         return verts, faces, 0
     if kernels.leaning_share(placed, faces, slope, LEAN_COSINE) > ROUGH_SHARE:
-        return None
+        return "rough"
     edge_of = np.empty(faces.shape, np.int64)
     ends = np.empty((3 * faces.shape[0], 2), np.int64)
     ends = ends[:kernels.number_edges(faces, verts.shape[0], edge_of, ends)]
     if kernels.folded_edges(placed, faces, edge_of, ends.shape[0], 2.0 * NEEDLE_AREA * cell * cell) > 0:
-        return None
+        return "folds"
     middles, off, middle_slope = onto_surface(0.5 * (verts[ends[:, 0]] + verts[ends[:, 1]]), field,
                                               STEP_LIMIT * cell)
     crease = int((off > CREASE_SAG).sum())
     if crease > max(CREASE_MIN, CREASE_TAIL * int((off > BENT_SAG).sum())):
-        return None
+        return "creases"
     split = off > tolerance
     count = int(split.sum())
     middle = np.full(ends.shape[0], -1, np.int64)

@@ -126,6 +126,7 @@ def test_automatic_refinement_of_a_clean_cloud_is_adaptive_and_no_worse_than_a_u
     assert adaptive.stats["refinement"] == "adaptive" and adaptive.stats["mise_iter"] == 0
     assert adaptive.stats["edges_halved"] > 0
     assert uniform.stats["refinement"] == "uniform" and uniform.stats["mise_iter"] == 1
+    assert "refinement_declined" not in uniform.stats and "refinement_declined" not in adaptive.stats
     assert voxel.stats["refinement"] == "uniform" and "edges_halved" not in voxel.stats
     assert adaptive.stats["faces_before_simplify"] < uniform.stats["faces_before_simplify"]
     closed_and_outward(adaptive.vertices, adaptive.faces)
@@ -152,6 +153,7 @@ def test_a_noisy_cloud_keeps_the_uniform_round() -> None:
     mesh = reconstruct(0.5 * n + rng.normal(scale=0.01, size=n.shape), n, device="cpu")
     assert mesh.stats["noise"] >= REFINE_NOISE * mesh.stats["voxel_size"]
     assert mesh.stats["refinement"] == "uniform" and mesh.stats["mise_iter"] == 1
+    assert "refinement_declined" not in mesh.stats  # not tried: the noise decided
 
 
 def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None:
@@ -168,10 +170,10 @@ def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None
     v, f, cell = mc_mesh(bumpy)
     assert cell == 1.0
     assert kernels.leaning_share(v, f, bumpy(v)[1], LEAN_COSINE) > 0.1
-    assert refine_where_bent(v, f, bumpy, cell) is None
+    assert refine_where_bent(v, f, bumpy, cell) == "rough"
     v, f, cell = mc_mesh(sphere)
     assert kernels.leaning_share(v, f, sphere(v)[1], LEAN_COSINE) == 0.0
-    assert refine_where_bent(v, f, sphere, cell) is not None
+    assert isinstance(refine_where_bent(v, f, sphere, cell), tuple)
 
 def plane_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     """An n x n grid of unit cells on z = 0, two triangles each, facing +z."""
@@ -208,11 +210,11 @@ def test_a_mesh_that_folds_at_the_cells_scale_is_left_to_the_uniform_round() -> 
         return x[:, 2].copy(), np.tile([0.0, 0.0, 1.0], (x.shape[0], 1))
 
     verts, faces = plane_grid(30)
-    assert folded_edges(verts, faces) == 0 and refine_where_bent(verts, faces, flat, 1.0) is not None
+    assert folded_edges(verts, faces) == 0 and isinstance(refine_where_bent(verts, faces, flat, 1.0), tuple)
     verts[15 * 30 + 15, 0] += 1.6  # past the next vertex along x
     assert folded_edges(verts, faces) > 0
     assert kernels.leaning_share(verts, faces, flat(verts)[1], LEAN_COSINE) < 0.01  # not the roughness gate
-    assert refine_where_bent(verts, faces, flat, 1.0) is None
+    assert refine_where_bent(verts, faces, flat, 1.0) == "folds"
 
 
 def test_a_box_with_its_creases_keeps_the_uniform_round_which_cuts_them_less(monkeypatch) -> None:
@@ -243,6 +245,7 @@ def test_a_box_with_its_creases_keeps_the_uniform_round_which_cuts_them_less(mon
 
     kept = reconstruct(p, n, device="cpu")
     assert kept.stats["refinement"] == "uniform" and kept.stats["mise_iter"] == 1
+    assert kept.stats["refinement_declined"] == "creases"
     monkeypatch.setattr(refine, "CREASE_TAIL", 1e9)
     refined = reconstruct(p, n, device="cpu")
     assert refined.stats["refinement"] == "adaptive"
