@@ -10,6 +10,7 @@ from geom import bbox_diagonal, sample_surface
 from plyio import read_ply, write_ply
 
 SHAPES = ("bunny", "sphere", "torus")
+CAD_SHAPES = ("box", "rounded_box", "dumbbell")  # also accepted by --shapes
 
 
 def bunny_path() -> Path:
@@ -21,6 +22,10 @@ def bunny_path() -> Path:
 
 def build_gt(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Build a ground-truth mesh (vertices float64, faces int64) by name."""
+    if name in CAD_SHAPES:  # the scan simulator's meshes: sharp edges and corners (box), a thin bar (dumbbell)
+        from scanner import PROCEDURAL
+
+        return PROCEDURAL[name]()
     import open3d as o3d
 
     if name == "bunny":

@@ -37,3 +37,12 @@ def test_a_scan_case_writes_the_scan_with_sensors_and_labels(tmp_path: Path) -> 
                                      tmp_path))
     assert "normals" not in bare.files
     np.testing.assert_array_equal(bare["points"], data["points"])  # the same scan, without its normals
+
+
+def test_the_box_with_sharp_edges_is_a_bench_shape(tmp_path: Path) -> None:
+    """``--shapes box`` (and rounded_box, dumbbell): the simulator's mesh as ground truth, its samples on it."""
+    v, f = shapes.gt_mesh("box", tmp_path)
+    np.testing.assert_allclose(np.abs(v).max(axis=0), [1.0, 0.7, 0.5])
+    data = np.load(shapes.make_input("box", 2_000, shapes.parse_case("clean"), tmp_path))
+    q = np.abs(data["points"]) - [1.0, 0.7, 0.5]
+    assert data["points"].shape == (2_000, 3) and np.abs(q.max(axis=1)).max() < 1e-6  # on a face of the box
