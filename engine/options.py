@@ -148,8 +148,8 @@ class Options:
         "auto", "refinement rounds below the finest voxel; each halves the triangle size and quadruples the count "
         "('auto': the voxel's mesh with its edges halved where the surface bends, or a uniform round in chunks, "
         "watertight meshes, clouds with noise of at least 0.35 voxel and surfaces rough, folding or creased at the "
-        "voxel's scale; 0 for a scan with sensor positions and noise of at least 0.1 voxel, whose noise the finer "
-        "cells only follow)",
+        "voxel's scale (creased: 2 where the mesh stays small); 0 for a scan with sensor positions and noise of at "
+        "least 0.1 voxel, whose noise the finer cells only follow)",
         flag="--mise-iter", kind=int, minimum=0, maximum=3, special=("auto",))
     max_faces: int | None = option(
         None, "triangles the mesh may have at most (unset: as many as a tolerance of 0.035 voxel needs)",

@@ -68,7 +68,8 @@ class ReconstructOptions:
                         subtype="DISTANCE", precision=4)
     auto_refinement: BoolProperty(  # type: ignore[valid-type]
         name="Automatic Refinement", default=True,
-        description="Refine one round below the finest voxel, none for a noisy scan with sensor positions")
+        description="Refine below the finest voxel where the surface bends (uniform rounds where it is noisy, rough "
+                    "or creased), none for a noisy scan with sensor positions")
     mise_iter: _number(IntProperty, "mise_iter", "Refinement", default=1)  # type: ignore[valid-type]
     max_faces: _number(IntProperty, "max_faces", "Max Triangles", zero_unsets=True)  # type: ignore[valid-type]
     trim: _flag("trim", "Trim")  # type: ignore[valid-type]

@@ -99,6 +99,12 @@ def refinement_bytes(unrefined_faces: float, mise_iter: int, footprint: Footprin
     return int(unrefined_faces * max(0, 4**mise_iter - 4) * footprint.per_face)
 
 
+def round_more_bytes(unknowns: int, mise_iter: int, footprint: Footprint) -> int:
+    """What one more refinement round than ``mise_iter`` adds to the peak of a job fitted with ``unknowns``."""
+    faces = unknowns * FACES_PER_UNKNOWN
+    return refinement_bytes(faces, mise_iter + 1, footprint) - refinement_bytes(faces, mise_iter, footprint)
+
+
 def job_bytes(points: torch.Tensor, voxel_size: float, depth: int, footprint: Footprint, base: int | None = None,
               mise_iter: int = 1) -> int:
     """Estimated peak bytes of solving and meshing ``points`` (canonical units) in one piece, plus ``base``
