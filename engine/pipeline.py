@@ -34,7 +34,7 @@ from .progress import CancelFn, ProgressFn, Run
 from .solver.fitting import solve_levels
 from .solver.hierarchy import Level, build_levels, evaluate, evaluate_grid
 from .solver.knn import PointTree
-from .solver.normals import estimate_oriented, sensor_rows
+from .solver.normals import DOUBT_DEGREES, NormalEstimate, estimate_oriented, given_normals_tilt, sensor_rows
 from .solver.outliers import drop_outliers
 from .solver.registration import find_views, register_views
 from .solver.resolution import Resolution, choose_voxel_size
@@ -114,15 +114,20 @@ def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k
 
     ``sensor`` (3,) or (rows of the caller's arrays, 3), caller's coordinates.
     """
+    tilt = None
     if cloud.normals is not None:
-        return cloud, {"normals_estimated": False, "normals_source": "given", "normal_k": None,
-                       "normals_orientation": "given", "normals_doubtful": 0}
+        tilt = given_normals_tilt(cloud.points, cloud.normals)
+        if tilt is None or tilt <= DOUBT_DEGREES:
+            return cloud, {"normals_estimated": False, "normals_source": "given", "normal_k": None,
+                           "normals_orientation": "given", "normals_doubtful": 0}
     sens = None
     if sensor is not None:
         s = sensor[cloud.kept] if sensor.ndim == 2 else sensor
         sens = torch.from_numpy(cloud.frame.to_canonical(s)).to(dev, torch.float32)
     est = estimate_oriented(torch.from_numpy(cloud.points).to(dev), k, sens,
                             lambda f, t: run.report("normals", f, t), density=res.density, noise=res.noise)
+    if cloud.normals is not None and tilt is not None:
+        return _turned_like_given(cloud, est, tilt)
     keep = (~est.doubtful).cpu().numpy()
     if int(keep.sum()) < MIN_POINTS:
         raise TooFewPointsError(
@@ -137,6 +142,20 @@ def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k
                              "position (viewpoint) for a better result."]
     return cloud, stats
 
+
+
+def _turned_like_given(cloud: Cloud, est: NormalEstimate, tilt: float) -> tuple[Cloud, dict[str, Any]]:
+    """The cloud with the estimated normals where given ones lay far off its planes (``tilt`` degrees, median),
+    each turned the way its given normal faces; a point the estimate left doubtful keeps its given normal."""
+    given = np.asarray(cloud.normals)
+    normals = est.normals.cpu().numpy()
+    facing = np.where((normals * given).sum(axis=1) < 0, -1.0, 1.0).astype(normals.dtype)
+    normals = np.where(est.doubtful.cpu().numpy()[:, None], given, normals * facing[:, None])
+    stats = {**est.stats(), "normals_source": "given, re-estimated", "normals_orientation": "given",
+             "normals_doubtful": 0, "normals_given_tilt_deg": round(tilt, 1),
+             "warnings": [f"the given normals lie a median {tilt:.1f} degrees off the planes of their points; normals "
+                          "estimated from the points, turned the way the given ones face, were used instead"]}
+    return replace(cloud, normals=normals.astype(np.float32)), stats
 
 @dataclass
 class Prepared:

@@ -19,6 +19,7 @@ from engine.solver.normals import (
     Edges,
     ascending,
     estimate_oriented,
+    given_normals_tilt,
     line_ratios,
     morton_order,
     pca_normals,
@@ -465,3 +466,47 @@ def test_transfer_in_batches_is_the_whole_transfer(sensors: bool, monkeypatch: p
     assert torch.equal(batched.normals, whole.normals) and torch.equal(batched.doubtful, whole.doubtful)
     assert batched.grazing == whole.grazing
     assert agreement(batched.normals.numpy(), true) >= 0.99
+
+
+def tilted(normals: np.ndarray, degrees: float, seed: int = 7) -> np.ndarray:
+    """Each normal turned by ``degrees`` about a random axis across it."""
+    axis = np.cross(normals, np.random.default_rng(seed).normal(size=normals.shape))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    t = np.radians(degrees)
+    return normals * np.cos(t) + np.cross(axis, normals) * np.sin(t)
+
+
+def test_the_tilt_of_given_normals_is_measured_where_the_points_lie_in_planes() -> None:
+    points, true = shapes.sphere(20_000)
+    assert given_normals_tilt(points, true) < 2.0
+    assert given_normals_tilt(points, -true) < 2.0  # the side a normal faces is not its tilt
+    assert 8.0 < given_normals_tilt(points, tilted(true, 10.0)) < 12.0
+    noisy = points + np.random.default_rng(1).normal(scale=0.01, size=points.shape)
+    assert given_normals_tilt(noisy, true) is None  # no planes to judge by: the given normals stand
+
+
+def test_given_normals_far_off_the_points_planes_are_estimated_again_facing_their_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Normals tilted 10 degrees at random: planes fitted to the points replace them, each turned the way its given
+    normal faces, and the surface lies nearer the true sphere than from the tilted normals; true normals stand."""
+    import engine.pipeline as pipeline
+
+    points, true = shapes.sphere(20_000)
+    tilt = tilted(true, 10.0)
+
+    def error(mesh: Mesh) -> float:
+        return float(np.abs(np.linalg.norm(mesh.vertices64, axis=1) - 1.0).mean())
+
+    mesh = reconstruct(points, tilt, device="cpu")
+    assert mesh.stats["normals_source"] == "given, re-estimated" and mesh.stats["normals_estimated"]
+    assert 8.0 < mesh.stats["normals_given_tilt_deg"] < 12.0 and mesh.stats["normals_doubtful"] == 0
+    assert any("off the planes" in w for w in mesh.stats["warnings"])
+    assert signed_volume(mesh.vertices64, mesh.faces) > 0
+    inward = reconstruct(points, -tilt, device="cpu")
+    assert signed_volume(inward.vertices64, inward.faces) < 0  # the given side kept
+    clean = reconstruct(points, true, device="cpu")
+    assert clean.stats["normals_source"] == "given" and not clean.stats["normals_estimated"]
+    monkeypatch.setattr(pipeline, "DOUBT_DEGREES", 90.0)
+    as_given = reconstruct(points, tilt, device="cpu")
+    assert as_given.stats["normals_source"] == "given"
+    assert error(mesh) < 0.7 * error(as_given), (error(mesh), error(as_given), error(clean))
