@@ -143,7 +143,6 @@ def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k
     return cloud, stats
 
 
-
 def _turned_like_given(cloud: Cloud, est: NormalEstimate, tilt: float) -> tuple[Cloud, dict[str, Any]]:
     """The cloud with the estimated normals where given ones lay far off its planes (``tilt`` degrees, median),
     each turned the way its given normal faces; a point the estimate left doubtful keeps its given normal."""
@@ -156,6 +155,7 @@ def _turned_like_given(cloud: Cloud, est: NormalEstimate, tilt: float) -> tuple[
              "warnings": [f"the given normals lie a median {tilt:.1f} degrees off the planes of their points; normals "
                           "estimated from the points, turned the way the given ones face, were used instead"]}
     return replace(cloud, normals=normals.astype(np.float32)), stats
+
 
 @dataclass
 class Prepared:

@@ -104,7 +104,8 @@ def given_normals_tilt(points: np.ndarray, normals: np.ndarray) -> float | None:
     base = points[::max(1, n // DOUBT_POINTS)].astype(np.float64)
     rows = np.linspace(0, n - 1, min(n, DOUBT_SAMPLE)).astype(np.int64)
     _, idx = PointTree(base).query(points[rows], DEFAULT_K)
-    near = base[idx] - base[idx].mean(axis=1, keepdims=True)
+    near = base[idx]
+    near -= near.mean(axis=1, keepdims=True)
     spread, axes = np.linalg.eigh(np.einsum("nki,nkj->nij", near, near))
     planar = spread[:, 0] < PLANAR * spread.sum(axis=1)
     if planar.mean() <= PLANAR_SHARE:
