@@ -131,6 +131,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if "sensor" in (s.get("normals_orientation"), read.get("axes_orientation")):
         print("normals oriented towards the sensor " + ("given" if read["sensor_source"] == "option" else
                                                         "positions the file records"))
+    for text in s.get("warnings", []):
+        print(f"warning: {text}", file=sys.stderr)
     if any(got.info["read_dropped"].values()):
         print("left out on reading: " + ", ".join(f"{n} {k.replace('_', ' ')}"
                                                  for k, n in got.info["read_dropped"].items()))

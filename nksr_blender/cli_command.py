@@ -180,7 +180,10 @@ def run(argv: list[str]) -> int:
     if problem is not None:
         print(f"nksr: {problem}")
         return EXIT_USAGE
-    print(f"nksr: wrote {target} ({settings.run_state(bpy.context).last_summary})")
+    state = settings.run_state(bpy.context)
+    print(f"nksr: wrote {target} ({state.last_summary})")
+    for line in state.last_warnings.splitlines():
+        print(f"nksr: warning: {line}")
     return EXIT_OK
 
 

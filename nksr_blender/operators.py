@@ -206,7 +206,12 @@ class Run:
         state.last_summary = (f"{state.points_in:,} points -> {state.faces_out:,} faces, "
                               f"voxel {state.voxel_size:.4g}, {state.seconds:.1f} s"
                               + (f", {state.chunks} chunks" if state.chunks else ""))
+        state.last_warnings = "\n".join(self.warnings())
         return state.last_summary
+
+    def warnings(self) -> list[str]:
+        """What the engine warned of in the last run (``stats["warnings"]``), each once, in order."""
+        return list(dict.fromkeys(w for r in self.results for w in r.stats.get("warnings", [])))
 
 
 @dataclass
@@ -462,7 +467,10 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
 
     def _finish(self, context: bpy.types.Context, work: Run) -> str:
         work.finish(context)
-        return f"NKSR: {work.record(context)}"
+        summary = work.record(context)
+        for text in work.warnings():
+            self.report({"WARNING"}, f"NKSR: {text}")  # type: ignore[attr-defined]
+        return f"NKSR: {summary}"
 
     def _progress(self, work: Run) -> tuple[str, float]:
         stage, fraction = work.status()

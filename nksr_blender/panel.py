@@ -71,6 +71,8 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
             box.label(text=f"Time: {state.seconds:.1f} s")
             if state.chunks:
                 box.label(text=f"Chunks: {state.chunks}")
+            for line in state.last_warnings.splitlines():
+                box.label(text=line, icon="ERROR")
 
 
 CLASSES = (NKSR_PT_reconstruct,)

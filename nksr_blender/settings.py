@@ -110,6 +110,7 @@ class NKSR_RunState(bpy.types.PropertyGroup):
     stage: StringProperty(default="")  # type: ignore[valid-type]
     fraction: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")  # type: ignore[valid-type]
     last_summary: StringProperty(default="")  # type: ignore[valid-type]
+    last_warnings: StringProperty(default="")  # type: ignore[valid-type]  # the engine's, one per line
     points_in: IntProperty(default=0)  # type: ignore[valid-type]
     faces_out: IntProperty(default=0)  # type: ignore[valid-type]
     voxel_size: FloatProperty(default=0.0)  # type: ignore[valid-type]

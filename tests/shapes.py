@@ -353,3 +353,11 @@ def _city_layout(seed: int, size: float) -> _CityLayout:
         area -= np.pi * r**2 * float(np.sqrt(1 + hx[0] ** 2 + hy[0] ** 2))
     return _CityLayout(size, waves, bumps, np.array(buildings).reshape(-1, 6), np.array(poles).reshape(-1, 5),
                        owner, (float(lo), float(hi)), float(area))
+
+
+def tilted(normals: np.ndarray, degrees: float, seed: int = 7) -> np.ndarray:
+    """Each normal turned by ``degrees`` about a random axis across it (an exporter's or a noisy estimate's)."""
+    axis = np.cross(normals, np.random.default_rng(seed).normal(size=normals.shape))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    t = np.radians(degrees)
+    return normals * np.cos(t) + np.cross(axis, normals) * np.sin(t)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from tests.meshcheck import boundary_edges, non_manifold_edges
-from tests.shapes import hemisphere, sphere
+from tests.shapes import hemisphere, sphere, tilted
 
+from .conftest import write_ply
 from .scenes import TRANSFORM, color_of, corner_normals, import_sphere_ply, mesh_arrays, snapshot, srgb_to_linear
 
 
@@ -62,6 +63,21 @@ def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.S
     # The voxel size is in world units; the smallest scale (1.0) bounds it in local units.
     _check_sphere_result(source, result, state.voxel_size, srgb=True)
     assert result.select_get() and bpy.context.view_layer.objects.active == result
+    assert state.last_warnings == ""  # nothing to warn of
+
+
+def test_the_engines_warnings_are_kept_for_the_panel(scene: bpy.types.Scene, tmp_path: Path,
+                                                     addon: ModuleType) -> None:
+    """Normals far off the points' planes: the engine estimates them again and warns; the warning is kept on the
+    run state (the panel shows it, the operator reports it) and a clean run clears it."""
+    points, normals = sphere(3000)
+    bpy.ops.wm.ply_import(filepath=str(write_ply(tmp_path / "tilted.ply", points, tilted(normals, 10.0))))
+    assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
+    state = bpy.context.window_manager.nksr_run
+    assert "off the planes of their points" in state.last_warnings
+    import_sphere_ply(tmp_path)
+    assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
+    assert state.last_warnings == ""
 
 
 @pytest.mark.skipif(bpy.app.version < (4, 5, 0), reason="Blender before 4.5 cannot make a point cloud object "

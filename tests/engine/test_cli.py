@@ -206,6 +206,19 @@ def test_points_without_normals_get_estimated_ones(tmp_path: Path) -> None:
     assert np.abs(np.linalg.norm(vertices, axis=1) - 1).max() < 0.5 * stats["voxel_size"]
 
 
+
+def test_the_engines_warnings_are_printed(tmp_path: Path) -> None:
+    """A warning in the stats (here: given normals far off the points' planes) reaches the user on stderr."""
+    p, n = shapes.sphere(5000)
+    np.savez(tmp_path / "in.npz", points=p, normals=shapes.tilted(n, 10.0))
+    done = engine_cli("reconstruct", str(tmp_path / "in.npz"), str(tmp_path / "out.ply"))
+    assert done.returncode == 0, done.stderr
+    assert "warning: the given normals lie a median" in done.stderr
+    np.savez(tmp_path / "clean.npz", points=p, normals=n)
+    done = engine_cli("reconstruct", str(tmp_path / "clean.npz"), str(tmp_path / "clean.ply"))
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+
+
 # ---------------------------------------------------------------- outputs that cost no data
 
 

@@ -468,19 +468,11 @@ def test_transfer_in_batches_is_the_whole_transfer(sensors: bool, monkeypatch: p
     assert agreement(batched.normals.numpy(), true) >= 0.99
 
 
-def tilted(normals: np.ndarray, degrees: float, seed: int = 7) -> np.ndarray:
-    """Each normal turned by ``degrees`` about a random axis across it."""
-    axis = np.cross(normals, np.random.default_rng(seed).normal(size=normals.shape))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    t = np.radians(degrees)
-    return normals * np.cos(t) + np.cross(axis, normals) * np.sin(t)
-
-
 def test_the_tilt_of_given_normals_is_measured_where_the_points_lie_in_planes() -> None:
     points, true = shapes.sphere(20_000)
     assert given_normals_tilt(points, true) < 2.0
     assert given_normals_tilt(points, -true) < 2.0  # the side a normal faces is not its tilt
-    assert 8.0 < given_normals_tilt(points, tilted(true, 10.0)) < 12.0
+    assert 8.0 < given_normals_tilt(points, shapes.tilted(true, 10.0)) < 12.0
     noisy = points + np.random.default_rng(1).normal(scale=0.01, size=points.shape)
     assert given_normals_tilt(noisy, true) is None  # no planes to judge by: the given normals stand
 
@@ -492,7 +484,7 @@ def test_given_normals_far_off_the_points_planes_are_estimated_again_facing_thei
     import engine.pipeline as pipeline
 
     points, true = shapes.sphere(20_000)
-    tilt = tilted(true, 10.0)
+    tilt = shapes.tilted(true, 10.0)
 
     def error(mesh: Mesh) -> float:
         return float(np.abs(np.linalg.norm(mesh.vertices64, axis=1) - 1.0).mean())
