@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from . import settings
+
+WARNING_WIDTH = 36  # characters per line of a warning: the sidebar's labels do not wrap, they are cut short
 
 
 class NKSR_PT_reconstruct(bpy.types.Panel):
@@ -71,8 +75,9 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
             box.label(text=f"Time: {state.seconds:.1f} s")
             if state.chunks:
                 box.label(text=f"Chunks: {state.chunks}")
-            for line in state.last_warnings.splitlines():
-                box.label(text=line, icon="ERROR")
+            for line in state.last_warnings.splitlines():  # the sidebar cuts a long label short: wrapped
+                for i, part in enumerate(textwrap.wrap(line, WARNING_WIDTH)):
+                    box.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
 
 
 CLASSES = (NKSR_PT_reconstruct,)

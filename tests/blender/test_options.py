@@ -70,3 +70,36 @@ def test_panel_shows_every_setting_including_watertight(addon: ModuleType, scene
     addon.panel.NKSR_PT_reconstruct.draw(panel, bpy.context)
     assert "watertight" in shown
     assert set(shown) == set(addon.settings.OPTION_NAMES), "every setting is on the panel"
+
+
+class _Labels(_Layout):
+    """Records the labels a panel's ``draw`` lays out, with their icons."""
+
+    def __init__(self, labels: list[tuple[str, str]]) -> None:
+        super().__init__([])
+        self.labels = labels
+
+    def __getattr__(self, name: str) -> object:
+        if name in ("column", "row", "box"):
+            return lambda *a, **k: _Labels(self.labels)
+        return lambda *a, **k: None
+
+    def label(self, text: str = "", icon: str = "NONE", **kwargs: object) -> None:
+        self.labels.append((text, icon))
+
+
+def test_panel_shows_the_last_runs_warnings_wrapped(addon: ModuleType, scene: bpy.types.Scene) -> None:
+    """Each warning of the last run in lines the sidebar does not cut short, the first with a warning icon."""
+    state = bpy.context.window_manager.nksr_run
+    warning = ("the given normals lie a median 10.2 degrees off the planes of their points; normals estimated "
+               "from the points, turned the way the given ones face, were used instead")
+    state.last_summary, state.last_warnings = "3,000 points -> 5,000 faces", warning
+    try:
+        labels: list[tuple[str, str]] = []
+        addon.panel.NKSR_PT_reconstruct.draw(type("Drawn", (), {"layout": _Labels(labels)})(), bpy.context)
+    finally:
+        state.last_summary, state.last_warnings = "", ""
+    lines = [(text, icon) for text, icon in labels if icon in ("ERROR", "BLANK1")]
+    assert [icon for _, icon in lines] == ["ERROR"] + ["BLANK1"] * (len(lines) - 1) and len(lines) > 2
+    assert " ".join(text for text, _ in lines) == warning
+    assert max(len(text) for text, _ in lines) <= addon.panel.WARNING_WIDTH
