@@ -361,3 +361,12 @@ def tilted(normals: np.ndarray, degrees: float, seed: int = 7) -> np.ndarray:
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
     t = np.radians(degrees)
     return normals * np.cos(t) + np.cross(axis, normals) * np.sin(t)
+
+
+def square(n: int, bend: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """An n x n square of unit cells (2 triangles each, normals +z), optionally bent into z = bend * x^2."""
+    x, y = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
+    v = np.stack([x.ravel(), y.ravel(), bend * (x.ravel() - n / 2) ** 2], axis=1)
+    i = (np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]).ravel()
+    f = np.concatenate([np.stack([i, i + n + 1, i + n + 2], 1), np.stack([i, i + n + 2, i + 1], 1)])
+    return v, f

@@ -7,16 +7,8 @@ import pytest
 
 from engine.surface import quadrics
 from engine.surface.quadrics import collapse_mesh
+from tests import shapes
 from tests.meshcheck import boundary_edges, components, inconsistent_edges, non_manifold_edges
-
-
-def _grid(n: int, bend: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """An n x n square of unit cells (2 triangles each, normals +z), optionally bent into z = bend * x^2."""
-    x, y = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
-    v = np.stack([x.ravel(), y.ravel(), bend * (x.ravel() - n / 2) ** 2], axis=1)
-    i = (np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]).ravel()
-    f = np.concatenate([np.stack([i, i + n + 1, i + n + 2], 1), np.stack([i, i + n + 2, i + 1], 1)])
-    return v, f
 
 
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -31,7 +23,7 @@ def _border_points(v: np.ndarray, f: np.ndarray) -> set[tuple[float, ...]]:
 
 
 def test_a_flat_square_collapses_to_few_faces_with_its_border_in_place() -> None:
-    v, f = _grid(20)
+    v, f = shapes.square(20)
     v1, f1 = collapse_mesh(v, f, 1e-12, 7.0, 12, 4, False)
     assert f1.shape[0] < 0.2 * f.shape[0], f1.shape[0]
     assert np.allclose(_normals(v1, f1), [0, 0, 1])  # nothing folded over
@@ -44,18 +36,18 @@ def test_a_flat_square_collapses_to_few_faces_with_its_border_in_place() -> None
 
 def test_a_bent_sheet_keeps_its_shape_within_the_bound() -> None:
     """The quadric bound holds the vertices near the parabola: none farther than the bound allows."""
-    v, f = _grid(20, bend=0.05)
+    v, f = shapes.square(20, bend=0.05)
     bound = 0.01 ** 2
     alpha = bound / 14.0 ** 7.0  # the threshold reaches the bound at the 12th pass
     v1, f1 = collapse_mesh(v, f, alpha, 7.0, 12, 4, False)
     assert f1.shape[0] < 0.8 * f.shape[0]
     assert np.abs(v1[:, 2] - 0.05 * (v1[:, 0] - 10) ** 2).max() <= 0.01
-    flat = collapse_mesh(*_grid(20), alpha, 7.0, 12, 4, False)[1]
+    flat = collapse_mesh(*shapes.square(20), alpha, 7.0, 12, 4, False)[1]
     assert flat.shape[0] < f1.shape[0]  # the bent sheet keeps more faces than the flat one
 
 
 def test_a_budget_is_met_and_the_border_moves_only_when_allowed() -> None:
-    v, f = _grid(20)
+    v, f = shapes.square(20)
     pinned = collapse_mesh(v, f, 1e-9, 7.0, 20, 50, False)
     assert pinned[1].shape[0] > 50  # 80 border vertices cannot be held by 50 faces
     assert _border_points(v, f) <= {tuple(p) for p in pinned[0]}
@@ -73,7 +65,7 @@ def test_a_tetrahedron_stays_and_an_edge_of_three_sheets_stays_put() -> None:
     # three fine square sheets on one edge (x = 0, z = 0): the edge's vertices are on more than two faces' edges
     sheets = []
     for angle in (0.0, 2.0, 4.0):
-        v, f = _grid(6)
+        v, f = shapes.square(6)
         v = v[:, [1, 0, 2]]  # the shared edge along y, at x = 0
         v = np.stack([v[:, 0] * np.cos(angle), v[:, 1], v[:, 0] * np.sin(angle)], axis=1)
         sheets.append((v, f))

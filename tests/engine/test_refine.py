@@ -176,18 +176,9 @@ def test_a_field_rough_at_the_cells_scale_is_left_to_the_uniform_round() -> None
     assert kernels.leaning_share(v, f, sphere(v)[1], LEAN_COSINE) == 0.0
     assert isinstance(refine_where_bent(v, f, sphere, cell), tuple)
 
-def plane_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """An n x n grid of unit cells on z = 0, two triangles each, facing +z."""
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    verts = np.stack([i.ravel(), j.ravel(), np.zeros(n * n)], axis=1).astype(np.float64)
-    a = (i[:-1, :-1] * n + j[:-1, :-1]).ravel()
-    faces = np.concatenate([np.stack([a, a + n, a + n + 1], 1), np.stack([a, a + n + 1, a + 1], 1)])
-    return verts, faces.astype(np.int64)
-
-
 def test_folded_edges_are_counted_as_the_reference_counts_them() -> None:
     """The kernel's count of edges whose faces face apart equals tests/meshcheck.py's, needles left out alike."""
-    verts, faces = plane_grid(20)
+    verts, faces = shapes.square(19)
     rng = np.random.default_rng(3)
     verts[:, :2] += rng.uniform(-0.45, 0.45, (verts.shape[0], 2))  # some faces turned over in the plane
     verts[:, 2] = rng.uniform(-0.2, 0.2, verts.shape[0])
@@ -210,7 +201,7 @@ def test_a_mesh_that_folds_at_the_cells_scale_is_left_to_the_uniform_round() -> 
     def flat(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x[:, 2].copy(), np.tile([0.0, 0.0, 1.0], (x.shape[0], 1))
 
-    verts, faces = plane_grid(30)
+    verts, faces = shapes.square(29)
     assert folded_edges(verts, faces) == 0 and isinstance(refine_where_bent(verts, faces, flat, 1.0), tuple)
     verts[15 * 30 + 15, 0] += 1.6  # past the next vertex along x
     assert folded_edges(verts, faces) > 0
