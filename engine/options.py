@@ -191,6 +191,10 @@ class Options:
     estimate_normals: bool = option(
         False, "estimate normals even when the cloud has them (they are estimated when it has none)",
         flag="--estimate-normals", kind=bool)
+    keep_normals: bool = option(
+        False, "use the cloud's normals as they are, even where they lie far off the planes of their points (by "
+        "default normals a median of over 6 degrees off are estimated again, turned the way the given ones face)",
+        flag="--keep-normals", kind=bool)
     normal_k: int | None = option(
         None, "neighbours per estimated normal (unset: measured)", flag="--normal-k", kind=int, minimum=5,
         maximum=256, special=(None,))
@@ -216,6 +220,9 @@ class Options:
         given = dict(dataclasses.asdict(options) if isinstance(options, Options) else (options or {}))
         given.update(overrides)
         opts = cls(**check(given, SPECS))
+        if opts.estimate_normals and opts.keep_normals:
+            raise OptionError("Options 'estimate_normals' and 'keep_normals' cannot both be on (one replaces the "
+                              "given normals, the other keeps them).", "Turn one of them off.")
         if opts.watertight and opts.chunk_size is not None:  # chunks are meshed apart: no one closed piece
             raise OptionError("Option 'watertight' cannot be combined with 'chunk_size' (chunks are meshed apart).",
                               "Leave chunk_size unset, or turn watertight off.")

@@ -109,14 +109,15 @@ def estimated_smooth_scale(noise: float, voxel_size: float) -> float:
 
 
 def ensure_normals(cloud: Cloud, res: Resolution, dev: torch.device, run: Run, k: int | None,
-                   sensor: np.ndarray | None) -> tuple[Cloud, dict[str, Any]]:
+                   sensor: np.ndarray | None, keep_given: bool = False) -> tuple[Cloud, dict[str, Any]]:
     """The cloud with oriented normals (step 10): estimated when missing, doubtful points dropped; and stats.
 
+    Given normals far off the points' planes are estimated again unless ``keep_given`` (option ``keep_normals``).
     ``sensor`` (3,) or (rows of the caller's arrays, 3), caller's coordinates.
     """
     tilt = None
     if cloud.normals is not None:
-        tilt = given_normals_tilt(cloud.points, cloud.normals)
+        tilt = None if keep_given else given_normals_tilt(cloud.points, cloud.normals)
         if tilt is None or tilt <= DOUBT_DEGREES:
             return cloud, {"normals_estimated": False, "normals_source": "given", "normal_k": None,
                            "normals_orientation": "given", "normals_doubtful": 0}
@@ -153,7 +154,8 @@ def _turned_like_given(cloud: Cloud, est: NormalEstimate, tilt: float) -> tuple[
     stats = {**est.stats(), "normals_source": "given, re-estimated", "normals_orientation": "given",
              "normals_doubtful": 0, "normals_given_tilt_deg": round(tilt, 1),
              "warnings": [f"the given normals lie a median {tilt:.1f} degrees off the planes of their points; normals "
-                          "estimated from the points, turned the way the given ones face, were used instead"]}
+                          "estimated from the points, turned the way the given ones face, were used instead "
+                          "(keep_normals uses the given ones)"]}
     return replace(cloud, normals=normals.astype(np.float32)), stats
 
 
@@ -263,7 +265,7 @@ def prepare(points: Any, normals: Any, colors: Any, opts: Options, run: Run, *, 
                            chunk_size=opts.chunk_size, overlap_ratio=opts.overlap_ratio, auto_chunk=opts.auto_chunk,
                            concurrent=concurrent, worker_processes=worker_processes, footprint=footprint_on(dev))
     with run.stage("normals"):
-        cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor)
+        cloud, normal_stats = ensure_normals(cloud, res, dev, run, opts.normal_k, sensor, opts.keep_normals)
         if normal_stats["normals_estimated"]:
             scale = ESTIMATED_POINT_SCALE if views is None else ESTIMATED_POINT_SCALE_VIEWS
             weights = replace(weights, point=weights.point * scale)
@@ -398,7 +400,10 @@ def reconstruct(points: Any, normals: Any = None, colors: Any = None,
     ((3,) one viewpoint, or (N, 3) one per point, caller's coordinates), else
     by propagation: outward on closed shapes, up (+Z) on open flat patches.
     Points whose orientation stays doubtful are left out and counted
-    (``stats["normals_doubtful"]``).  ``detail_level`` "auto" or 0..1,
+    (``stats["normals_doubtful"]``).  Given normals a median of over 6 degrees
+    off the planes their points lie in are estimated again, each turned the way
+    its given one faces (a warning says so), unless ``keep_normals``.
+    ``detail_level`` "auto" or 0..1,
     ``voxel_size`` (caller's units) overrides it.  ``mise_iter`` refinement
     rounds below the finest voxel ("auto": 1, or 0 when ``sensor`` holds 2 to
     256 positions); ``trim`` removes surface farther than 1.5

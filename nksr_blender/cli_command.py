@@ -45,7 +45,8 @@ EXPORTERS: dict[str, Callable[[str], Any]] = {
 
 # The engine options this command takes (flags, help and ranges from the engine's option table).
 FLAGS = ("detail_level", "voxel_size", "mise_iter", "max_faces", "trim", "keep_fragments", "watertight",
-         "register_views", "prior", "estimate_normals", "chunk_size", "overlap_ratio", "memory_limit_gb", "workers")
+         "register_views", "prior", "estimate_normals", "keep_normals", "chunk_size", "overlap_ratio",
+         "memory_limit_gb", "workers")
 
 
 def _engine_inputs() -> tuple[str, ...]:
@@ -161,7 +162,8 @@ def run(argv: list[str]) -> int:
                                "watertight": opts.watertight, "register_views": opts.register_views,
                                "prior": opts.prior.upper(),
                                "keep_colors": not args.no_colors, "device": args.device.upper(),
-                               "estimate_normals": opts.estimate_normals, "chunk_size": opts.chunk_size or 0.0,
+                               "estimate_normals": opts.estimate_normals, "keep_normals": opts.keep_normals,
+                               "chunk_size": opts.chunk_size or 0.0,
                                "overlap_ratio": opts.overlap_ratio, "memory_limit_gb": opts.memory_limit_gb or 0.0,
                                "workers": opts.workers or 1}
     if opts.detail_level != "auto":

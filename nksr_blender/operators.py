@@ -427,6 +427,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
             "prior": str(self.prior).lower(),
             "device": device.lower(),
             "estimate_normals": bool(self.estimate_normals),
+            "keep_normals": bool(self.keep_normals) and not self.estimate_normals,
             "chunk_size": float(self.chunk_size) if self.chunk_size > 0 else None,
             "overlap_ratio": float(self.overlap_ratio),
             "memory_limit_gb": float(self.memory_limit_gb) if self.memory_limit_gb > 0 else None,

@@ -45,6 +45,9 @@ class NKSR_PT_reconstruct(bpy.types.Panel):
         col.prop(panel, "prior")
         col.prop(panel, "keep_colors")
         col.prop(panel, "estimate_normals")
+        sub = col.column()
+        sub.active = not panel.estimate_normals  # estimating replaces the given normals
+        sub.prop(panel, "keep_normals")
         col.prop(panel, "viewpoint")
         col.prop(panel, "device")
 

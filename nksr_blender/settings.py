@@ -81,6 +81,7 @@ class ReconstructOptions:
     keep_colors: BoolProperty(  # type: ignore[valid-type]
         name="Keep Colours", default=True, description="Carry the points' active colour onto the mesh")
     estimate_normals: _flag("estimate_normals", "Estimate Normals")  # type: ignore[valid-type]
+    keep_normals: _flag("keep_normals", "Keep Normals")  # type: ignore[valid-type]
     viewpoint: EnumProperty(  # type: ignore[valid-type]
         name="Viewpoint", items=VIEWPOINTS, default="AUTO", description="Which way estimated normals face")
     device: EnumProperty(  # type: ignore[valid-type]

@@ -10,7 +10,8 @@ import pytest
 # Blender property -> what stands for the option's unset value (None: the option has a value of its own).
 ZERO_UNSETS = {"voxel_size": True, "chunk_size": True, "memory_limit_gb": True, "max_faces": True}
 SHARED = ["detail_level", "voxel_size", "mise_iter", "max_faces", "trim", "keep_fragments", "watertight",
-          "register_views", "prior", "estimate_normals", "chunk_size", "overlap_ratio", "memory_limit_gb", "workers"]
+          "register_views", "prior", "estimate_normals", "keep_normals", "chunk_size", "overlap_ratio",
+          "memory_limit_gb", "workers"]
 
 
 def spec_values(addon: ModuleType, name: str) -> tuple[str, ...]:

@@ -69,12 +69,18 @@ def test_imported_ply_becomes_a_closed_coloured_mesh_in_place(scene: bpy.types.S
 def test_the_engines_warnings_are_kept_for_the_panel(scene: bpy.types.Scene, tmp_path: Path,
                                                      addon: ModuleType) -> None:
     """Normals far off the points' planes: the engine estimates them again and warns; the warning is kept on the
-    run state (the panel shows it, the operator reports it) and a clean run clears it."""
+    run state (the panel shows it, the operator reports it) and a clean run clears it; Keep Normals keeps them."""
     points, normals = sphere(3000)
     bpy.ops.wm.ply_import(filepath=str(write_ply(tmp_path / "tilted.ply", points, tilted(normals, 10.0))))
+    source = bpy.context.view_layer.objects.active
     assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
     state = bpy.context.window_manager.nksr_run
     assert "off the planes of their points" in state.last_warnings
+    bpy.ops.object.select_all(action="DESELECT")
+    source.select_set(True)
+    bpy.context.view_layer.objects.active = source
+    assert bpy.ops.nksr.reconstruct(keep_normals=True) == {"FINISHED"}
+    assert state.last_warnings == ""  # the given normals, as asked
     import_sphere_ply(tmp_path)
     assert bpy.ops.nksr.reconstruct() == {"FINISHED"}
     assert state.last_warnings == ""

@@ -217,6 +217,17 @@ def test_the_engines_warnings_are_printed(tmp_path: Path) -> None:
     np.savez(tmp_path / "clean.npz", points=p, normals=n)
     done = engine_cli("reconstruct", str(tmp_path / "clean.npz"), str(tmp_path / "clean.ply"))
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    kept = engine_cli("reconstruct", str(tmp_path / "in.npz"), str(tmp_path / "kept.ply"), "--keep-normals")
+    assert kept.returncode == 0 and "warning" not in kept.stderr, kept.stderr  # the given normals, as asked
+
+
+def test_normals_cannot_be_both_estimated_and_kept(tmp_path: Path) -> None:
+    p, n = shapes.sphere(2000)
+    np.savez(tmp_path / "in.npz", points=p, normals=n)
+    no_traceback(engine_cli("reconstruct", str(tmp_path / "in.npz"), str(tmp_path / "out.ply"), "--keep-normals",
+                            "--estimate-normals"), "'estimate_normals' and 'keep_normals' cannot both be on",
+                 "Turn one of them off")
+    assert not (tmp_path / "out.ply").exists()
 
 
 # ---------------------------------------------------------------- outputs that cost no data

@@ -477,12 +477,10 @@ def test_the_tilt_of_given_normals_is_measured_where_the_points_lie_in_planes() 
     assert given_normals_tilt(noisy, true) is None  # no planes to judge by: the given normals stand
 
 
-def test_given_normals_far_off_the_points_planes_are_estimated_again_facing_their_way(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_given_normals_far_off_the_points_planes_are_estimated_again_facing_their_way() -> None:
     """Normals tilted 10 degrees at random: planes fitted to the points replace them, each turned the way its given
-    normal faces, and the surface lies nearer the true sphere than from the tilted normals; true normals stand."""
-    import engine.pipeline as pipeline
-
+    normal faces, and the surface lies nearer the true sphere than from the tilted normals; true normals stand;
+    ``keep_normals`` uses the given ones, with no warning."""
     points, true = shapes.sphere(20_000)
     tilt = shapes.tilted(true, 10.0)
 
@@ -498,7 +496,7 @@ def test_given_normals_far_off_the_points_planes_are_estimated_again_facing_thei
     assert signed_volume(inward.vertices64, inward.faces) < 0  # the given side kept
     clean = reconstruct(points, true, device="cpu")
     assert clean.stats["normals_source"] == "given" and not clean.stats["normals_estimated"]
-    monkeypatch.setattr(pipeline, "DOUBT_DEGREES", 90.0)
-    as_given = reconstruct(points, tilt, device="cpu")
-    assert as_given.stats["normals_source"] == "given"
+    as_given = reconstruct(points, tilt, device="cpu", keep_normals=True)
+    assert as_given.stats["normals_source"] == "given" and not as_given.stats["normals_estimated"]
+    assert "normals_given_tilt_deg" not in as_given.stats and not as_given.stats.get("warnings")
     assert error(mesh) < 0.7 * error(as_given), (error(mesh), error(as_given), error(clean))
