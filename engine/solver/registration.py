@@ -15,8 +15,8 @@ is held at zero, and so, softly, is their mean motion along the normals (a
 shrinking or swelling of the whole scan, which overlaps barely see).  Points
 far from the consensus (stray points, flying pixels) have no say: each pulls
 its own view one way.  The consensus is fitted again for a further round only
-while the views' motions removed most of their residual (the median view's share, :data:`REFIT_GAIN`).  A
-view is moved only when that makes its residuals clearly smaller
+while the views' motions removed most of their residual (the median view's
+share, :data:`REFIT_GAIN`).  A view is moved only when that makes its residuals clearly smaller
 (:data:`MIN_GAIN`), and never farther than :data:`MAX_SHIFT` or
 :data:`MAX_ROTATION_DEG`: larger errors are not the small ones this step is for.
 
