@@ -330,6 +330,7 @@ def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_
     moved = np.zeros(views.count, dtype=bool)
     quiet = Run(None, run.cancel)  # the consensus solve's own stages are part of this one
     rounds, gained = 0, 0.0
+    sized = np.array([rows.size >= MIN_VIEW_POINTS for rows in members])  # views with enough points to move
     for r in range(ROUNDS):
         if r > 0 and gained <= REFIT_GAIN:  # noise, not misregistration, shaped the last consensus
             break
@@ -348,7 +349,7 @@ def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_
         centre = c * coarse
         applied = np.zeros(views.count)  # each view's share of its residual removed by a motion applied
         for v, rows in enumerate(members):
-            if rows.size < MIN_VIEW_POINTS or gains[v] < MIN_GAIN:
+            if not sized[v] or gains[v] < MIN_GAIN:
                 continue
             new_rot = rots[v] @ total_rot[v]
             centroid = (pts[rows].mean(axis=0) - centre) @ rots[v].T + centre + shifts[v] * coarse
@@ -359,7 +360,6 @@ def register_views(points: np.ndarray, normals: np.ndarray, views: Views, voxel_
             total_rot[v] = new_rot
             moved[v] = True
             applied[v] = gains[v]
-        sized = np.array([rows.size >= MIN_VIEW_POINTS for rows in members])
         gained = float(np.median(applied[sized])) if sized.any() else 0.0
     # The shift of each view's centroid, and the rotation, as the stats report them.
     shifts_done = [float(np.linalg.norm(pts[rows].mean(axis=0) - start[v]))
