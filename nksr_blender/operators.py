@@ -469,7 +469,7 @@ class ReconstructOperator(ModalOperator, settings.ReconstructOptions):
     def _finish(self, context: bpy.types.Context, work: Run) -> str:
         work.finish(context)
         summary = work.record(context)
-        for text in work.warnings():
+        for text in settings.run_state(context).last_warnings.splitlines():  # as record() kept them
             self.report({"WARNING"}, f"NKSR: {text}")  # type: ignore[attr-defined]
         return f"NKSR: {summary}"
 

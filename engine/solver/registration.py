@@ -16,8 +16,8 @@ shrinking or swelling of the whole scan, which overlaps barely see).  Points
 far from the consensus (stray points, flying pixels) have no say: each pulls
 its own view one way.  The consensus is fitted again for a further round only
 while the views' motions removed most of their residual (the median view's
-share, :data:`REFIT_GAIN`).  A view is moved only when that makes its residuals clearly smaller
-(:data:`MIN_GAIN`), and never farther than :data:`MAX_SHIFT` or
+share, :data:`REFIT_GAIN`).  A view is moved only when that makes its
+residuals clearly smaller (:data:`MIN_GAIN`), and never farther than :data:`MAX_SHIFT` or
 :data:`MAX_ROTATION_DEG`: larger errors are not the small ones this step is for.
 
 Measured on the simulated scans (100k points, 8 views, each misregistered by
