@@ -345,11 +345,75 @@ def add_grid(a: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def set_bits(rel: np.ndarray, rows_y: int, words: int, grid: np.ndarray) -> None:
-    """Voxels rel (M, 3), non-negative, into a bit grid of rows (z, y) of ``words`` 64-bit words along x."""
-    for i in range(rel.shape[0]):
-        x, y, z = rel[i, 0], rel[i, 1], rel[i, 2]
+def voxel_bounds(ijk: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+    """The least and greatest coordinate along each axis of voxels ijk (M >= 1, 3), in one pass (numpy's reductions
+    along the first axis of an (M, 3) array stride through it: 0.2 s for 3.6M rows against a few ms here)."""
+    for a in range(3):
+        low[a] = ijk[0, a]
+        high[a] = ijk[0, a]
+    for i in range(ijk.shape[0]):
+        for a in range(3):
+            v = ijk[i, a]
+            if v < low[a]:
+                low[a] = v
+            elif v > high[a]:
+                high[a] = v
+
+
+@njit(cache=True, nogil=True)
+def set_bits(ijk: np.ndarray, origin: np.ndarray, rows_y: int, words: int, grid: np.ndarray) -> None:
+    """Voxels ijk (M, 3), none below ``origin``, into a bit grid of rows (z, y) of ``words`` 64-bit words along x."""
+    for i in range(ijk.shape[0]):
+        x, y, z = ijk[i, 0] - origin[0], ijk[i, 1] - origin[1], ijk[i, 2] - origin[2]
         grid[(z * rows_y + y) * words + (x >> 6)] |= np.uint64(1) << np.uint64(x & 63)
+
+
+@njit(cache=True, nogil=True)
+def _popcount(w: np.uint64) -> np.int64:
+    """Set bits of one 64-bit word (the SWAR sum: a fixed dozen operations, however many bits are set), as int64
+    (numba would make int64 plus uint64 a float)."""
+    w = w - ((w >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    w = (w & np.uint64(0x3333333333333333)) + ((w >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    w = (w + (w >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((w * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, nogil=True)
+def word_ranks(grid: np.ndarray, ranks: np.ndarray) -> int:
+    """``ranks``: the set bits before each word of ``grid`` (an exclusive running count); returns all set bits."""
+    n = np.int64(0)
+    for i in range(grid.shape[0]):
+        ranks[i] = n
+        n += _popcount(grid[i])
+    return int(n)
+
+
+@njit(cache=True, nogil=True)
+def bit_ranks(ijk: np.ndarray, origin: np.ndarray, rows_y: int, words: int, grid: np.ndarray, ranks: np.ndarray,
+              out: np.ndarray) -> None:
+    """Each voxel's rank among the set bits of ``grid`` (:func:`set_bits`' layout, ``ranks`` its
+    :func:`word_ranks`): its row among the grid's voxels read in (z, y, x) order, as :func:`grid_voxels` lists them."""
+    for i in range(ijk.shape[0]):
+        x, y, z = ijk[i, 0] - origin[0], ijk[i, 1] - origin[1], ijk[i, 2] - origin[2]
+        w = (z * rows_y + y) * words + (x >> 6)
+        below = (np.uint64(1) << np.uint64(x & 63)) - np.uint64(1)
+        out[i] = ranks[w] + _popcount(grid[w] & below)
+
+
+@njit(cache=True, nogil=True)
+def group_rows(group: np.ndarray, start: np.ndarray, order: np.ndarray) -> None:
+    """A counting sort of rows by ``group`` (M,) in 0..G-1: ``start`` (G + 1) where each group's rows begin in
+    ``order`` (M), which lists them group by group, in their own order within a group (a stable argsort)."""
+    start[:] = 0
+    for i in range(group.shape[0]):
+        start[group[i] + 1] += 1
+    for g in range(start.shape[0] - 1):
+        start[g + 1] += start[g]
+    fill = start[:-1].copy()
+    for i in range(group.shape[0]):
+        g = group[i]
+        order[fill[g]] = i
+        fill[g] += 1
 
 
 @njit(cache=True, nogil=True)
@@ -392,13 +456,10 @@ def shift_rows(grid: np.ndarray, words: int, length: int, stride: int, shifts: n
 
 @njit(cache=True, nogil=True)
 def count_bits(grid: np.ndarray) -> int:
-    n = 0
+    n = np.int64(0)
     for i in range(grid.shape[0]):
-        w = grid[i]
-        while w:
-            w &= w - np.uint64(1)
-            n += 1
-    return n
+        n += _popcount(grid[i])
+    return int(n)
 
 
 @njit(cache=True, nogil=True)
@@ -412,12 +473,7 @@ def grid_voxels(grid: np.ndarray, rows_y: int, words: int, origin: np.ndarray, o
             w = grid[r * words + i]
             while w:
                 low = w & (~w + np.uint64(1))
-                b = 0
-                t = low
-                while t > np.uint64(1):
-                    t >>= np.uint64(1)
-                    b += 1
-                out[k, 0] = i * 64 + b + origin[0]
+                out[k, 0] = i * 64 + _popcount(low - np.uint64(1)) + origin[0]
                 out[k, 1] = y + origin[1]
                 out[k, 2] = z + origin[2]
                 k += 1
@@ -449,6 +505,27 @@ def cells_marked(queries: np.ndarray, origin: np.ndarray, inv_cell: float, dims:
             k = (z * dims[1] + y) * dims[0] + x
             hit = (grid[k >> 6] >> np.uint64(k & 63)) & np.uint64(1) == np.uint64(1)
         out[i] = hit
+
+
+@njit(cache=True, nogil=True)
+def outlier_rows(own: np.ndarray, idx: np.ndarray, ratio: float, start: int, stop: int, out: np.ndarray) -> None:
+    """The outlier test's verdicts on rows start:stop (:func:`engine.solver.outliers.outlier_mask`): ``own`` (N,)
+    each point's mean neighbour distance, ``idx`` (N, k + 1) its neighbours (the first itself, skipped); ``out[i]``
+    whether ``own[i]`` is over ``ratio`` times its k neighbours' median, where that median is above zero.  The two
+    middle values come from a sort of the row's k (insertion: k is small): the values numpy's partition picks."""
+    k = idx.shape[1] - 1
+    lo, hi = (k - 1) // 2, k // 2
+    row = np.empty(k, np.float64)
+    for i in range(start, stop):
+        for j in range(k):
+            v = own[np.uint64(idx[i, j + 1])]
+            m = j
+            while m > 0 and row[m - 1] > v:
+                row[m] = row[m - 1]
+                m -= 1
+            row[m] = v
+        local = 0.5 * (row[lo] + row[hi])
+        out[i] = local > 0 and own[i] > ratio * local
 
 
 @njit(cache=True, nogil=True)
@@ -759,6 +836,7 @@ def warm() -> None:
     one = np.zeros(1, np.int64)  # the outlier test's search first: cleaning, the first stage, waits for it
     cell_knn(np.zeros((1, 3)), one, one, np.array([0, 1]), np.ones(3, np.int64), np.zeros(3), 1.0, 1, one, 0, 1,
              np.empty((1, 1), np.float32), np.empty((1, 1), np.int32), np.empty(1, np.bool_))
+    outlier_rows(np.zeros(1), np.zeros((1, 2), np.int32), 2.0, 0, 1, np.empty(1, np.bool_))
     nbr = np.full((1, 27), -1, np.int32)
     nbr[0, 13] = 0
     steps = np.full(125, 13, np.int64)
@@ -785,7 +863,13 @@ def warm() -> None:
              empty, 0, 0, np.zeros((0, 27)))
     add_rows(np.zeros((0, 27), np.int32), np.zeros((0, 27)), empty)
     grid = np.zeros(1, np.uint64)
-    set_bits(np.zeros((1, 3), np.int64), 1, 1, grid)
+    voxel = np.zeros((1, 3), np.int64)
+    low, high = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    voxel_bounds(voxel, low, high)
+    set_bits(voxel, low, 1, 1, grid)
+    word_ranks(grid, one)
+    bit_ranks(voxel, low, 1, 1, grid, one, np.empty(1, np.int64))
+    group_rows(one, np.zeros(2, np.int64), np.empty(1, np.int64))
     other = np.empty_like(grid)
     shift_x(grid, 1, np.zeros(1, np.int64), other)
     shift_rows(other, 1, 1, 1, np.zeros(1, np.int64), grid)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
+from ..warm import compiled_pays
 from .threads import chunks, compiled_on, run_parts
 
 BRICK_BITS = 3
@@ -23,6 +24,11 @@ BRICK = 1 << BRICK_BITS
 MAX_BRICK_CELLS = 1 << 28  # 1 GiB of int32 brick grid: beyond this the voxel size is too small
 BIT_DILATION_MIN = 1 << 14  # voxels from which a box dilation runs on a bit grid (below, the sort is as quick)
 BIT_DILATION_WORDS = 1 << 25  # 64-bit words of that grid at most (two grids of 256 MiB); beyond, the sort
+BIT_UNIQUE_MIN = 1 << 14  # rows from which :func:`unique_voxels_inverse` ranks them on a bit grid
+# ...where its grid has at most this many words per row (the grid and its running counts, 16 B a word, beside the
+# 8 B a row of the result): the 1M-point bunny's cells at its finest voxel have 1.2, a sparser box would cost more
+# in zeroing and counting words than the sort it saves.
+BIT_UNIQUE_WORDS_PER_ROW = 4
 
 
 class VoxelIndex:
@@ -134,8 +140,14 @@ def unique_voxels_inverse(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """Unique rows (K, 3) of an (M, 3) int64 tensor and, for each input row, its row among them (M,).
 
     Rows are packed into one int64 key first: ``torch.unique(dim=0)`` is several
-    times slower on the CPU.
+    times slower on the CPU.  There, a large set whose bounding box is not much
+    sparser than the set is ranked on a bit grid instead (:func:`_unique_bits`):
+    the same rows in the same order.
     """
+    if ijk.device.type == "cpu" and ijk.shape[0] >= BIT_UNIQUE_MIN and compiled_pays(ijk.shape[0]):
+        done = _unique_bits(ijk)
+        if done is not None:
+            return done
     lo = ijk.min(dim=0).values
     rel = ijk - lo
     dims = rel.max(dim=0).values + 1
@@ -145,6 +157,35 @@ def unique_voxels_inverse(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     y = (ukey // dims[0]) % dims[1]
     z = ukey // (dims[0] * dims[1])
     return torch.stack((x, y, z), dim=1) + lo, inverse
+
+
+def _unique_bits(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`unique_voxels_inverse` on a bit grid over the set's bounding box (:mod:`engine.solver.kernels`):
+    one bit set per row, the set bits counted word by word, each row's rank read off its bit; None where the grid
+    would have more than :data:`BIT_UNIQUE_WORDS_PER_ROW` words per row or :data:`BIT_DILATION_WORDS` in all.
+
+    The sort it replaces is serial: on the 1M-point bunny's finest cells (456k of 1M rows) 0.07-0.11 s against
+    0.05 s here, its meshing corners (1.2M of 3.6M) 0.30-0.35 s against 0.06 s.
+    """
+    from . import kernels
+
+    a = np.ascontiguousarray(ijk.numpy())
+    low, high = np.empty(3, np.int64), np.empty(3, np.int64)
+    kernels.voxel_bounds(a, low, high)
+    dims = high - low + 1
+    words = int(dims[0] + 63) // 64
+    rows = int(dims[1]) * int(dims[2])
+    if words * rows > min(BIT_DILATION_WORDS, BIT_UNIQUE_WORDS_PER_ROW * a.shape[0]):
+        return None
+    grid = np.zeros(words * rows, np.uint64)
+    kernels.set_bits(a, low, int(dims[1]), words, grid)
+    ranks = np.empty(grid.shape[0], np.int64)
+    count = kernels.word_ranks(grid, ranks)
+    inverse = np.empty(a.shape[0], np.int64)
+    kernels.bit_ranks(a, low, int(dims[1]), words, grid, ranks, inverse)
+    out = np.empty((count, 3), np.int64)
+    kernels.grid_voxels(grid, int(dims[1]), words, low, out)
+    return torch.from_numpy(out), torch.from_numpy(inverse)
 
 
 def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -180,16 +221,17 @@ def _dilate_bits(ijk: torch.Tensor, axes: list[np.ndarray]) -> torch.Tensor | No
 
     if any(int(np.abs(a).max()) >= 64 for a in axes):
         return None
-    a = ijk.numpy()
-    low = np.array([int(v.min()) for v in axes], np.int64)
-    origin = a.min(axis=0) + low
-    dims = a.max(axis=0) + np.array([int(v.max()) for v in axes], np.int64) - origin + 1
+    a = np.ascontiguousarray(ijk.numpy())
+    least, most = np.empty(3, np.int64), np.empty(3, np.int64)
+    kernels.voxel_bounds(a, least, most)
+    origin = least + np.array([int(v.min()) for v in axes], np.int64)
+    dims = most + np.array([int(v.max()) for v in axes], np.int64) - origin + 1
     words = int(dims[0] + 63) // 64
     rows = int(dims[1]) * int(dims[2])
     if words * rows > BIT_DILATION_WORDS:
         return None
     grid = np.zeros(words * rows, np.uint64)
-    kernels.set_bits(np.ascontiguousarray(a - origin), int(dims[1]), words, grid)
+    kernels.set_bits(a, origin, int(dims[1]), words, grid)
     other = np.empty_like(grid)
     kernels.shift_x(grid, words, axes[0].astype(np.int64), other)
     kernels.shift_rows(other, words, int(dims[1]), 1, axes[1].astype(np.int64), grid)

@@ -52,9 +52,9 @@ def test_the_pre_filter_takes_outliers_and_no_surface(scan: scanner.Scan) -> Non
 def test_the_pre_filter_is_its_definition_whatever_the_batch(scan: scanner.Scan, ratio: float, compiled: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Each point's mean distance to its 16 nearest against ``ratio`` times the median of its neighbours' same
-    figure, from all pairwise distances; batches that split the cloud unevenly give the same verdicts, with
-    either search (the k-d tree, the compiled one).  At 1.1 a third of the points sit near the line, so a
-    median off by one rank changes verdicts."""
+    figure, from all pairwise distances; batches that split the cloud unevenly give the same verdicts, either way
+    (the k-d tree and numpy's partition, or the compiled search and verdicts).  At 1.1 a third of the points sit
+    near the line, so a median off by one rank changes verdicts."""
     monkeypatch.setattr(outliers, "OUTLIER_RATIO", ratio)
     monkeypatch.setattr(warm, "COMPILED_MIN", 0 if compiled else 1 << 40)
     monkeypatch.setattr(warm, "kernels_loaded", lambda: False)

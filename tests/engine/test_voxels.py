@@ -87,3 +87,55 @@ def test_neighbour_table_matches_lookups(spread: int) -> None:
     assert torch.equal(table, expected)
     assert torch.equal(index.neighbour_table(compiled=True), expected)
     assert (expected >= 0).any() and (expected < 0).any()
+
+
+@pytest.mark.parametrize("bits", [True, False])
+def test_bit_grid_unique_equals_the_sort(monkeypatch: pytest.MonkeyPatch, bits: bool) -> None:
+    """Large sets are ranked on a bit grid (CPU, compiled): the rows, their order and each input row's place among
+    them as the sort gives, for sets with repeats, negative coordinates, one row, and spread wider than a word; a
+    set too sparse for its grid (or ``bits`` False: no grid allowed) takes the sort."""
+    import engine.solver.voxels as voxels
+
+    def by_sort(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (ijk[:, 2] * 10_000 + ijk[:, 1]) * 10_000 + ijk[:, 0]  # (z, y, x) order; coordinates within +-5000
+        ukey, inverse = torch.unique(key, return_inverse=True)
+        return ijk[torch.zeros_like(ukey).scatter_(0, inverse, torch.arange(ijk.shape[0]))], inverse
+
+    monkeypatch.setattr(voxels, "BIT_UNIQUE_MIN", 1)
+    monkeypatch.setattr(voxels, "compiled_pays", lambda n: True)
+    if not bits:
+        monkeypatch.setattr(voxels, "BIT_UNIQUE_WORDS_PER_ROW", 0)
+    taken: list[bool] = []
+    real = voxels._unique_bits
+
+    def spy(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        done = real(ijk)
+        taken.append(done is not None)
+        return done
+
+    monkeypatch.setattr(voxels, "_unique_bits", spy)
+    rng = np.random.default_rng(11)
+    sets = [rng.integers(lo, hi, size=(n, 3)) for lo, hi, n in ((-8, 8, 5000), (-200, 150, 30_000), (60, 64, 40))]
+    sets += [np.array([[3, -4, 5]]), np.repeat(rng.integers(-3, 3, size=(50, 3)), 9, axis=0)]
+    for a in sets:
+        ijk = torch.from_numpy(a)
+        unique, inverse = voxels.unique_voxels_inverse(ijk)
+        expected, expected_inverse = by_sort(ijk)
+        assert torch.equal(unique, expected) and torch.equal(inverse, expected_inverse)
+        assert torch.equal(unique[inverse], ijk)
+    # the second set, 30k rows over 350^3 cells (25 words a row), takes the sort either way
+    assert taken == ([True, False, True, True, True] if bits else [False] * 5)
+    sparse = torch.tensor([[0, 0, 0], [4000, 4000, 4000]])
+    assert real(sparse) is None
+
+
+def test_grouping_rows_equals_a_stable_argsort() -> None:
+    from engine.solver import kernels
+
+    rng = np.random.default_rng(2)
+    for groups, n in ((1, 10), (7, 1000), (5000, 3000)):
+        group = rng.integers(0, groups, size=n)
+        start, order = np.empty(groups + 1, np.int64), np.empty(n, np.int64)
+        kernels.group_rows(group, start, order)
+        assert np.array_equal(order, np.argsort(group, kind="stable"))
+        assert np.array_equal(start, np.concatenate(([0], np.cumsum(np.bincount(group, minlength=groups)))))
