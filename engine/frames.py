@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from .vectors import column_bounds
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,7 +66,7 @@ class Frame:
     @classmethod
     def around(cls, points: np.ndarray, least: float = 0.0) -> Frame:
         """The frame of a cloud's bounding box (points (N, 3) float64); ``least`` bounds the diagonal below."""
-        lo, hi = points.min(axis=0), points.max(axis=0)
+        lo, hi = column_bounds(points)
         return cls(0.5 * (lo + hi), max(float(np.linalg.norm(hi - lo)), least))
 
     def with_voxel(self, voxel: float) -> Frame:

@@ -11,6 +11,7 @@ import torch
 from ..errors import MemoryLimitError
 from ..solver.threads import compiled_on
 from ..solver.voxels import unique_voxels
+from ..vectors import column_bounds
 from .partition import ChunkedCloud, ChunkGrid, make_grid
 
 
@@ -167,7 +168,8 @@ def plan_memory(points: np.ndarray, voxel_size: float, depth: int, limit_bytes: 
             f"more than the limit of {limit_bytes / 2**30:.1f} GiB allows.",
             "Raise the memory limit, or thin the cloud.")
     x = points.astype(np.float64) / voxel_size
-    extent = float((x.max(axis=0) - x.min(axis=0)).max())
+    low, high = column_bounds(x)
+    extent = float((high - low).max())
     size = None if chunk_size is None else chunk_size / h_world
     automatic = chunk_size is None
     if automatic:  # start from half the scene and halve

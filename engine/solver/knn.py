@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from ..vectors import column_bounds
 from .basis import TAP_OFFSETS
 from .threads import chunks, run_parts, thread_count
 from .voxels import VoxelIndex, unique_voxels_inverse
@@ -91,8 +92,8 @@ def _occupied(points: np.ndarray, queries: np.ndarray, radius: float) -> np.ndar
     cell = (radius - 8.0 * np.sqrt(3.0) * float(np.spacing(largest))) / np.sqrt(3.0)
     if not cell > 0.0:
         return near
-    origin = points.min(axis=0)
-    extent = (points.max(axis=0) - origin) / cell
+    origin, top = column_bounds(points)
+    extent = (top - origin) / cell
     if not np.all(np.isfinite(extent)) or float(np.prod(np.floor(extent) + 1.0)) > OCCUPIED_BITS:
         return near
     from . import kernels
@@ -139,7 +140,7 @@ def _cell_keys(points: np.ndarray, origin: np.ndarray, size: float) -> tuple[np.
     """Each point's cell key (x dims[1] + y) dims[2] + z (N,), in cubes of edge ``size`` from ``origin``, and the
     cells' count along each axis (3,).  The caller keeps ``size`` coarse enough for the keys to fit int64."""
     cells = np.floor((points - origin) / size).astype(np.int64)
-    dims = cells.max(axis=0) + 1
+    dims = column_bounds(cells)[1] + 1
     return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2], dims
 
 
@@ -148,8 +149,8 @@ def cell_order(points: np.ndarray, size: float) -> np.ndarray:
     order, for queries that a k-d tree answers several times faster in one (its caches stay warm)."""
     if points.shape[0] == 0:
         return np.zeros(0, np.int64)
-    origin = points.min(axis=0)
-    size = max(size, float(np.max(points.max(axis=0) - origin)) * 2.0**-20, 1e-300)
+    origin, top = column_bounds(points)
+    size = max(size, float(np.max(top - origin)) * 2.0**-20, 1e-300)
     return np.argsort(_cell_keys(points, origin, size)[0])
 
 
@@ -174,8 +175,8 @@ def cell_knn(points: np.ndarray, k: int, fill: float = KNN_FILL) -> tuple[np.nda
     k = min(k, n)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
-    origin = pts.min(axis=0)
-    span = pts.max(axis=0) - origin
+    origin, top = column_bounds(pts)
+    span = top - origin
     smallest = float(np.max(span)) * 2.0**-20  # cells no finer: keys of 21 bits an axis stay within int64
     size = max(float(np.linalg.norm(span)) * float(np.sqrt(k / fill / n)), smallest, 1e-300)  # a surface's
     for attempt in range(3):  # the guess corrected from the cells' measured fill

@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from ..solver.threads import chunks, run_parts
+from ..vectors import column_bounds
 from .mc_table import CORNERS, EDGE_AXIS, EDGES, TRIANGLES
 
 _TRIANGLES = TRIANGLES.astype(np.int8)  # (256, 5, 3) local edge ids, -1 after the case's last triangle
@@ -160,8 +161,8 @@ def marching_cubes(cells: np.ndarray, size: float, v: np.ndarray) -> tuple[np.nd
     np.cumsum(crossed, out=offsets[1:])
     face_offsets = np.zeros(m + 1, np.int64)
     np.cumsum(tris, out=face_offsets[1:])
-    origin = cells.min(axis=0)
-    dims = cells.max(axis=0) - origin + 2
+    origin, top = column_bounds(cells)
+    dims = top - origin + 2
     keys = np.empty(int(offsets[-1]), np.int64)
     edge_of = np.empty(keys.shape[0], np.int8)
     run_parts(partial(edge_keys, cells, v, _CORNERS, _EDGES, _EDGE_AXIS, origin, dims, offsets,

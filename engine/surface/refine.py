@@ -35,7 +35,7 @@ from functools import partial
 import numpy as np
 
 from ..solver.threads import chunks, run_parts
-from ..vectors import row_norms
+from ..vectors import any_in_row, row_norms
 from . import kernels
 
 SPLIT_TOLERANCE = 0.0015  # voxels: an edge whose middle lies farther than this off the zero level is halved
@@ -143,6 +143,6 @@ def refine_where_bent(verts: np.ndarray, faces: np.ndarray, field: FieldWithGrad
         verts[:placed.shape[0]][back] = placed[back]
         straight = np.flatnonzero((middle >= 0) & (back[ends[:, 0]] | back[ends[:, 1]]))
         verts[middle[straight]] = 0.5 * (verts[ends[straight, 0]] + verts[ends[straight, 1]])
-        rows = np.flatnonzero(back[faces].any(axis=1))
+        rows = np.flatnonzero(any_in_row(back[faces]))
         folded[:] = False
     return verts, out, count

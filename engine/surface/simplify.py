@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..solver.threads import thread_count
+from ..vectors import column_bounds
 from .collapse import MIN_FACES, collapse, collapse_in_pieces, piece_count
 
 # Quadric error bound per collapse, in finest voxels (as a distance).  Measured on the sphere (20k points,
@@ -72,7 +73,8 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, voxel_size: float, max_fac
     pieces = piece_count(before)
     if memory_limit is not None:
         room = memory_limit - _resident_bytes()
-        span = float(np.ptp(vertices, axis=0).max()) / voxel_size
+        low, high = column_bounds(vertices)
+        span = float((high - low).max()) / voxel_size
         pieces = slabs_within(before, pieces, room, max(1, min(MAX_SLABS, int(span / MIN_SLAB_VOXELS))))
         if pieces == 0:
             stats["simplify_skipped"] = (

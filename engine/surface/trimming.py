@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..solver.knn import PointTree, grid_within, points_per_cell
+from ..vectors import any_in_row
 
 # Mask (M,) of the queries (M, 3) with an input point at most the radius away: PointTree.within on the CPU,
 # :func:`points_within` on a GPU.
@@ -62,7 +63,7 @@ def trim_far(vertices: np.ndarray, faces: np.ndarray, within: Within, max_distan
     lone = np.flatnonzero(_pinholes(far, faces))
     if lone.size:  # a lone far vertex keeps its faces if it is not much farther
         far[lone[within(vertices[lone], PINHOLE_REACH * max_distance)]] = False
-    faces = faces[~far[faces].any(axis=1)]
+    faces = faces[~any_in_row(far[faces])]
     return compact(vertices, faces)
 
 
@@ -71,7 +72,7 @@ def _pinholes(far: np.ndarray, faces: np.ndarray) -> np.ndarray:
     than a face's ring, not an open end.  Dropping its faces would punch a pinhole that renders as a dark speck
     (the demo's trefoil, meshed where the surface bends: one vertex 2.6% beyond the trim distance, its five faces).
     At an open end the far vertices lie side by side, or one ring apart, and are all trimmed."""
-    touching = far[faces].any(axis=1)
+    touching = any_in_row(far[faces])
     f = faces[touching]
     on_face = far[f]
     n = far.shape[0]
