@@ -39,6 +39,19 @@ def kernels_loaded() -> bool:
     return bool(_warming) and not _warming[0].is_alive()
 
 
+def await_kernels() -> None:
+    """Wait for this process's loading thread to finish (at once where none runs or it has finished).
+
+    Normal estimation calls it first on the CPU: its compiled passes and its NumPy / SciPy ones pick differently
+    among neighbours at equal distances and spanning-tree edges of equal cost, and which ran depended on whether
+    numba had loaded by then: the stereo table scan gave 397,780 or 397,843 faces (54 or 55 doubtful normals)
+    from one command.  Waiting makes every run take the compiled passes; numba is needed by the assembly a stage
+    later anyway.
+    """
+    if _warming:
+        _warming[0].join()
+
+
 def compiled_pays(n: int) -> bool:
     """Whether a pass over ``n`` points should take its compiled kernel rather than its NumPy / SciPy one: where
     the kernels have loaded, or from :data:`COMPILED_MIN` points."""

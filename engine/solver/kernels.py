@@ -21,6 +21,10 @@ replace torch's three einsums over (N, 3, 3, 3) per level.
 Box dilation (:func:`engine.solver.voxels.dilate`) sets one bit per voxel in a dense grid of 64-bit words
 along x over the result's bounding box, ORs shifted copies one axis at a time, and reads the bits back in
 (z, y, x) order, which is the order of the sort it replaces (the 1M-point bunny's finest level: 0.56 -> 0.06 s).
+The same grid ranks a set's voxels (:func:`engine.solver.voxels.unique_voxels_inverse`): each row's rank is the
+set bits before its own (:func:`word_ranks`, :func:`bit_ranks`), which is its row among the unique voxels in
+that order; and the assembly's points are grouped by cell in a counting sort (:func:`group_rows`), where torch's
+sorts run on one thread.  The outlier test's verdicts (:func:`outlier_rows`) run on the threads too.
 
 The torch assembly and evaluation stay the reference and the CUDA path; tests/engine/test_system.py and
 tests/engine/test_meshing.py check both against the point-by-point reference and each other.

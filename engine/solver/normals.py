@@ -2,12 +2,14 @@
 
 Estimation: the normal of a point is the direction of least spread of its k
 nearest neighbours (the smallest eigenvector of their covariance), in torch on
-the engine's device, or on the CPU where compiled passes pay (large clouds, or
-once numba has loaded: :func:`engine.warm.compiled_pays`) in a numba kernel
+the engine's device, or on the CPU in a numba kernel
 (:func:`engine.solver.kernels.plane_normals`: the same closed form, row by
 row).  Neighbours come from :mod:`engine.solver.knn`: on the CPU its compiled
-all-points search where that pays, else SciPy's k-d tree (queried in spatial
-order); the voxel-hash search on CUDA.
+all-points search; the voxel-hash search on CUDA.  On the CPU the estimate
+waits for numba's kernels to load (:func:`engine.warm.await_kernels`): the
+k-d tree and SciPy's spanning tree, which the passes take where numba has
+not loaded (:func:`engine.warm.compiled_pays`), pick differently among
+equal distances, so a run's normals depended on numba's start.
 
 Orientation gives each unoriented normal a sign:
 
@@ -47,7 +49,7 @@ from ..device import select_device
 from ..errors import Cancelled, InputError, ShapeMismatchError, TooFewPointsError
 from ..frames import Frame
 from ..options import SPECS
-from ..warm import compiled_pays
+from ..warm import await_kernels, compiled_pays, warm_kernels
 from .knn import PointTree, grid_knn, self_knn
 from .resolution import measure
 from .threads import chunks, run_parts
@@ -569,6 +571,9 @@ def estimate_oriented(points: torch.Tensor, k: int | None = None, sensor: torch.
     steps and may raise to cancel.
     """
     report = report or (lambda fraction, text: None)
+    if points.device.type == "cpu":  # the compiled passes, every run (engine.warm.await_kernels)
+        warm_kernels()
+        await_kernels()
     n = points.shape[0]
     noisy_k = min(NOISY_K if k is None else check_k(k), n)
     size = max(int(round(noise_fraction(noisy_k, density, noise) * n)), MIN_SUBSAMPLE)

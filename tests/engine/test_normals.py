@@ -319,6 +319,8 @@ def test_compiled_search_and_spanning_tree_give_the_same_normals(case: str, monk
     x = torch.from_numpy(points)
     sensor = torch.tensor([1.5, 0.0, 6.0]) if case == "sensor" else None
     density, noise = (2000.0, 0.02) if case == "noisy subsample" else (0.0, 0.0)
+    warm.warm_kernels()  # loaded before the kernels are counted: the loading calls each of them once
+    warm.await_kernels()
     calls: list[str] = []
     for name in ("spanning_signs", "cell_knn", "plane_normals"):
         real = getattr(kernels, name)
@@ -339,6 +341,26 @@ def test_compiled_search_and_spanning_tree_give_the_same_normals(case: str, monk
     assert (fast.fraction < 0.7) == (case == "noisy subsample")
     if sensor is None:  # one sensor above both spheres faces their lower halves up, not out
         assert agreement(fast.normals.numpy(), true) >= 0.995 and fast.pieces == 2
+
+
+def test_the_estimate_waits_for_the_kernels_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the estimate waits for numba's loading thread and then takes the compiled passes, so a run's
+    normals never depend on how far numba's start had got (the real stereo table scan gave two meshes)."""
+    import threading
+    import time
+
+    loading = threading.Thread(target=time.sleep, args=(0.5,), daemon=True)  # stands for numba's start
+    monkeypatch.setattr(warm, "_warming", [loading])
+    monkeypatch.setattr(warm, "COMPILED_MIN", 1 << 40)  # a small cloud: compiled only once the kernels have loaded
+    calls: list[str] = []
+    real = kernels.cell_knn
+    monkeypatch.setattr(kernels, "cell_knn", lambda *a, **kw: calls.append("cell_knn") or real(*a, **kw))
+    points, _ = two_spheres(3000)
+    loading.start()
+    assert warm.kernels_loading() and not warm.compiled_pays(3000)
+    estimate_oriented(torch.from_numpy(points.astype(np.float32)))
+    assert not loading.is_alive() and warm.kernels_loaded()
+    assert calls  # the compiled search, after the wait
 
 
 def test_spanning_signs_match_scipys_tree_up_to_a_sign_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
