@@ -261,12 +261,15 @@ def _joint_motions(levels: list, x: np.ndarray, view: np.ndarray, count: int, de
     ``x`` (M, 3) coarse units, sorted by ``view``.
     """
     c = x.mean(axis=0)
-    f0, _ = evaluate(levels, torch.from_numpy(x.astype(np.float32)).to(device))
+    f0, g0 = evaluate(levels, torch.from_numpy(x.astype(np.float32)).to(device), with_grad=True)
+    assert g0 is not None
     dist = np.abs(f0.double().cpu().numpy())
     near = dist < BAND
     spread = 1.4826 * float(np.median(dist[near])) if near.any() else 0.0
     near &= dist < STRAY * spread
     x, view = x[near], view[near]
+    # the first step's field and slope: the views have not moved yet (one evaluation fewer, the same meshes)
+    f_at, g_at = f0.double().cpu().numpy()[near], g0.double().cpu().numpy()[near]
     bounds = np.searchsorted(view, np.arange(count + 1))
     cells = _Cells.of(x, view, count)
     rots, shifts = np.tile(np.eye(3), (count, 1, 1)), np.zeros((count, 3))
@@ -275,9 +278,12 @@ def _joint_motions(levels: list, x: np.ndarray, view: np.ndarray, count: int, de
     for step in range(STEPS):
         q = np.concatenate([(x[lo:hi] - c) @ rots[v].T + c + shifts[v]
                             for v, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))])
-        f, g = evaluate(levels, torch.from_numpy(q.astype(np.float32)).to(device), with_grad=True)
-        assert g is not None
-        f64, g64 = f.double().cpu().numpy(), g.double().cpu().numpy()
+        if step == 0:
+            f64, g64 = f_at, g_at
+        else:
+            f, g = evaluate(levels, torch.from_numpy(q.astype(np.float32)).to(device), with_grad=True)
+            assert g is not None
+            f64, g64 = f.double().cpu().numpy(), g.double().cpu().numpy()
         r, usable = _residuals(cells, f64)
         scales = np.array([1.4826 * float(np.median(np.abs(r[lo:hi][usable[lo:hi]])))
                            if int(usable[lo:hi].sum()) >= MIN_VIEW_POINTS // 2 else np.nan
