@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryLimitError
+from ..vectors import column_bounds
 from ..warm import compiled_pays
 from .threads import chunks, compiled_on, run_parts
 
@@ -170,8 +171,7 @@ def _unique_bits(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     from . import kernels
 
     a = np.ascontiguousarray(ijk.numpy())
-    low, high = np.empty(3, np.int64), np.empty(3, np.int64)
-    kernels.voxel_bounds(a, low, high)
+    low, high = column_bounds(a)
     dims = high - low + 1
     words = int(dims[0] + 63) // 64
     rows = int(dims[1]) * int(dims[2])
@@ -222,8 +222,7 @@ def _dilate_bits(ijk: torch.Tensor, axes: list[np.ndarray]) -> torch.Tensor | No
     if any(int(np.abs(a).max()) >= 64 for a in axes):
         return None
     a = np.ascontiguousarray(ijk.numpy())
-    least, most = np.empty(3, np.int64), np.empty(3, np.int64)
-    kernels.voxel_bounds(a, least, most)
+    least, most = column_bounds(a)
     origin = least + np.array([int(v.min()) for v in axes], np.int64)
     dims = most + np.array([int(v.max()) for v in axes], np.int64) - origin + 1
     words = int(dims[0] + 63) // 64
