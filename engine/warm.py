@@ -54,7 +54,11 @@ def await_kernels() -> None:
 
 def compiled_pays(n: int) -> bool:
     """Whether a pass over ``n`` points should take its compiled kernel rather than its NumPy / SciPy one: where
-    the kernels have loaded, or from :data:`COMPILED_MIN` points."""
+    the kernels have loaded, or from :data:`COMPILED_MIN` points.
+
+    The answer changes while numba loads, so it may only choose between passes that give the same result (the
+    outlier test, the voxel sets); a stage whose two passes may differ awaits the kernels first
+    (:func:`await_kernels`, as normal estimation does)."""
     return kernels_loaded() or n >= COMPILED_MIN
 
 
