@@ -173,12 +173,10 @@ def _unique_bits(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     a = np.ascontiguousarray(ijk.numpy())
     low, high = column_bounds(a)
     dims = high - low + 1
-    words = int(dims[0] + 63) // 64
-    rows = int(dims[1]) * int(dims[2])
-    if words * rows > min(BIT_DILATION_WORDS, BIT_UNIQUE_WORDS_PER_ROW * a.shape[0]):
+    made = _bit_grid(a, low, dims, min(BIT_DILATION_WORDS, BIT_UNIQUE_WORDS_PER_ROW * a.shape[0]))
+    if made is None:
         return None
-    grid = np.zeros(words * rows, np.uint64)
-    kernels.set_bits(a, low, int(dims[1]), words, grid)
+    grid, words = made
     ranks = np.empty(grid.shape[0], np.int64)
     count = kernels.word_ranks(grid, ranks)
     inverse = np.empty(a.shape[0], np.int64)
@@ -186,6 +184,21 @@ def _unique_bits(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     out = np.empty((count, 3), np.int64)
     kernels.grid_voxels(grid, int(dims[1]), words, low, out)
     return torch.from_numpy(out), torch.from_numpy(inverse)
+
+
+def _bit_grid(a: np.ndarray, origin: np.ndarray, dims: np.ndarray, most: int) -> tuple[np.ndarray, int] | None:
+    """Voxels ``a`` (M, 3) int64 as set bits of a grid over the box of ``dims`` cells from ``origin``: rows (z, y) of
+    64-bit words along x (:func:`engine.solver.kernels.set_bits`); the grid and its words a row, or None where it
+    would take more than ``most`` words."""
+    from . import kernels
+
+    words = int(dims[0] + 63) // 64
+    rows = int(dims[1]) * int(dims[2])
+    if words * rows > most:
+        return None
+    grid = np.zeros(words * rows, np.uint64)
+    kernels.set_bits(a, origin, int(dims[1]), words, grid)
+    return grid, words
 
 
 def dilate(ijk: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -225,12 +238,10 @@ def _dilate_bits(ijk: torch.Tensor, axes: list[np.ndarray]) -> torch.Tensor | No
     least, most = column_bounds(a)
     origin = least + np.array([int(v.min()) for v in axes], np.int64)
     dims = most + np.array([int(v.max()) for v in axes], np.int64) - origin + 1
-    words = int(dims[0] + 63) // 64
-    rows = int(dims[1]) * int(dims[2])
-    if words * rows > BIT_DILATION_WORDS:
+    made = _bit_grid(a, origin, dims, BIT_DILATION_WORDS)
+    if made is None:
         return None
-    grid = np.zeros(words * rows, np.uint64)
-    kernels.set_bits(a, origin, int(dims[1]), words, grid)
+    grid, words = made
     other = np.empty_like(grid)
     kernels.shift_x(grid, words, axes[0].astype(np.int64), other)
     kernels.shift_rows(other, words, int(dims[1]), 1, axes[1].astype(np.int64), grid)
