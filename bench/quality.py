@@ -8,6 +8,11 @@ Run with the benchenv python (needs open3d + pymeshlab for inputs and metrics):
 
 Each method runs in a fresh subprocess (run_method.py) with OMP_WAIT_POLICY=PASSIVE
 and OMP_NUM_THREADS set; only the reconstruction is timed, peak RSS is VmHWM.
+With ``--repeat N`` the methods take turns (ours, Open3D d8, ..., then again), so a
+slow minute of a shared machine falls on all of them, not on one method's tries;
+each keeps its fastest, and the report adds the median of the per-round ratios.
+``--ours-details 0.3,0.5`` adds runs of ours at those detail levels (labels
+``ours-detail0.3``, ...): its speed against accuracy beside Poisson's depths.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +40,11 @@ def log(msg: str) -> None:
 Spec = tuple[str, str, int | None]
 
 
-def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int]) -> list[Spec]:
+DETAIL_LABEL = "ours-detail"  # ours at a set detail level: "ours-detail0.3"
+
+
+def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int],
+                 ours_details: list[str] = ()) -> list[Spec]:
     """(label, method, depth) for every run of one input."""
     specs: list[Spec] = []
     for m in methods:
@@ -49,6 +60,7 @@ def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int
             specs += [(f"pymeshlab-d{d}", "pymeshlab", d) for d in pml_depths]
         else:
             raise SystemExit(f"unknown method {m!r}")
+    specs += [(f"{DETAIL_LABEL}{d}", "ours", None) for d in ours_details]
     return specs
 
 
@@ -56,7 +68,8 @@ def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path,
                extra: tuple[str, ...] = ()) -> dict:
     """Run run_method.py in a fresh process; returns the parsed JSON line or raises."""
     python = a.ours_python if method == "ours" else a.peer_python
-    cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", a.detail, *extra]
+    detail = out.stem.split(DETAIL_LABEL)[-1] if DETAIL_LABEL in out.stem else a.detail
+    cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", detail, *extra]
     if out.stem.endswith("-t5"):
         cmd += ["--density-trim", "0.05"]
     if "ours-learned" in out.stem:
@@ -108,6 +121,46 @@ class GroundTruth:
         return metrics.evaluate(*read_ply(mesh), self.query, self.samples, self.diag, n_samples=self.n_samples)
 
 
+Todo = list[tuple[dict, Path, list[dict]]]  # each method's record, its mesh's path and its tries so far
+
+
+def run_method_on(a: argparse.Namespace, inp: Path, rec: dict, mesh: Path) -> dict:
+    """One try of ``rec``'s method on the input ``inp``, its mesh written to ``mesh``."""
+    return run_worker(a, rec["method"], rec["depth"], inp, mesh)
+
+
+def take_turns(todo: Todo, repeat: int, run: Callable[[dict, Path], dict]) -> None:
+    """``repeat`` rounds in which each method of ``todo`` runs once (``run(record, mesh)``), in turn; a method
+    that fails keeps its error in its record and sits out the rounds after."""
+    for attempt in range(max(1, repeat)):
+        for rec, mesh, tries in todo:
+            if "error" in rec:
+                continue
+            log(f"  {rec['label']}: running" + (f" ({attempt + 1}/{repeat})" if repeat > 1 else ""))
+            try:
+                tries.append(run(rec, mesh))
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+                rec["error"] = str(e)
+                log(f"  {rec['label']}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+
+
+def evaluate_tries(rec: dict, tries: list[dict], truth: GroundTruth, mesh: Path) -> None:
+    """Fill ``rec`` from a method's tries (the fastest, and every time) and its mesh's metrics."""
+    rec["worker"] = min(tries, key=lambda w: w["seconds"])
+    rec["worker"]["all_seconds"] = [w["seconds"] for w in tries]
+    log(f"  {rec['label']}: {rec['worker']['seconds']:.2f}s, {rec['worker']['peak_rss_mb']:.0f} MiB, evaluating")
+    try:
+        rec["metrics"] = truth.evaluate(mesh)
+    except (RuntimeError, OSError, ValueError) as e:
+        rec["error"] = str(e)
+        log(f"  {rec['label']}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+        return
+    rec["ok"] = "error" not in rec["metrics"]
+    if rec["ok"]:
+        m = rec["metrics"]
+        log(f"  {rec['label']}: chamfer {m['chamfer_l1']*1e3:.3f}e-3 NC {m['nc']:.4f} pieces {m['pieces']}")
+
+
 def save(results: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
@@ -128,10 +181,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ours-python", default=str(REPO / ".venv" / "bin" / "python"))
     ap.add_argument("--peer-python", default=sys.executable)
     ap.add_argument("--detail", default="auto", help="detail_level passed to ours")
+    ap.add_argument("--ours-details", default="", help="extra runs of ours at these detail levels, e.g. 0.3,0.5")
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for every method")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per method run")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="run each method N times (fresh process each), keep the fastest")
+                    help="run each method N times (fresh process each, the methods taking turns), keep the fastest")
     ap.add_argument("--eval-samples", type=int, default=100_000)
     ap.add_argument("--work", default=str(HERE / "_work"), help="cache dir for inputs/meshes")
     ap.add_argument("--out", default=None, help="results JSON (default WORK/results.json)")
@@ -161,7 +215,8 @@ def main() -> None:
         "cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
     }
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    specs = method_specs(a.methods.split(","), ints(a.open3d_depths), ints(a.pymeshlab_depths))
+    details = [str(float(d)) for d in a.ours_details.split(",") if d]
+    specs = method_specs(a.methods.split(","), ints(a.open3d_depths), ints(a.pymeshlab_depths), details)
     keys = []
     for shape in a.shapes.split(","):
         truth = GroundTruth(shape, work, a.eval_samples)
@@ -176,33 +231,22 @@ def main() -> None:
                 results["inputs"][key] = {"key": key, "shape": shape, "n": n, "case": cname,
                                           "diag": truth.diag, "pos_sigma": case.pos_sigma,
                                           "ang_deg": case.ang_deg, "file": str(inp)}
+                todo: Todo = []
                 for label, method, depth in specs:
                     old = [r for r in results["runs"] if r["input"] == key and r["label"] == label]
                     if a.resume and any(r.get("ok") for r in old):
                         log(f"  {label}: cached")
                         continue
                     results["runs"] = [r for r in results["runs"] if r not in old]
-                    rec: dict = {"input": key, "label": label, "method": method, "depth": depth, "ok": False}
                     mesh = work / f"out_{shape}_{n}_{cname.replace(':', '-')}_{label}.ply"
-                    log(f"  {label}: running")
-                    try:
-                        tries = [run_worker(a, method, depth, inp, mesh) for _ in range(max(1, a.repeat))]
-                        rec["worker"] = min(tries, key=lambda w: w["seconds"])
-                        rec["worker"]["all_seconds"] = [w["seconds"] for w in tries]
-                        log(f"  {label}: {rec['worker']['seconds']:.2f}s, "
-                            f"{rec['worker']['peak_rss_mb']:.0f} MiB, evaluating")
-                        rec["metrics"] = truth.evaluate(mesh)
-                        rec["ok"] = "error" not in rec["metrics"]
-                        if rec["ok"]:
-                            m = rec["metrics"]
-                            log(f"  {label}: chamfer {m['chamfer_l1']*1e3:.3f}e-3 "
-                                f"NC {m['nc']:.4f} pieces {m['pieces']}")
-                    except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-                        rec["error"] = str(e)
-                        log(f"  {label}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
-                    finally:
-                        if not a.keep_meshes and mesh.exists():
-                            mesh.unlink()
+                    todo.append(({"input": key, "label": label, "method": method, "depth": depth, "ok": False},
+                                 mesh, []))
+                take_turns(todo, a.repeat, partial(run_method_on, a, inp))
+                for rec, mesh, tries in todo:
+                    if "error" not in rec:
+                        evaluate_tries(rec, tries, truth, mesh)
+                    if not a.keep_meshes and mesh.exists():
+                        mesh.unlink()
                     results["runs"].append(rec)
                     save(results, out_path)
                 runs = [r for r in results["runs"] if r["input"] == key]

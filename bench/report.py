@@ -53,6 +53,19 @@ def verdict(inp: dict, runs: list[dict], pool: str = "open3d") -> tuple[str, lis
     return f"VERDICT {'PASS' if passed else 'FAIL'} vs {best['label']}: {body}", checks
 
 
+def paired_ratio(a: dict, b: dict) -> float | None:
+    """The median over rounds of a's time over b's, where both ran the same rounds in turn (quality.py
+    --repeat): less swayed than the fastest of each by a machine whose speed drifts; None for one round."""
+    ta, tb = a["worker"].get("all_seconds", []), b["worker"].get("all_seconds", [])
+    if len(ta) < 2 or len(ta) != len(tb):
+        return None
+    ratios = sorted(x / y for x, y in zip(ta, tb, strict=True) if y > 0)
+    if not ratios:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+
+
 def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
     """Render one input's comparison table plus time ratios and the verdict."""
     best = poisson_best(runs, pool)
@@ -75,11 +88,20 @@ def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
             f"{m['boundary_edges']:>7d}{m['nonmanifold_edges']:>6d}{w.get('faces', 0):>9d}"
             f"{w['seconds']:>8.2f}{w['peak_rss_mb']:>8.0f}{_fmt(ratio, '>7.2f')}"
         )
+    d8 = _find(runs, "open3d-d8")
     if ours and t_ours:
-        d8 = _find(runs, "open3d-d8")
-        parts = [f"{t_ours / x['worker']['seconds']:.2f}x {x['label']}" for x in (d8, best) if x]
+        peers = [x for x in (d8, best) if x]
+        peers = [x for i, x in enumerate(peers) if x not in peers[:i]]  # best may be depth 8 itself
+        parts = [f"{t_ours / x['worker']['seconds']:.2f}x {x['label']}" for x in peers]
+        paired = paired_ratio(ours, d8) if d8 else None
+        if paired is not None:
+            parts.append(f"median of {len(ours['worker']['all_seconds'])} rounds {paired:.2f}x open3d-d8")
         if parts:
             lines.append("ours time = " + ", ".join(parts))
+    for r in runs:  # ours at set detail levels (quality.py --ours-details), each against depth 8
+        if r["label"].startswith("ours-detail") and _ok(r) and d8:
+            lines.append(f"{r['label']} time = {r['worker']['seconds'] / d8['worker']['seconds']:.2f}x open3d-d8, "
+                         f"Chamfer {r['metrics']['chamfer_l1'] / d8['metrics']['chamfer_l1']:.2f}x")
     lines.append(verdict(inp, runs, pool)[0])
     return "\n".join(lines)
 

@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("inp")
     ap.add_argument("out")
     ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--detail", default="auto")
+    ap.add_argument("--detail", default="auto", type=lambda s: s if s == "auto" else float(s),
+                    help="detail_level for ours: auto, or 0 to 1")
     ap.add_argument("--normals", default="given", help="given | none | FILE.npz with a `normals` array")
     ap.add_argument("--prior", default="none", help="ours: the kernel prior, learned | none")
     ap.add_argument("--option", type=option, action="append", default=[], metavar="KEY=VALUE",
