@@ -40,9 +40,6 @@ def log(msg: str) -> None:
 Spec = tuple[str, str, int | None]
 
 
-DETAIL_LABEL = "ours-detail"  # ours at a set detail level: "ours-detail0.3"
-
-
 def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int],
                  ours_details: list[str] = ()) -> list[Spec]:
     """(label, method, depth) for every run of one input."""
@@ -60,7 +57,7 @@ def method_specs(methods: list[str], o3d_depths: list[int], pml_depths: list[int
             specs += [(f"pymeshlab-d{d}", "pymeshlab", d) for d in pml_depths]
         else:
             raise SystemExit(f"unknown method {m!r}")
-    specs += [(f"{DETAIL_LABEL}{d}", "ours", None) for d in ours_details]
+    specs += [(f"{report.DETAIL_LABEL}{d}", "ours", None) for d in ours_details]
     return specs
 
 
@@ -68,7 +65,7 @@ def run_worker(a: argparse.Namespace, method: str, depth: int | None, inp: Path,
                extra: tuple[str, ...] = ()) -> dict:
     """Run run_method.py in a fresh process; returns the parsed JSON line or raises."""
     python = a.ours_python if method == "ours" else a.peer_python
-    detail = out.stem.split(DETAIL_LABEL)[-1] if DETAIL_LABEL in out.stem else a.detail
+    detail = out.stem.split(report.DETAIL_LABEL)[-1] if report.DETAIL_LABEL in out.stem else a.detail
     cmd = [python, str(HERE / "run_method.py"), method, str(inp), str(out), "--detail", detail, *extra]
     if out.stem.endswith("-t5"):
         cmd += ["--density-trim", "0.05"]

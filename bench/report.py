@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 RSS_LIMIT_MB = 4096.0  # "4 GB" peak RSS budget at 1M points (MiB, as VmHWM reports)
+DETAIL_LABEL = "ours-detail"  # ours at a set detail level (quality.py --ours-details): "ours-detail0.3"
 
 
 def _ok(r: dict) -> bool:
@@ -90,8 +91,7 @@ def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
         )
     d8 = _find(runs, "open3d-d8")
     if ours and t_ours:
-        peers = [x for x in (d8, best) if x]
-        peers = [x for i, x in enumerate(peers) if x not in peers[:i]]  # best may be depth 8 itself
+        peers = [x for x in (d8, None if best is d8 else best) if x]
         parts = [f"{t_ours / x['worker']['seconds']:.2f}x {x['label']}" for x in peers]
         paired = paired_ratio(ours, d8) if d8 else None
         if paired is not None:
@@ -99,7 +99,7 @@ def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
         if parts:
             lines.append("ours time = " + ", ".join(parts))
     for r in runs:  # ours at set detail levels (quality.py --ours-details), each against depth 8
-        if r["label"].startswith("ours-detail") and _ok(r) and d8:
+        if r["label"].startswith(DETAIL_LABEL) and _ok(r) and d8:
             lines.append(f"{r['label']} time = {r['worker']['seconds'] / d8['worker']['seconds']:.2f}x open3d-d8, "
                          f"Chamfer {r['metrics']['chamfer_l1'] / d8['metrics']['chamfer_l1']:.2f}x")
     lines.append(verdict(inp, runs, pool)[0])

@@ -44,3 +44,17 @@ def test_the_paired_ratio_is_the_median_of_each_rounds_ratio() -> None:
     assert report.paired_ratio(ours, peer) == 0.5
     assert report.paired_ratio({"worker": {"all_seconds": [2.0, 3.0]}}, peer) is None  # not the same rounds
     assert report.paired_ratio({"worker": {"all_seconds": [2.0]}}, {"worker": {"all_seconds": [4.0]}}) is None
+
+
+def test_the_table_gives_each_detail_run_against_depth_8_and_the_rounds_median() -> None:
+    def run(label: str, method: str, seconds: list[float], chamfer: float) -> dict:
+        metrics = {"chamfer_l1": chamfer, "fscore@1%": 1.0, "fscore@0.5%": 1.0, "nc": 0.99, "pieces": 1,
+                   "boundary_edges": 0, "nonmanifold_edges": 0}
+        return {"label": label, "method": method, "ok": True, "metrics": metrics,
+                "worker": {"seconds": min(seconds), "all_seconds": seconds, "peak_rss_mb": 100.0, "faces": 10}}
+
+    runs = [run("ours", "ours", [2.0, 3.0], 1e-5), run("open3d-d8", "open3d", [4.0, 4.0], 4e-5),
+            run(f"{report.DETAIL_LABEL}0.3", "ours", [1.0, 1.2], 2e-5)]
+    text = report.table({"key": "bunny/1M/clean", "n": 1_000_000, "case": "clean", "diag": 1.0}, runs)
+    assert "ours time = 0.50x open3d-d8, median of 2 rounds 0.62x open3d-d8\n" in text  # d8 named once
+    assert "ours-detail0.3 time = 0.25x open3d-d8, Chamfer 0.50x" in text
