@@ -126,6 +126,12 @@ def run_method_on(a: argparse.Namespace, inp: Path, rec: dict, mesh: Path) -> di
     return run_worker(a, rec["method"], rec["depth"], inp, mesh)
 
 
+def failed(rec: dict, e: BaseException) -> None:
+    """Keep a method's error in its record and say so in the log."""
+    rec["error"] = str(e)
+    log(f"  {rec['label']}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+
+
 def take_turns(todo: Todo, repeat: int, run: Callable[[dict, Path], dict]) -> None:
     """``repeat`` rounds in which each method of ``todo`` runs once (``run(record, mesh)``), in turn; a method
     that fails keeps its error in its record and sits out the rounds after."""
@@ -137,8 +143,7 @@ def take_turns(todo: Todo, repeat: int, run: Callable[[dict, Path], dict]) -> No
             try:
                 tries.append(run(rec, mesh))
             except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-                rec["error"] = str(e)
-                log(f"  {rec['label']}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+                failed(rec, e)
 
 
 def evaluate_tries(rec: dict, tries: list[dict], truth: GroundTruth, mesh: Path) -> None:
@@ -149,8 +154,7 @@ def evaluate_tries(rec: dict, tries: list[dict], truth: GroundTruth, mesh: Path)
     try:
         rec["metrics"] = truth.evaluate(mesh)
     except (RuntimeError, OSError, ValueError) as e:
-        rec["error"] = str(e)
-        log(f"  {rec['label']}: FAILED {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+        failed(rec, e)
         return
     rec["ok"] = "error" not in rec["metrics"]
     if rec["ok"]:

@@ -1,6 +1,7 @@
 """Tables and goal verdicts from the raw results JSON (pure Python, no numpy/open3d)."""
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 
 RSS_LIMIT_MB = 4096.0  # "4 GB" peak RSS budget at 1M points (MiB, as VmHWM reports)
@@ -60,11 +61,8 @@ def paired_ratio(a: dict, b: dict) -> float | None:
     ta, tb = a["worker"].get("all_seconds", []), b["worker"].get("all_seconds", [])
     if len(ta) < 2 or len(ta) != len(tb):
         return None
-    ratios = sorted(x / y for x, y in zip(ta, tb, strict=True) if y > 0)
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+    ratios = [x / y for x, y in zip(ta, tb, strict=True) if y > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def table(inp: dict, runs: list[dict], pool: str = "open3d") -> str:
