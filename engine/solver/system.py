@@ -211,27 +211,31 @@ def _smoothness_terms() -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]
     return terms
 
 
-def _smoothness_table() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def _smoothness_table() -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """The smoothness term as 21 constant stencils, one per (term, tap p) of :func:`_smoothness_terms`.
 
     Term t centred on voxel v adds c_p c_q w_t to row v + o_p at offset o_q - o_p.
     Seen from the row r = v + o_p, that is a constant 125-wide stencil, present
     when the voxel at -o_p from r exists and has term t's whole support.
-    Returns the neighbour column of -o_p per stencil, each term's support
-    columns, and the (21, 125) stencils (without the lam/M factor).
+    Returns each stencil's term t and the neighbour column of -o_p (two
+    contiguous (21,) arrays: column views of one array are strided, and the
+    compiled assembly then needed a second signature, loaded into every fresh
+    run), each term's support columns, and the (21, 125) stencils (without the
+    lam/M factor).
     """
-    columns, supports, stencils = [], [], []
+    terms, columns, supports, stencils = [], [], [], []
     for t, (taps, coeffs, w, support) in enumerate(_smoothness_terms()):
         supports.append(np.array([_tap_column(o) for o in support]))
         for p in range(len(taps)):
             row = np.zeros(N_OFFSETS)
             row[offset_index(taps - taps[p])] = w * coeffs[p] * coeffs
-            columns.append((t, _tap_column(-taps[p])))
+            terms.append(t)
+            columns.append(_tap_column(-taps[p]))
             stencils.append(row)
-    return np.array(columns), supports, np.array(stencils)
+    return np.array(terms), np.array(columns), supports, np.array(stencils)
 
 
-_SMOOTH_CENTRES, _SMOOTH_SUPPORTS, _SMOOTH_STENCILS = _smoothness_table()
+_SMOOTH_TERMS, _SMOOTH_COLUMNS, _SMOOTH_SUPPORTS, _SMOOTH_STENCILS = _smoothness_table()
 
 
 def _smoothness_factors(level: Level, scale: torch.Tensor | None) -> torch.Tensor:
@@ -244,8 +248,8 @@ def _smoothness_factors(level: Level, scale: torch.Tensor | None) -> torch.Tenso
     whole = torch.zeros(len(_SMOOTH_SUPPORTS), len(level) + 1, dtype=torch.bool, device=device)
     for t, support in enumerate(_SMOOTH_SUPPORTS):
         whole[t, 1:] = exists.index_select(1, torch.from_numpy(support).to(device)).all(dim=1)
-    term = torch.from_numpy(_SMOOTH_CENTRES[:, 0]).to(device)
-    centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_CENTRES[:, 1]).to(device))  # (M, 21), -1: the False column
+    term = torch.from_numpy(_SMOOTH_TERMS).to(device)
+    centre = nbr.index_select(1, torch.from_numpy(_SMOOTH_COLUMNS).to(device))  # (M, 21), -1: the False column
     present = whole.view(-1).index_select(0, (centre + 1 + (term * (len(level) + 1))[None, :]).view(-1))
     factor = present.view(-1, len(term)).to(torch.float32)
     if scale is not None:  # term t centred on voxel v weighs s_v; an absent centre (-1) is already 0
@@ -490,7 +494,7 @@ def _assemble_compiled(level: Level, x: torch.Tensor, target_value: torch.Tensor
                   list(zip(cuts[:-1], cuts[1:], strict=True)))
         kernels.add_rows(taps, sums, rhs)
     run_parts(partial(kernels.smoothness_support, nbr, _SUPPORT_COLUMNS, whole=whole), rows)
-    run_parts(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_CENTRES[:, 0], _SMOOTH_CENTRES[:, 1],
+    run_parts(partial(kernels.add_smoothness, nbr, whole, _SMOOTH_TERMS, _SMOOTH_COLUMNS,
                       _SPARSE_OFFSETS, _SPARSE_WEIGHTS, scale, weights.smooth / level.smooth_voxels, crow=crow,
                       ranks=ranks, lowest=lowest, values=values), rows)
     diag_mean = float(torch.from_numpy(kernels.diagonal(crow, ranks, CENTRE - lowest, values)).mean())

@@ -243,6 +243,31 @@ def test_warm_loads_every_kernel() -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
 
 
+def test_a_run_calls_only_the_warmed_signatures() -> None:
+    """Every kernel signature a reconstruction calls is one the warm-up loaded: a call with other argument types
+    (a strided column view, another dtype) loads or compiles a second signature during the run itself, in every
+    fresh process.  Checked on a two-view scan with normals (registration, assembly, solve, meshing, collapse) and
+    without (normal estimation), in a fresh process."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np; import engine.warm as w; w.warm_kernels(); w.await_kernels(); "
+              "from engine import reconstruct; "
+              "from engine.solver import kernels as a, sweeps as d; from engine.surface import kernels as b, "
+              "quadrics as c; from numba.core.registry import CPUDispatcher; "
+              "sigs = lambda: {(m.__name__, n): len(f.signatures) for m in (a, b, c, d) "
+              "for n, f in vars(m).items() if isinstance(f, CPUDispatcher)}; before = sigs(); "
+              "rng = np.random.default_rng(0); p = rng.normal(size=(20000, 3)); "
+              "p /= np.linalg.norm(p, axis=1, keepdims=True); "
+              "s = np.where(p[:, :1] > 0, [[3.0, 0, 0]], [[-3.0, 0, 0]]); "
+              "reconstruct(p, p.copy(), sensor=s, device='cpu'); reconstruct(p, None, sensor=s, device='cpu'); "
+              "after = sigs(); new = [k for k in after if after[k] != before[k]]; "
+              "print(new); sys.exit(1 if new else 0)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
+
+
 def test_engine_asks_torch_for_huge_pages_unless_told_otherwise() -> None:
     """Importing the engine, before torch, sets torch's THP_MEM_ALLOC_ENABLE, so that its large blocks are
     advised as transparent huge pages (a fresh process: the allocator reads it once); a user's own value stands.
