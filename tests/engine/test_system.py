@@ -223,24 +223,31 @@ def test_row_counts_from_presence_bits_equal_the_column_table() -> None:
         assert 0 < int(counts.min()) < int(counts.max()) <= 125  # rows at the shell's edge miss more offsets
 
 
+# A fresh interpreter's prelude: the kernel modules, and ``kernels()``, each compiled kernel as (module, name, kernel).
+_KERNELS = ("import sys, numpy as np; from engine.solver import kernels as a, sweeps as d; "
+            "from engine.surface import kernels as b, quadrics as c; from numba.core.registry import CPUDispatcher; "
+            "kernels = lambda: [(m.__name__, n, f) for m in (a, b, c, d) for n, f in vars(m).items() "
+            "if isinstance(f, CPUDispatcher)]; ")
+
+
+def _in_fresh_python(script: str) -> None:
+    """Run ``script`` in a fresh interpreter at the repository's root; it prints what is wrong and exits 1."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
+
+
 def test_warm_loads_every_kernel() -> None:
     """The background warm-up (:mod:`engine.warm`) loads every compiled kernel of the solver (assembly and
     sweeps), of meshing and of the collapse, on inputs whose arrays are large enough for what each kernel
     writes (a fresh process: a bad call would crash it, and a failure would pass silently in the warm-up
     itself).  Private kernels (``_name``) are called from the others only and compiled into them."""
-    import subprocess
-    import sys
-
-    script = ("import sys; from engine.solver import kernels as a; from engine.surface import kernels as b; "
-              "from engine.surface import quadrics as c; from engine.solver import sweeps as d; "
-              "a.warm(); b.warm(); c.warm(); d.warm(); "
-              "from numba.core.registry import CPUDispatcher; "
-              "cold = [n for m in (a, b, c, d) for n, f in vars(m).items() if isinstance(f, CPUDispatcher) "
-              "and not f.signatures and not n.startswith('_')]; "
-              "print(cold); sys.exit(1 if cold else 0)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, (done.stdout, done.stderr)
+    _in_fresh_python(_KERNELS + "a.warm(); b.warm(); c.warm(); d.warm(); "
+                     "cold = [n for _, n, f in kernels() if not f.signatures and not n.startswith('_')]; "
+                     "print(cold); sys.exit(1 if cold else 0)")
 
 
 def test_a_run_calls_only_the_warmed_signatures() -> None:
@@ -248,24 +255,15 @@ def test_a_run_calls_only_the_warmed_signatures() -> None:
     (a strided column view, another dtype) loads or compiles a second signature during the run itself, in every
     fresh process.  Checked on a two-view scan with normals (registration, assembly, solve, meshing, collapse) and
     without (normal estimation), in a fresh process."""
-    import subprocess
-    import sys
-
-    script = ("import sys, numpy as np; import engine.warm as w; w.warm_kernels(); w.await_kernels(); "
-              "from engine import reconstruct; "
-              "from engine.solver import kernels as a, sweeps as d; from engine.surface import kernels as b, "
-              "quadrics as c; from numba.core.registry import CPUDispatcher; "
-              "sigs = lambda: {(m.__name__, n): len(f.signatures) for m in (a, b, c, d) "
-              "for n, f in vars(m).items() if isinstance(f, CPUDispatcher)}; before = sigs(); "
-              "rng = np.random.default_rng(0); p = rng.normal(size=(20000, 3)); "
-              "p /= np.linalg.norm(p, axis=1, keepdims=True); "
-              "s = np.where(p[:, :1] > 0, [[3.0, 0, 0]], [[-3.0, 0, 0]]); "
-              "reconstruct(p, p.copy(), sensor=s, device='cpu'); reconstruct(p, None, sensor=s, device='cpu'); "
-              "after = sigs(); new = [k for k in after if after[k] != before[k]]; "
-              "print(new); sys.exit(1 if new else 0)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
+    _in_fresh_python(_KERNELS + "import engine.warm as w; w.warm_kernels(); w.await_kernels(); "
+                     "from engine import reconstruct; "
+                     "sigs = lambda: {(m, n): len(f.signatures) for m, n, f in kernels()}; before = sigs(); "
+                     "rng = np.random.default_rng(0); p = rng.normal(size=(20000, 3)); "
+                     "p /= np.linalg.norm(p, axis=1, keepdims=True); "
+                     "s = np.where(p[:, :1] > 0, [[3.0, 0, 0]], [[-3.0, 0, 0]]); "
+                     "reconstruct(p, p.copy(), sensor=s, device='cpu'); reconstruct(p, None, sensor=s, device='cpu'); "
+                     "after = sigs(); new = [k for k in after if after[k] != before[k]]; "
+                     "print(new); sys.exit(1 if new else 0)")
 
 
 def test_engine_asks_torch_for_huge_pages_unless_told_otherwise() -> None:
