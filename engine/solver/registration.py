@@ -74,7 +74,7 @@ REFIT_GAIN = 0.5
 # Residual measurements per round: two Gauss-Newton steps between them.  The steps converge by the second: with
 # four (5 measurements) the views' mean gap after registration was 0.157 / 0.132 / 0.126e-3 on the bunny / torus /
 # sphere scans (bench/registration.py) and 0.156 / 0.133 / 0.125e-3 without normals, with two 0.158 / 0.134 /
-# 0.126e-3 and 0.156 / 0.135 / 0.126e-3, Chamfer-L1 within 0.002e-3 but the sphere's 0.3250 -> 0.3268e-3; the
+# 0.126e-3 and 0.156 / 0.135 / 0.126e-3, Chamfer-L1 within 0.002e-3 (the sphere's 0.3250 -> 0.3268e-3 the most); the
 # register stage 0.41 -> 0.33 s (median over the six scans, warm).  10 steps gave the same Chamfer within 0.001.
 STEPS = 3
 BAND = 1.5  # points farther than this from the consensus (coarse voxels) are not used
